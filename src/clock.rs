@@ -79,6 +79,6 @@ mod tests {
         assert_eq!(c.now(), t0);
         c.advance(Duration::from_secs(3600));
         assert_eq!(c.now(), "2024-05-04T08:00:00Z".parse::<Timestamp>().unwrap());
-        assert_eq!(c.now_nanos(), 1_714_806_000_000_000_000);
+        assert_eq!(c.now_nanos(), 1_714_809_600_000_000_000);
     }
 }

@@ -1,0 +1,122 @@
+//! The command line: `serve`, `check-config`, `mock-cv-api`, `token`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+
+#[derive(Parser, Debug)]
+#[command(name = "cvgate", version, about = "Reverse proxy that stops mass downloading of CVs")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy.
+    Serve {
+        #[arg(long, default_value = "config.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a config file: print every error with its key and line; exit 1 when invalid.
+    CheckConfig {
+        #[arg(long, default_value = "config.yaml")]
+        config: PathBuf,
+    },
+    /// Run the stand-in CV API (demo, tests, benches).
+    MockCvApi {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+    },
+    /// DEV ONLY: mint a token signed with the demo HS256 key from the config file.
+    Token {
+        #[arg(long, default_value = "config.yaml")]
+        config: PathBuf,
+        /// Employer account (the `sub` claim).
+        #[arg(long)]
+        account: String,
+        /// KvK number of the organisation (8 digits).
+        #[arg(long)]
+        org: Option<String>,
+        /// Assurance level (`acr`).
+        #[arg(long, default_value = "urn:etoegang:core:assurance-class:loa3")]
+        acr: String,
+        /// Lifetime, e.g. 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CVGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+}
+
+/// Run the CLI; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve { config } => match runtime().block_on(crate::server::serve(&config, Arc::new(SystemClock))) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cvgate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::MockCvApi { listen } => match runtime().block_on(crate::mock_api::run(listen)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cvgate mock-cv-api: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Token { config, account, org, acr, ttl } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let ttl = match crate::config::parse_duration(&ttl) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("cvgate token: --ttl: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match crate::identity::mint_from_config(&cfg.raw.identity, &account, org.as_deref(), &acr, ttl, SystemClock.now()) {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cvgate token: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

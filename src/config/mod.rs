@@ -1,0 +1,414 @@
+//! Config: load `config.yaml`, validate it into types that cannot be wrong, report every error.
+//!
+//! Two steps (linkerd's `parse_config` pattern): serde reads the YAML into [`raw`] structs with
+//! defaults; [`Config::from_raw`] validates them into typed values (socket addresses, durations,
+//! parsed zones, CIDRs), collecting *every* error with its key path and line before failing.
+//! Unknown keys are errors too — all of them, via `serde_ignored`, rather than only the first as
+//! `deny_unknown_fields` would give. A reload runs the same function; on failure the running
+//! config stays (see `server::reload`).
+
+pub mod lines;
+pub mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::closure::ClosurePolicy;
+use crate::identity::IdentityPolicy;
+use crate::quota::QuotaPolicy;
+use crate::route::RouteTable;
+use lines::LineIndex;
+use raw::RawConfig;
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Key path, e.g. `routes[2].path` (empty for file-level errors).
+    pub path: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.path.is_empty()) {
+            (Some(l), false) => write!(f, "line {l}: {}: {}", self.path, self.message),
+            (Some(l), true) => write!(f, "line {l}: {}", self.message),
+            (None, false) => write!(f, "{}: {}", self.path, self.message),
+            (None, true) => write!(f, "{}", self.message),
+        }
+    }
+}
+
+/// Every error found in one config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}: {} error(s)", self.file, self.errors.len())?;
+        for e in &self.errors {
+            writeln!(f, "  {}: {e}", self.file)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// One file-level error (e.g. a certificate that does not load during a reload).
+    pub fn single(file: &Path, e: impl fmt::Display) -> Self {
+        Self {
+            file: file.display().to_string(),
+            errors: vec![ConfigError { path: String::new(), line: None, message: e.to_string() }],
+        }
+    }
+}
+
+/// The validated config. Built only by [`Config::from_raw`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Listen,
+    pub upstream: Upstream,
+    pub limits: Limits,
+    pub identity: IdentityPolicy,
+    pub routes: RouteTable,
+    pub closure: ClosurePolicy,
+    pub quota: QuotaPolicy,
+    /// Route groups paused at start (operators pause/resume at run time too).
+    pub paused_groups: Vec<String>,
+    /// The raw form, for the admin API's "effective config" (secrets redacted there).
+    pub raw: RawConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub tls: Option<TlsListen>,
+    pub plain: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsListen {
+    pub addr: SocketAddr,
+    /// Cert and key PEM paths; `None` = generate a self-signed localhost cert.
+    pub files: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub uri: http::Uri,
+    pub https: bool,
+    pub authority: http::uri::Authority,
+    /// Path prefix prepended to every forwarded path ("" for none), without trailing '/'.
+    pub path_prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub preserve_host: bool,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub idle_body_timeout: Duration,
+    pub max_connections: usize,
+    pub max_inflight_requests: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub shutdown_grace: Duration,
+}
+
+/// Collects errors with their key paths while validating.
+#[derive(Default)]
+pub(crate) struct Errs(pub Vec<(String, String)>);
+
+impl Errs {
+    fn push(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        self.0.push((path.into(), msg.into()));
+    }
+
+    /// Merge a sub-validator's errors, whose paths are relative to `prefix`.
+    fn nest<T>(&mut self, prefix: &str, r: Result<T, Vec<(String, String)>>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(es) => {
+                for (p, m) in es {
+                    let path = match (prefix.is_empty(), p.is_empty(), p.starts_with('[')) {
+                        (true, _, _) => p,
+                        (false, true, _) => prefix.to_string(),
+                        (false, false, true) => format!("{prefix}{p}"),
+                        (false, false, false) => format!("{prefix}.{p}"),
+                    };
+                    self.0.push((path, m));
+                }
+                None
+            }
+        }
+    }
+
+    fn addr(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(path, format!("not a socket address (ip:port): {s:?}"));
+                None
+            }
+        }
+    }
+
+    fn opt_addr(&mut self, path: &str, s: &Option<String>) -> Option<SocketAddr> {
+        s.as_deref().and_then(|s| self.addr(path, s))
+    }
+
+    fn duration(&mut self, path: &str, s: &str) -> Duration {
+        match parse_duration(s) {
+            Ok(d) => d,
+            Err(e) => {
+                self.push(path, e);
+                Duration::ZERO
+            }
+        }
+    }
+}
+
+/// Parse a duration such as `30s`, `2m`, `1h 30m`, `250ms` (jiff's friendly format).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration =
+        s.parse().map_err(|e| format!("not a duration like 30s, 5m or 1h: {s:?} ({e})"))?;
+    Duration::try_from(d).map_err(|_| format!("a duration must not be negative: {s:?}"))
+}
+
+impl Config {
+    /// Validate a raw config. `base` is the directory relative paths are resolved against.
+    /// Reads the JWKS file the identity section names.
+    pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, Vec<(String, String)>> {
+        let mut e = Errs::default();
+        let resolve = |p: &str| -> PathBuf {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        // listen
+        let l = &raw.listen;
+        let tls = l.tls.as_ref().and_then(|t| {
+            let addr = e.addr("listen.tls.addr", &t.addr)?;
+            let files = match (&t.cert, &t.key) {
+                (Some(c), Some(k)) => Some((resolve(c), resolve(k))),
+                (None, None) => None,
+                _ => {
+                    e.push("listen.tls", "give both cert and key, or neither (self-signed)");
+                    None
+                }
+            };
+            Some(TlsListen { addr, files })
+        });
+        let listen = Listen {
+            tls,
+            plain: e.opt_addr("listen.plain", &l.plain),
+            metrics: e.opt_addr("listen.metrics", &l.metrics),
+            admin: e.opt_addr("listen.admin", &l.admin),
+        };
+        if listen.tls.is_none() && listen.plain.is_none() {
+            e.push("listen", "enable at least one of tls and plain");
+        }
+
+        // upstream
+        let u = &raw.upstream;
+        let upstream = match u.url.parse::<http::Uri>() {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {
+                Some(uri)
+            }
+            _ => {
+                e.push("upstream.url", format!("expected http://host:port or https://host:port, got {:?}", u.url));
+                None
+            }
+        };
+        let upstream = upstream.map(|uri| Upstream {
+            https: uri.scheme_str() == Some("https"),
+            authority: uri.authority().cloned().expect("checked above"),
+            path_prefix: uri.path().trim_end_matches('/').to_string(),
+            uri,
+            ca_file: u.ca_file.as_deref().map(resolve),
+            preserve_host: u.preserve_host,
+            connect_timeout: e.duration("upstream.connect_timeout", &u.connect_timeout),
+            response_header_timeout: e.duration("upstream.response_header_timeout", &u.response_header_timeout),
+            pool_idle_timeout: e.duration("upstream.pool_idle_timeout", &u.pool_idle_timeout),
+            pool_max_idle_per_host: u.pool_max_idle_per_host,
+        });
+
+        // limits
+        let lr = &raw.limits;
+        let limits = Limits {
+            header_read_timeout: e.duration("limits.header_read_timeout", &lr.header_read_timeout),
+            max_header_bytes: lr.max_header_bytes,
+            idle_body_timeout: e.duration("limits.idle_body_timeout", &lr.idle_body_timeout),
+            max_connections: lr.max_connections,
+            max_inflight_requests: lr.max_inflight_requests,
+            h2_max_concurrent_streams: lr.h2_max_concurrent_streams,
+            shutdown_grace: e.duration("limits.shutdown_grace", &lr.shutdown_grace),
+        };
+        if limits.max_header_bytes < 1024 {
+            e.push("limits.max_header_bytes", "must be at least 1024");
+        }
+        if limits.max_connections == 0 {
+            e.push("limits.max_connections", "must be greater than 0");
+        }
+        if limits.max_inflight_requests == 0 {
+            e.push("limits.max_inflight_requests", "must be greater than 0");
+        }
+        if limits.header_read_timeout.is_zero() {
+            e.push("limits.header_read_timeout", "must be greater than 0");
+        }
+
+        // identity (reads the JWKS file it names)
+        let jwks_text = match &raw.identity.jwks_file {
+            Some(f) => match std::fs::read_to_string(resolve(f)) {
+                Ok(t) => Some(t),
+                Err(err) => {
+                    e.push("identity.jwks_file", format!("cannot read {f:?}: {err}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let identity = e.nest("identity", IdentityPolicy::from_raw(&raw.identity, jwks_text.as_deref()));
+        let routes = e.nest("", RouteTable::from_raw(&raw.routes, &raw.unmatched));
+        let closure = e.nest("closure", ClosurePolicy::from_raw(&raw.closure));
+        let quota = e.nest("quota", QuotaPolicy::from_raw(&raw.quota));
+        if let Some(rt) = &routes {
+            let groups = rt.groups();
+            for (i, g) in raw.paused.iter().enumerate() {
+                if !groups.iter().any(|x| &**x == g) {
+                    e.push(format!("paused[{i}]"), format!("no route has group {g:?}"));
+                }
+            }
+        }
+        let paused_groups = raw.paused.clone();
+
+        match (upstream, identity, routes, closure, quota) {
+            (Some(upstream), Some(identity), Some(routes), Some(closure), Some(quota)) if e.0.is_empty() => {
+                Ok(Config { listen, upstream, limits, identity, routes, closure, quota, paused_groups, raw })
+            }
+            _ => Err(e.0),
+        }
+    }
+
+    /// Parse and validate YAML text. `file` names the source in errors.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigErrors> {
+        let fail = |errors| ConfigErrors { file: file.to_string(), errors };
+        let index = LineIndex::new(text);
+        let mut unknown = Vec::new();
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let raw: Result<RawConfig, _> = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()));
+        let mut errors: Vec<ConfigError> = unknown
+            .into_iter()
+            .map(|p| {
+                let path = ignored_path(&p);
+                ConfigError { line: index.line_of(&path), path, message: "unknown key".into() }
+            })
+            .collect();
+        let raw = match raw {
+            Ok(r) => r,
+            Err(err) => {
+                let line = err.location().map(|l| l.line());
+                errors.push(ConfigError { path: String::new(), line, message: err.to_string() });
+                return Err(fail(errors));
+            }
+        };
+        match Config::from_raw(raw, base) {
+            Ok(c) if errors.is_empty() => Ok(c),
+            Ok(_) => Err(fail(errors)),
+            Err(es) => {
+                errors.extend(es.into_iter().map(|(path, message)| ConfigError {
+                    line: index.line_of(&path),
+                    path,
+                    message,
+                }));
+                Err(fail(errors))
+            }
+        }
+    }
+
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: file.clone(),
+            errors: vec![ConfigError { path: String::new(), line: None, message: format!("cannot read: {e}") }],
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::parse(&text, &file, &base)
+    }
+}
+
+/// serde_ignored writes sequence indices as `.N`; ours are `[N]`.
+fn ignored_path(p: &str) -> String {
+    let mut out = String::new();
+    for seg in p.split('.') {
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{seg}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(y: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(y, "test.yaml", Path::new("."))
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let c = parse("{}").unwrap();
+        assert_eq!(c.listen.tls.unwrap().addr, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.upstream.authority.as_str(), "127.0.0.1:8081");
+    }
+
+    #[test]
+    fn every_error_is_reported_with_key_and_line() {
+        let y = "listen:\n  tls:\n    addr: nowhere\n  plian: 1\nupstream:\n  url: ftp://x\nlimits:\n  shutdown_grace: soon\n";
+        let e = parse(y).unwrap_err();
+        let got: Vec<(String, Option<usize>)> = e.errors.iter().map(|e| (e.path.clone(), e.line)).collect();
+        assert!(got.contains(&("listen.plian".into(), Some(4))), "{got:?}");
+        assert!(got.contains(&("listen.tls.addr".into(), Some(3))), "{got:?}");
+        assert!(got.contains(&("upstream.url".into(), Some(6))), "{got:?}");
+        assert!(got.contains(&("limits.shutdown_grace".into(), Some(8))), "{got:?}");
+    }
+
+    #[test]
+    fn type_errors_carry_the_line() {
+        let e = parse("limits:\n  max_connections: many\n").unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert_eq!(e.errors[0].line, Some(2));
+        assert!(e.errors[0].message.contains("max_connections"), "{}", e.errors[0].message);
+    }
+
+    #[test]
+    fn sequence_paths_use_brackets() {
+        assert_eq!(ignored_path("routes.2.nmae"), "routes[2].nmae");
+        assert_eq!(ignored_path("a.b"), "a.b");
+    }
+}

@@ -1,0 +1,39 @@
+//! cvgate: a reverse proxy in front of a job site's CV API that stops mass downloading of job
+//! seekers' CVs while employers with a real need keep working.
+//!
+//! # Layout, in the order a request meets it
+//! - [`listener`]: accept TCP, terminate TLS ([`tls`]), HTTP/1.1 and HTTP/2, connection limits,
+//!   graceful drain.
+//! - [`proxy`]: the story of one request, top to bottom — read this first.
+//! - [`route`]: which requests are CV requests and what each costs.
+//! - [`identity`]: the employer account, organisation (KvK) and assurance level from a verified
+//!   JWT or a trusted gateway; the client IP.
+//! - [`closure`]: closure windows (23:00–07:00 Europe/Amsterdam by default), DST-correct.
+//! - [`quota`]: CV budgets per account, organisation, IP prefix, country and globally, over
+//!   several horizons; GCRA maths, the engine and its stores.
+//! - [`forward`]: the pooled upstream client and proxy header rules.
+//! - [`count`]: counts records in a streaming response body and cuts it at a record boundary.
+//! - [`problem`]: the one place errors become RFC 9457 problem+json answers.
+//! - [`metrics`]: Prometheus families; [`ops`]: `/metrics`, `/healthz`, `/readyz`, housekeeping.
+//!
+//! Beside the path: [`config`] (load, validate, report every error with key and line),
+//! [`server`] (start-up, reload, shutdown, shared state), [`clock`] (the only reader of time),
+//! [`mock_api`] (the stand-in CV API), [`cli`].
+
+pub mod cli;
+pub mod clock;
+pub mod closure;
+pub mod config;
+pub mod count;
+pub mod forward;
+pub mod identity;
+pub mod listener;
+pub mod metrics;
+pub mod mock_api;
+pub mod ops;
+pub mod problem;
+pub mod proxy;
+pub mod quota;
+pub mod route;
+pub mod server;
+pub mod tls;

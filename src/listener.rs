@@ -1,0 +1,172 @@
+//! Listeners: accept TCP, terminate TLS, speak HTTP/1.1 or HTTP/2, drain on shutdown.
+//!
+//! Owns the connection-level limits: the connection cap (excess connections are closed at
+//! once), the TLS handshake and header-read timeouts (slowloris), hyper's header buffer limits,
+//! HTTP/2 stream limits, and graceful drain: on shutdown every connection is told to finish its
+//! in-flight requests and close; the server waits up to the grace period, then drops the rest.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::config::Limits;
+use crate::problem::ProxyError;
+use crate::proxy;
+use crate::server::Shared;
+
+/// What the proxy knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// Came over TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+}
+
+/// One listening socket and how to serve it.
+pub struct Listener {
+    pub tcp: TcpListener,
+    /// `Some` for the TLS listener.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Accept connections until `stop` is cancelled; connection tasks are spawned on `tasks`.
+pub async fn accept_loop(
+    l: Listener,
+    shared: Arc<Shared>,
+    conns: Arc<Semaphore>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = l.tcp.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            shared.metrics.connections_refused.inc();
+            drop(stream); // over the connection cap: close at once
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = l.tls.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            shared.metrics.connections_active.inc();
+            serve_connection(stream, peer, tls, shared.clone(), stop).await;
+            shared.metrics.connections_active.dec();
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let limits = shared.runtime().config.limits.clone();
+    let info = ConnInfo { peer, tls: tls.is_some() };
+    match tls {
+        None => serve_http(TokioIo::new(stream), None, info, &limits, shared, stop).await,
+        Some(acceptor) => {
+            let hs = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await;
+            match hs {
+                Ok(Ok(tls_stream)) => {
+                    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve_http(TokioIo::new(tls_stream), Some(h2), info, &limits, shared, stop).await
+                }
+                Ok(Err(e)) => {
+                    shared.metrics.tls_handshake_failures.inc();
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    shared.metrics.tls_handshake_failures.inc();
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                }
+            }
+        }
+    }
+}
+
+/// Serve HTTP on an established (maybe TLS) stream. `alpn_h2`: `Some(true)` when ALPN chose h2,
+/// `Some(false)` when it chose http/1.1 or nothing; `None` (plain TCP) detects the h2 preface.
+async fn serve_http<I>(
+    io: I,
+    alpn_h2: Option<bool>,
+    info: ConnInfo,
+    limits: &Limits,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own limit is a backstop at twice ours; below it the proxy answers 431 with a
+    // problem document (hyper's own 431 has no body).
+    let buf = (limits.max_header_bytes * 2).max(8192);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(buf)
+        .max_headers(200);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(buf as u32)
+        .max_pending_accept_reset_streams(Some(64))
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
+    let builder = match alpn_h2 {
+        Some(true) => builder.http2_only(),
+        Some(false) => builder.http1_only(),
+        None => builder,
+    };
+
+    let svc_shared = shared.clone();
+    let svc = tower::service_fn(move |req: Request<Incoming>| {
+        let shared = svc_shared.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(shared, req, info).await) }
+    });
+    // Cross-cutting, in request order: shed load when the in-flight cap is reached.
+    let svc = ServiceBuilder::new()
+        .load_shed()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(shared.inflight.clone()))
+        .service(svc)
+        .map_result(|r| {
+            Ok::<_, Infallible>(r.unwrap_or_else(|_| ProxyError::Overloaded.into_response(&uuid::Uuid::new_v4().to_string())))
+        });
+    let svc = hyper_util::service::TowerToHyperService::new(svc);
+
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(peer = %info.peer, error = %e, "connection ended with error"); } }
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await { tracing::debug!(peer = %info.peer, error = %e, "connection ended while draining"); }
+        }
+    }
+}

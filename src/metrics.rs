@@ -1,0 +1,120 @@
+//! Prometheus metrics: every family cvgate exports, in one registry.
+//!
+//! Names follow `cvgate_<noun>_<unit>`, counters end in `_total`. Cardinality is bounded by
+//! construction: labels take values from config (route names and groups, scope and horizon
+//! names, window names) or small fixed sets (status class, decision, reason); there is no
+//! per-account, per-IP or per-organisation label (see docs/metrics.md).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// All metric families.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by route, route group, status code class and decision.
+    pub requests: IntCounterVec,
+    /// CVs delivered by route and tier.
+    pub cvs_delivered: IntCounterVec,
+    /// Quota rejections by scope and horizon.
+    pub quota_rejections: IntCounterVec,
+    /// Shadow-mode "would reject" by scope and horizon.
+    pub quota_would_reject: IntCounterVec,
+    /// Authentication/authorisation failures by reason.
+    pub auth_failures: IntCounterVec,
+    /// Export streams cut at a record boundary, by reason (quota, closed).
+    pub streams_truncated: IntCounterVec,
+    /// 1 while a closure window is active, by window.
+    pub closed: IntGaugeVec,
+    /// 1 while a route group is paused, by group.
+    pub paused: IntGaugeVec,
+    /// Active blocks by scope.
+    pub blocks_active: IntGaugeVec,
+    /// Upstream response-header latency by route.
+    pub upstream_latency: HistogramVec,
+    /// Upstream failures by kind (unreachable, timeout, failed).
+    pub upstream_errors: IntCounterVec,
+    pub connections_active: IntGauge,
+    pub connections_refused: IntCounter,
+    pub tls_handshake_failures: IntCounter,
+    /// Config reloads by result (ok, failed).
+    pub config_reloads: IntCounterVec,
+    pub audit_dropped: IntCounter,
+    /// Quota store errors by operation.
+    pub store_errors: IntCounterVec,
+    /// Tracked quota keys in the local store.
+    pub quota_tracked_keys: IntGauge,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("metric definition");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let connections_refused =
+            counter("cvgate_connections_refused_total", "Connections closed at once because the connection cap was reached.");
+        let tls_handshake_failures = counter("cvgate_tls_handshake_failures_total", "Failed or timed-out TLS handshakes.");
+        let audit_dropped = counter("cvgate_audit_dropped_total", "Audit lines dropped because the writer could not keep up.");
+        let connections_active = IntGauge::new("cvgate_connections_active", "Open client connections.").expect("metric");
+        r.register(Box::new(connections_active.clone())).expect("unique metric");
+        let quota_tracked_keys = IntGauge::new("cvgate_quota_tracked_keys", "Quota keys tracked in the local store.").expect("metric");
+        r.register(Box::new(quota_tracked_keys.clone())).expect("unique metric");
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new("cvgate_upstream_response_seconds", "Time from forwarding to upstream response headers.")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["route"],
+        )
+        .expect("metric definition");
+        r.register(Box::new(upstream_latency.clone())).expect("unique metric");
+        Self {
+            requests: counter_vec(&r, "cvgate_requests_total", "Requests by route, group, status class and decision.", &["route", "group", "status", "decision"]),
+            cvs_delivered: counter_vec(&r, "cvgate_cvs_delivered_total", "CVs delivered to clients, by route and tier.", &["route", "tier"]),
+            quota_rejections: counter_vec(&r, "cvgate_quota_rejections_total", "Requests rejected by a quota bucket, by scope and horizon.", &["scope", "horizon"]),
+            quota_would_reject: counter_vec(&r, "cvgate_quota_would_reject_total", "Shadow-mode buckets that would have rejected, by scope and horizon.", &["scope", "horizon"]),
+            auth_failures: counter_vec(&r, "cvgate_auth_failures_total", "Identity failures by reason.", &["reason"]),
+            streams_truncated: counter_vec(&r, "cvgate_streams_truncated_total", "Export streams ended at a record boundary, by reason.", &["reason"]),
+            closed: gauge_vec(&r, "cvgate_closed", "1 while the closure window is active.", &["window"]),
+            paused: gauge_vec(&r, "cvgate_paused", "1 while the route group is paused.", &["group"]),
+            blocks_active: gauge_vec(&r, "cvgate_blocks_active", "Active blocks by scope.", &["scope"]),
+            upstream_errors: counter_vec(&r, "cvgate_upstream_errors_total", "Upstream failures by kind.", &["kind"]),
+            config_reloads: counter_vec(&r, "cvgate_config_reloads_total", "Config reloads by result.", &["result"]),
+            store_errors: counter_vec(&r, "cvgate_quota_store_errors_total", "Quota store errors by operation.", &["op"]),
+            upstream_latency,
+            connections_active,
+            connections_refused,
+            tls_handshake_failures,
+            audit_dropped,
+            quota_tracked_keys,
+            registry: r,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encode metrics");
+        String::from_utf8(buf).expect("metrics are utf-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,295 @@
+//! The stand-in CV API (`cvgate mock-cv-api`): synthetic, deterministic, Dutch-looking CVs.
+//!
+//! It serves the same shapes as werk.nl's CV API so the demo, tests and benches exercise the
+//! real proxy path. Every CV is a pure function of its id (a seeded PRNG), so two runs agree.
+//!
+//! - `GET /api/v1/cvs?query=…&page=N&size=K` → `{"page","size","total","results":[…]}`, K ≤ 200
+//!   (default 20), header `X-Result-Count`. `header_delay_ms=D` holds the response headers back
+//!   D ms (upstream-timeout tests); `results=K` forces the number returned (settle tests).
+//! - `GET /api/v1/cvs/{id}` → one CV.
+//! - `GET /api/v1/cvs/export?limit=K` → NDJSON, one CV per line, streamed in chunks of
+//!   `chunk` records (default 64); `delay_ms=D` sleeps D ms between chunks.
+//! - `GET /api/v1/vacancies` → a non-CV route.
+//! - `GET|POST /debug/echo` → the request's method, path and headers as JSON (header tests); a
+//!   POST body is read to the end and its length reported. The response carries hop-by-hop
+//!   headers the proxy must remove.
+//! - `GET /debug/bytes?mib=N` → N MiB of NDJSON-like filler, streamed (memory tests).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::problem::{full, ProxyBody};
+
+/// Total CVs in the synthetic corpus.
+pub const TOTAL: u64 = 1_000_000;
+/// Largest page the search returns.
+pub const MAX_SIZE: u64 = 200;
+
+const FIRST: [&str; 16] = [
+    "Daan", "Sanne", "Lucas", "Emma", "Milan", "Julia", "Sem", "Tess", "Bram", "Fleur", "Thijs", "Lotte", "Jesse",
+    "Noor", "Ruben", "Anouk",
+];
+const LAST: [&str; 16] = [
+    "de Jong", "Jansen", "de Vries", "van den Berg", "van Dijk", "Bakker", "Visser", "Smit", "Meijer", "de Boer",
+    "Mulder", "de Groot", "Bos", "Vos", "Peters", "Hendriks",
+];
+const CITIES: [&str; 12] = [
+    "Amsterdam", "Rotterdam", "Utrecht", "Den Haag", "Eindhoven", "Groningen", "Tilburg", "Almere", "Breda",
+    "Nijmegen", "Zwolle", "Leeuwarden",
+];
+const SKILLS: [&str; 16] = [
+    "heftruck", "VCA", "Excel", "klantcontact", "lassen", "zorg", "logistiek", "boekhouding", "Java", "schoonmaak",
+    "rijbewijs C", "horeca", "Engels", "Duits", "planning", "verkoop",
+];
+const ROLES: [&str; 10] = [
+    "orderpicker", "verpleegkundige", "administratief medewerker", "monteur", "chauffeur", "kok",
+    "klantenservicemedewerker", "developer", "schoonmaker", "magazijnmedewerker",
+];
+const EMPLOYERS: [&str; 8] =
+    ["Albert Heijn", "PostNL", "Gemeente Utrecht", "Randstad", "Philips", "NS", "Jumbo", "Rabobank"];
+
+/// SplitMix64: a tiny, good-enough PRNG so each CV is a pure function of its id.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[(self.next() % xs.len() as u64) as usize]
+    }
+}
+
+/// One CV as a JSON object (no trailing newline), appended to `out`.
+pub fn write_cv(out: &mut String, id: u64) {
+    let mut r = Rng(id.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xC0FFEE);
+    let (first, last, city) = (r.pick(&FIRST), r.pick(&LAST), r.pick(&CITIES));
+    let _ = write!(
+        out,
+        r#"{{"id":"cv-{id:07}","name":"{first} {last}","city":"{city}","age":{},"skills":["{}","{}","{}"],"experience":[{{"role":"{}","employer":"{}","years":{}}},{{"role":"{}","employer":"{}","years":{}}}],"education":"{}","summary":"Gemotiveerde {} uit {city} met {} jaar ervaring, zoekt een nieuwe uitdaging.","contact":"hidden"}}"#,
+        18 + r.next() % 48,
+        r.pick(&SKILLS),
+        r.pick(&SKILLS),
+        r.pick(&SKILLS),
+        r.pick(&ROLES),
+        r.pick(&EMPLOYERS),
+        1 + r.next() % 12,
+        r.pick(&ROLES),
+        r.pick(&EMPLOYERS),
+        1 + r.next() % 8,
+        ["mbo 2", "mbo 4", "hbo", "wo", "vmbo"][(r.next() % 5) as usize],
+        r.pick(&ROLES),
+        r.next() % 25,
+    );
+}
+
+fn query_param<'a>(q: &'a str, name: &str) -> Option<&'a str> {
+    q.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
+}
+
+fn num(q: &str, name: &str) -> Option<u64> {
+    query_param(q, name).and_then(|v| v.parse().ok())
+}
+
+fn json(status: StatusCode, body: String) -> Response<ProxyBody> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(body))
+        .expect("response")
+}
+
+/// Stable offset of a query in the corpus, so a repeated search returns the same CVs.
+fn query_offset(q: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64; // FNV-1a
+    for b in query_param(q, "query").unwrap_or("").bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    h % (TOTAL / 2)
+}
+
+async fn search(q: &str) -> Response<ProxyBody> {
+    if let Some(ms) = num(q, "header_delay_ms") {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let size = num(q, "size").unwrap_or(20).clamp(1, MAX_SIZE);
+    let page = num(q, "page").unwrap_or(1).max(1);
+    let total = 10_000u64;
+    let start = (page - 1) * size;
+    let n = num(q, "results").unwrap_or_else(|| size.min(total.saturating_sub(start)));
+    let base = query_offset(q) + start;
+    let mut out = String::with_capacity(64 + n as usize * 600);
+    let _ = write!(out, r#"{{"page":{page},"size":{size},"total":{total},"results":["#);
+    for i in 0..n {
+        if i > 0 {
+            out.push(',');
+        }
+        write_cv(&mut out, base + i + 1);
+    }
+    out.push_str("]}");
+    let mut r = json(StatusCode::OK, out);
+    r.headers_mut().insert("x-result-count", n.into());
+    r
+}
+
+fn export(q: &str) -> Response<ProxyBody> {
+    let limit = num(q, "limit").unwrap_or(1000).min(TOTAL);
+    let chunk = num(q, "chunk").unwrap_or(64).max(1);
+    let delay = Duration::from_millis(num(q, "delay_ms").unwrap_or(0));
+    let base = query_offset(q);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, crate::problem::BoxError>>(4);
+    tokio::spawn(async move {
+        let mut id = 0;
+        while id < limit {
+            let mut buf = String::with_capacity(chunk as usize * 640);
+            for _ in 0..chunk.min(limit - id) {
+                id += 1;
+                write_cv(&mut buf, base + id);
+                buf.push('\n');
+            }
+            if tx.send(Ok(Frame::data(Bytes::from(buf)))).await.is_err() {
+                return; // client went away
+            }
+            if !delay.is_zero() && id < limit {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    });
+    let body = StreamBody::new(tokio_stream_from(rx)).boxed();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(body)
+        .expect("response")
+}
+
+/// An mpsc receiver as a `Stream` (tokio-stream's wrapper, without the dependency).
+fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn filler(q: &str) -> Response<ProxyBody> {
+    let mib = num(q, "mib").unwrap_or(1);
+    let line = Bytes::from(format!("{{\"filler\":\"{}\"}}\n", "x".repeat(1010)));
+    let chunk: Bytes = Bytes::from(line.repeat(64)); // 64 KiB
+    let chunks = mib * 16;
+    let stream = futures_util::stream::iter((0..chunks).map(move |_| Ok::<_, crate::problem::BoxError>(Frame::data(chunk.clone()))));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(StreamBody::new(stream).boxed())
+        .expect("response")
+}
+
+async fn echo(req: Request<Incoming>) -> Response<ProxyBody> {
+    let (parts, body) = req.into_parts();
+    let body_len = match body.collect().await {
+        Ok(b) => b.to_bytes().len(),
+        Err(_) => 0,
+    };
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("?").to_string())))
+        .collect();
+    let doc = serde_json::json!({
+        "method": parts.method.as_str(),
+        "uri": parts.uri.to_string(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body_len": body_len,
+    });
+    let mut r = json(StatusCode::OK, doc.to_string());
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, "x-upstream-hop".parse().expect("static"));
+    h.insert("x-upstream-hop", "secret".parse().expect("static"));
+    h.insert("keep-alive", "timeout=5".parse().expect("static"));
+    h.insert("x-upstream-end", "kept".parse().expect("static"));
+    r
+}
+
+/// Route one request of the mock API.
+pub async fn handle(req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let q = req.uri().query().unwrap_or("").to_string();
+    let path = req.uri().path().to_string();
+    let get = req.method() == Method::GET;
+    let resp = match (get, path.as_str()) {
+        (_, "/debug/echo") => echo(req).await,
+        (true, "/debug/bytes") => filler(&q),
+        (true, "/api/v1/cvs" | "/api/v1/cvs/") => search(&q).await,
+        (true, "/api/v1/cvs/export") => export(&q),
+        (true, p) if p.starts_with("/api/v1/cvs/") => {
+            match p["/api/v1/cvs/".len()..].trim_start_matches("cv-").parse::<u64>() {
+                Ok(id) if (1..=TOTAL).contains(&id) => {
+                    let mut s = String::new();
+                    write_cv(&mut s, id);
+                    let mut r = json(StatusCode::OK, s);
+                    r.headers_mut().insert("x-result-count", 1.into());
+                    r
+                }
+                _ => json(StatusCode::NOT_FOUND, r#"{"error":"no such cv"}"#.into()),
+            }
+        }
+        (true, p) if p.starts_with("/api/v1/vacancies") => json(
+            StatusCode::OK,
+            r#"{"results":[{"id":"v-1","title":"Orderpicker","city":"Tilburg"},{"id":"v-2","title":"Verpleegkundige","city":"Utrecht"}]}"#.into(),
+        ),
+        _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
+    };
+    Ok(resp)
+}
+
+/// Serve the mock API on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { tracing::warn!(error = %e, "mock accept failed"); continue; }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let b = builder.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(handle);
+            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+/// Bind `addr` and serve forever (the `mock-cv-api` command).
+pub async fn run(addr: SocketAddr) -> anyhow::Result<()> {
+    let l = TcpListener::bind(addr).await?;
+    tracing::info!(addr = %l.local_addr()?, "mock CV API listening");
+    serve(l, std::future::pending()).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cvs_are_deterministic_valid_json() {
+        let (mut a, mut b) = (String::new(), String::new());
+        write_cv(&mut a, 42);
+        write_cv(&mut b, 42);
+        assert_eq!(a, b);
+        let v: serde_json::Value = serde_json::from_str(&a).unwrap();
+        assert_eq!(v["id"], "cv-0000042");
+        assert!(a.len() > 300 && a.len() < 700, "{}", a.len());
+    }
+}

@@ -1,0 +1,80 @@
+//! The ops port: `/metrics`, `/healthz`, `/readyz`; and the housekeeping loop.
+//!
+//! `/healthz` answers 200 while the process serves. `/readyz` answers 200 when a config is
+//! loaded and the upstream accepts a TCP connection (checked at most once a second), else 503,
+//! so a load balancer stops sending traffic to a proxy that cannot forward it.
+//! Housekeeping runs once a second: closure gauges, quota key eviction, tracked-key gauge.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::problem::{full, ProxyBody};
+use crate::server::Shared;
+
+fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<ProxyBody> {
+    Response::builder().status(status).header(header::CONTENT_TYPE, ctype).body(full(body)).expect("response")
+}
+
+async fn upstream_reachable(shared: &Shared) -> bool {
+    let up = shared.runtime().config.upstream.clone();
+    let host = up.authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = up.authority.port_u16().unwrap_or(if up.https { 443 } else { 80 });
+    let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+    matches!(tokio::time::timeout(up.connect_timeout.min(Duration::from_secs(1)), connect).await, Ok(Ok(_)))
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(match req.uri().path() {
+        "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render()),
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            if upstream_reachable(&shared).await {
+                text(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "upstream unreachable\n".into())
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    })
+}
+
+/// Serve the ops endpoints until `stop`.
+pub async fn serve(l: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = l.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+        };
+        let (b, shared) = (builder.clone(), shared.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+/// Once a second: closure gauges, quota key eviction, tracked-key gauge.
+pub async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let rt = shared.runtime();
+        let now = shared.clock.now();
+        for (window, closed) in rt.config.closure.states(now) {
+            shared.metrics.closed.with_label_values(&[window.as_str()]).set(i64::from(closed));
+        }
+        shared.quota.sweep();
+        shared.metrics.quota_tracked_keys.set(shared.quota.tracked_keys() as i64);
+    }
+}

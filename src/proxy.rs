@@ -1,0 +1,359 @@
+//! The story of one request, top to bottom.
+//!
+//! ```text
+//! check       header size, path sanity                         → 431 / 400
+//! route       method + path → Route (group, access, cost)      → 404 when unmatched
+//! identify    verified JWT or trusted-gateway headers          → 401 / 403
+//! pause       operator paused the route group                  → 503 paused
+//! closure     a closure window is active for the group         → 503 closed + Retry-After
+//! paging      page × size beyond the route's depth             → 403 paging-too-deep
+//! reserve     expected CVs from every bucket, all or nothing   → 429 + Retry-After + RateLimit
+//! forward     stream the request to the upstream (pooled)      → 502 / 504
+//! count       wrap the response body: count records as they pass, cut at the grant
+//! settle      when the body ends or is dropped: refund the unused part or charge the excess
+//! ```
+//! Every early answer is a [`ProxyError`], turned into problem+json in one place. The request's
+//! facts are gathered in a [`Ctx`] that the end of the story (audit line, metrics) reads once.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderValue, CONTENT_LENGTH};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::count::{BodyOutcome, CountingBody, EndReason};
+use crate::forward::{request_id, Hop, X_REQUEST_ID};
+use crate::identity::Identity;
+use crate::listener::ConnInfo;
+use crate::problem::{ProxyBody, ProxyError};
+use crate::quota::{CostMode, Rejection, Reservation, Subject};
+use crate::route::{Access, Count, Reserve, Route};
+use crate::server::{Runtime, Shared};
+
+/// What one request did; read once at the end for the audit line and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Ctx {
+    pub request_id: String,
+    pub route: Option<Arc<str>>,
+    pub group: Option<Arc<str>>,
+    pub account: Option<String>,
+    pub org: Option<String>,
+    pub client_ip: Option<IpAddr>,
+    pub country: String,
+    pub tier: Option<String>,
+    pub reserved: u64,
+    pub delivered: u64,
+    /// `allowed`, or the problem slug that answered.
+    pub decision: String,
+    /// Scope and horizon that fired (quota), when any.
+    pub fired: Option<(String, String)>,
+    pub would_reject: Vec<(String, String)>,
+    pub status: u16,
+    pub bytes: u64,
+    pub truncated: bool,
+}
+
+/// Handle one request from a client connection. Never fails: every error is an answer.
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let rt = shared.runtime();
+    let mut ctx = Ctx { request_id: request_id(req.headers()), country: "ZZ".into(), ..Ctx::default() };
+    let result = run(&shared, &rt, req, conn, &mut ctx).await;
+    let mut resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            ctx.decision = e.slug().to_string();
+            if let ProxyError::QuotaExceeded { scope, horizon, .. } = &e {
+                ctx.fired = Some(((*scope).to_string(), horizon.clone()));
+            }
+            let resp = e.into_response(&ctx.request_id);
+            ctx.status = resp.status().as_u16();
+            finish(&shared, &ctx, started);
+            resp
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        resp.headers_mut().insert(X_REQUEST_ID, v);
+    }
+    resp
+}
+
+async fn run(
+    shared: &Arc<Shared>,
+    rt: &Arc<Runtime>,
+    mut req: Request<Incoming>,
+    conn: ConnInfo,
+    ctx: &mut Ctx,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let cfg = &rt.config;
+
+    // check
+    check_headers(&req, cfg.limits.max_header_bytes)?;
+    let path = req.uri().path();
+    if !path_is_sane(path) {
+        return Err(ProxyError::BadRequest("path has dot segments, encoded slashes or empty segments"));
+    }
+
+    // route
+    let route = match cfg.routes.find(req.method(), path) {
+        Some(r) => r.clone(),
+        None if cfg.routes.forward_unmatched => Arc::new(Route::unmatched()),
+        None => return Err(ProxyError::NoRoute),
+    };
+    ctx.route = Some(route.name.clone());
+    ctx.group = Some(route.group.clone());
+
+    // identify (strips gateway headers from untrusted peers before anything else reads them)
+    let peer = conn.peer.ip();
+    let identity = rt.identifier.identify(req.headers_mut(), peer).map_err(|e| auth_error(shared, e))?;
+    if route.access == Access::Employer {
+        rt.identifier.require_employer(identity.as_ref()).map_err(|e| auth_error(shared, e))?;
+    }
+    let client_ip = rt.identifier.client_ip(req.headers(), peer);
+    ctx.client_ip = Some(client_ip);
+    if let Some(id) = &identity {
+        ctx.account = Some(id.account.clone());
+        ctx.org = id.org.clone();
+    }
+    let account = identity.as_ref().map(|i| i.account.as_str());
+    let org = identity.as_ref().and_then(|i| i.org.as_deref());
+
+    // pause, closure
+    if shared.is_paused(&route.group) {
+        return Err(ProxyError::Paused { group: route.group.to_string() });
+    }
+    let now = shared.clock.now();
+    if let Some(c) = cfg.closure.decide(&route.group, account, org, now) {
+        return Err(ProxyError::Closed {
+            window: c.window.clone(),
+            opens_at: c.opens_at_rfc3339(),
+            retry_after: c.retry_after_secs,
+        });
+    }
+
+    // paging
+    let query = req.uri().query().unwrap_or("");
+    if let Some(dp) = &route.deep_paging {
+        let page = query_u64(query, &dp.page_param).unwrap_or(1).max(1);
+        let size = query_u64(query, &dp.size_param).unwrap_or(dp.default_size);
+        let depth = page.saturating_mul(size);
+        if depth > dp.max_depth {
+            return Err(ProxyError::TooDeep { depth, max_depth: dp.max_depth });
+        }
+    }
+
+    // reserve
+    let subject = Subject { account, org, ip: client_ip, country: &ctx.country };
+    let reservation = match expected_cost(&route, query) {
+        None => None,
+        Some(n) => {
+            let mode = if route.up_to { CostMode::UpTo { max: n, min: 1 } } else { CostMode::Exact(n) };
+            match shared.quota.reserve(&cfg.quota, &subject, mode).await {
+                Ok(r) => Some(Arc::new(r)),
+                Err(rej) => return Err(rejection(shared, rej)),
+            }
+        }
+    };
+    ctx.reserved = reservation.as_ref().map_or(0, |r| r.granted);
+    for (scope, horizon) in reservation.iter().flat_map(|r| r.would_reject.iter()) {
+        shared.metrics.quota_would_reject.with_label_values(&[scope.as_str(), horizon]).inc();
+        ctx.would_reject.push((scope.as_str().to_string(), horizon.to_string()));
+    }
+
+    // forward
+    let hop = Hop {
+        peer,
+        peer_trusted: cfg.identity.is_trusted_proxy(peer),
+        proto: if conn.tls { "https" } else { "http" },
+        request_id: &ctx.request_id,
+    };
+    let sent = Instant::now();
+    let upstream = match rt.upstreams.send(req, &hop).await {
+        Ok(r) => r,
+        Err(e) => {
+            shared.metrics.upstream_errors.with_label_values(&[e.slug()]).inc();
+            if let Some(r) = &reservation {
+                shared.quota.settle(r, 0).await; // nothing delivered: give it all back
+            }
+            return Err(e);
+        }
+    };
+    shared.metrics.upstream_latency.with_label_values(&[&route.name]).observe(sent.elapsed().as_secs_f64());
+    let (mut parts, body) = upstream.into_parts();
+    ctx.status = parts.status.as_u16();
+    ctx.decision = "allowed".into();
+    if let Some(r) = &reservation {
+        for (k, v) in crate::quota::ratelimit_headers(r) {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                parts.headers.insert(k, v);
+            }
+        }
+    }
+
+    // count + settle
+    let success = parts.status.is_success();
+    let (format, limit, header_count) = match &route.count {
+        _ if !success => (None, None, Some(0)),
+        Count::Reserved => (None, None, None),
+        Count::Header(h) => (None, None, Some(parts.headers.get(h).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(ctx.reserved))),
+        Count::Body(f) => (Some(f.clone()), route.up_to.then_some(ctx.reserved), None),
+    };
+    if format.is_some() && limit.is_some() {
+        parts.headers.remove(CONTENT_LENGTH); // the body may be cut short
+    }
+    let end = Settle { shared: shared.clone(), reservation, ctx: ctx.clone(), started: Instant::now(), header_count };
+    let counted = CountingBody::new(
+        body,
+        format,
+        limit,
+        Some(cfg.limits.idle_body_timeout),
+        Box::new(move |o: BodyOutcome| end.done(o)),
+    );
+    if let Some(cut_at) = cfg.closure.next_cut_after(&route.group, account, org, now) {
+        schedule_cut(shared, counted.cut_handle(), cut_at);
+    }
+    Ok(Response::from_parts(parts, counted.boxed()))
+}
+
+/// Settles the reservation and writes the audit line when the response body ends.
+struct Settle {
+    shared: Arc<Shared>,
+    reservation: Option<Arc<Reservation>>,
+    ctx: Ctx,
+    started: Instant,
+    header_count: Option<u64>,
+}
+
+impl Settle {
+    fn done(self, o: BodyOutcome) {
+        let Settle { shared, reservation, mut ctx, started, header_count } = self;
+        let delivered = header_count.unwrap_or(o.records);
+        ctx.delivered = if reservation.is_some() || header_count.is_some() { delivered } else { o.records };
+        ctx.bytes = o.bytes;
+        ctx.truncated = matches!(o.end, EndReason::Cut);
+        if ctx.truncated {
+            shared.metrics.streams_truncated.with_label_values(&["quota"]).inc();
+        }
+        if let Some(r) = reservation {
+            let s = shared.clone();
+            tokio::spawn(async move { s.quota.settle(&r, delivered).await });
+        }
+        finish(&shared, &ctx, started);
+    }
+}
+
+/// End of the story: metrics and (later) the audit line, once per request.
+fn finish(shared: &Shared, ctx: &Ctx, _started: Instant) {
+    let route = ctx.route.as_deref().unwrap_or("-");
+    let group = ctx.group.as_deref().unwrap_or("-");
+    let class = match ctx.status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    let decision = if ctx.decision.is_empty() { "allowed" } else { &ctx.decision };
+    shared.metrics.requests.with_label_values(&[route, group, class, decision]).inc();
+    if ctx.delivered > 0 {
+        let tier = ctx.tier.as_deref().unwrap_or("default");
+        shared.metrics.cvs_delivered.with_label_values(&[route, tier]).inc_by(ctx.delivered);
+    }
+}
+
+fn schedule_cut(shared: &Arc<Shared>, handle: crate::count::CutHandle, at: jiff::Timestamp) {
+    let now = shared.clock.now();
+    let wait = at.duration_since(now).unsigned_abs();
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        handle.cut_now();
+    });
+}
+
+fn auth_error(shared: &Shared, e: crate::identity::AuthError) -> ProxyError {
+    shared.metrics.auth_failures.with_label_values(&[e.reason()]).inc();
+    ProxyError::Auth { status: e.status(), reason: e.reason(), detail: e.to_string() }
+}
+
+fn rejection(shared: &Shared, r: Rejection) -> ProxyError {
+    match r {
+        Rejection::Quota { scope, horizon, retry_after_secs, headers } => {
+            shared.metrics.quota_rejections.with_label_values(&[scope.as_str(), &horizon]).inc();
+            ProxyError::QuotaExceeded {
+                scope: scope.as_str(),
+                horizon: horizon.to_string(),
+                retry_after: retry_after_secs,
+                headers: headers
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k, HeaderValue::from_str(&v).ok()?)))
+                    .collect(),
+            }
+        }
+        Rejection::Store(e) => {
+            shared.metrics.store_errors.with_label_values(&["reserve"]).inc();
+            tracing::warn!(error = %e, "quota store failed");
+            ProxyError::QuotaUnavailable
+        }
+    }
+}
+
+/// CVs to reserve before forwarding; `None` for routes that are not charged.
+fn expected_cost(route: &Route, query: &str) -> Option<u64> {
+    match &route.reserve {
+        Reserve::Free => None,
+        Reserve::Fixed(n) => Some(*n),
+        Reserve::Query { param, default, max } => Some(query_u64(query, param).unwrap_or(*default).clamp(1, *max)),
+    }
+}
+
+/// The first value of a query parameter as a number (absent or not a number: `None`).
+pub fn query_u64(query: &str, name: &str) -> Option<u64> {
+    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).and_then(|(_, v)| v.parse().ok())
+}
+
+/// Rejects request headers over the limit with a 431 problem (hyper's own limit is a backstop).
+fn check_headers(req: &Request<Incoming>, limit: usize) -> Result<(), ProxyError> {
+    let size: usize = req.uri().to_string().len()
+        + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+    if size > limit {
+        return Err(ProxyError::HeaderTooLarge { limit });
+    }
+    Ok(())
+}
+
+/// Paths the proxy forwards: no `.`/`..` segments, no encoded `/` or `\`, no empty inner segment.
+/// Otherwise the upstream might resolve a path to a CV route that the route table did not see.
+fn path_is_sane(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%2e") || path.contains('\\') {
+        return false;
+    }
+    let inner = path.trim_start_matches('/').trim_end_matches('/');
+    inner.is_empty() || inner.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odd_paths_are_refused() {
+        assert!(path_is_sane("/api/v1/cvs"));
+        assert!(path_is_sane("/api/v1/cvs/"));
+        assert!(path_is_sane("/"));
+        assert!(!path_is_sane("/api/v1/vacancies/../cvs"));
+        assert!(!path_is_sane("/api/v1//cvs"));
+        assert!(!path_is_sane("/api/v1/vacancies%2F..%2Fcvs"));
+        assert!(!path_is_sane("/api/v1/%2e%2e/cvs"));
+    }
+
+    #[test]
+    fn query_numbers() {
+        assert_eq!(query_u64("size=200&page=3", "page"), Some(3));
+        assert_eq!(query_u64("size=abc", "size"), None);
+        assert_eq!(query_u64("", "size"), None);
+    }
+}

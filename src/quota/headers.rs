@@ -1,0 +1,118 @@
+//! Rate-limit response headers, draft-ietf-httpapi-ratelimit-headers-10 syntax:
+//! `RateLimit-Policy: "account-burst";q=400;w=60, "account-day";q=2000;w=86400` and
+//! `RateLimit: "account-day";r=150;t=3600`, plus `Retry-After` on a rejection.
+//!
+//! What is shown: the ONE bucket that constrains this request — the non-shadow bucket with the
+//! fewest CVs left (in a rejection, the bucket that fired) — named `{scope}-{horizon}`, and the
+//! policies (limits, not usage) of that bucket's scope. Org, IP, country and global buckets are
+//! shared with other people, so their usage is reported only when it is what limits this caller,
+//! and only as the single number the caller needs. Quotas are in CVs; the draft's `qu` parameter
+//! has no unit for records, so it is left out (the API docs say "CVs").
+
+use super::gcra::ceil_secs;
+use super::store::{BucketSpec, BucketState};
+use super::Reservation;
+
+/// Header names, lower-case as HTTP/2 requires (and `HeaderName::from_static` accepts).
+pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
+pub const RATELIMIT: &str = "ratelimit";
+pub const RETRY_AFTER: &str = "retry-after";
+
+/// Headers for a granted request (none for an exempt one or when every bucket is shadow).
+pub fn ratelimit_headers(r: &Reservation) -> Vec<(&'static str, String)> {
+    let tightest = (0..r.buckets.len())
+        .filter(|&i| !r.buckets[i].shadow)
+        .min_by_key(|&i| (r.states[i].remaining, std::cmp::Reverse(r.states[i].reset_secs)));
+    match tightest {
+        Some(i) => pair(&r.buckets, &r.states, i),
+        None => Vec::new(),
+    }
+}
+
+/// `Retry-After` value: delay-seconds.
+pub fn retry_after(secs: u64) -> String {
+    secs.to_string()
+}
+
+/// Headers for a rejection by bucket `index`; no `Retry-After` when no wait helps (too large).
+pub(crate) fn rejection_headers(
+    buckets: &[BucketSpec],
+    states: &[BucketState],
+    index: usize,
+    retry_after_secs: Option<u64>,
+) -> Vec<(&'static str, String)> {
+    let mut h = pair(buckets, states, index);
+    if let Some(secs) = retry_after_secs {
+        h.push((RETRY_AFTER, retry_after(secs)));
+    }
+    h
+}
+
+fn pair(buckets: &[BucketSpec], states: &[BucketState], i: usize) -> Vec<(&'static str, String)> {
+    let scope = buckets[i].scope;
+    let policy = buckets
+        .iter()
+        .filter(|b| b.scope == scope && !b.shadow)
+        .map(|b| format!("\"{}-{}\";q={};w={}", scope.as_str(), b.horizon, b.capacity, ceil_secs(b.window_ns)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let b = &buckets[i];
+    let s = &states[i];
+    let limit = format!("\"{}-{}\";r={};t={}", scope.as_str(), b.horizon, s.remaining, s.reset_secs);
+    vec![(RATELIMIT_POLICY, policy), (RATELIMIT, limit)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::Scope;
+    use std::sync::Arc;
+
+    fn spec(scope: Scope, horizon: &str, cap: u64, secs: u64) -> BucketSpec {
+        BucketSpec {
+            key: format!("{}:x|{horizon}", scope.key_prefix()),
+            capacity: cap,
+            window_ns: secs * 1_000_000_000,
+            shadow: false,
+            scope,
+            horizon: Arc::from(horizon),
+        }
+    }
+
+    #[test]
+    fn names_only_the_constraining_bucket() {
+        let buckets = vec![
+            spec(Scope::Account, "burst", 400, 60),
+            spec(Scope::Account, "day", 2000, 86_400),
+            spec(Scope::Org, "day", 5000, 86_400),
+        ];
+        let st = |r, t| BucketState { remaining: r, reset_secs: t, retry_after_secs: 0 };
+        let r = Reservation {
+            granted: 200,
+            buckets,
+            states: vec![st(200, 30), st(150, 79_000), st(4000, 17_000)],
+            would_reject: vec![],
+            tier: None,
+            exempt: false,
+        };
+        let h = ratelimit_headers(&r);
+        assert_eq!(
+            h,
+            vec![
+                (RATELIMIT_POLICY, "\"account-burst\";q=400;w=60, \"account-day\";q=2000;w=86400".to_string()),
+                (RATELIMIT, "\"account-day\";r=150;t=79000".to_string()),
+            ]
+        );
+        // The org's usage (shared with colleagues) is not shown when it does not constrain.
+        assert!(!h.iter().any(|(_, v)| v.contains("org")));
+    }
+
+    #[test]
+    fn rejection_adds_retry_after() {
+        let b = vec![spec(Scope::Ip, "day", 5000, 86_400)];
+        let s = vec![BucketState { remaining: 12, reset_secs: 86_000, retry_after_secs: 8000 }];
+        let h = rejection_headers(&b, &s, 0, Some(8000));
+        assert_eq!(h[1], (RATELIMIT, "\"ip-day\";r=12;t=86000".to_string()));
+        assert_eq!(h[2], (RETRY_AFTER, "8000".to_string()));
+    }
+}

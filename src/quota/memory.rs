@@ -1,0 +1,239 @@
+//! The in-process quota store: bucket states in a `DashMap`, exact under concurrency, bounded in
+//! memory.
+//!
+//! # Atomicity without a global lock
+//! Each key maps to its own `Arc<Mutex<Cell>>`. A multi-bucket operation clones the `Arc`s out of
+//! the map (shard locks are held only for the lookup), then locks the cells in address order —
+//! one global order, so two requests sharing buckets can never deadlock — reads "now", decides
+//! and writes all cells, and unlocks. Requests that share no bucket never wait for each other.
+//!
+//! # Eviction
+//! [`MemoryStore::sweep`] (the proxy calls it every second) removes keys whose bucket is full
+//! again (`tat ≤ now`): forgetting a full bucket loses nothing, forgetting a spent one would hand
+//! out fresh quota, so spent buckets are never evicted. A cell is marked `dead` under its own
+//! lock before it leaves the map; an operation that finds a dead cell after locking retries with
+//! a fresh lookup, so a charge can never land in an evicted cell.
+//!
+//! # Key flooding
+//! At most `max_tracked_keys` ordinary keys are held. When full, a NEW key is not inserted: its
+//! charge goes to a shared overflow bucket for that scope and horizon (`i~overflow|day`) with
+//! the same limits. Rotating IPv6 prefixes therefore buys one prefix's quota in total, memory
+//! stays bounded, and keys already tracked keep their own buckets. Newcomers share the overflow
+//! bucket until sweeps free room. Overflow keys (≤ one per scope and horizon) come on top of the
+//! cap.
+//!
+//! # Memory
+//! Per key: the map slot (`Box<str>` 16 B + `Arc` 8 B, at hashbrown's 50–87% load ≈ 28–48 B), the
+//! key text (≈ 24–40 B, one allocation), and the cell (`Arc` header 16 B + mutex 8 B + state 24 B
+//! = 48 B, one allocation); with allocator overhead ≈ 150 B. Documented bound:
+//! [`BYTES_PER_KEY_BOUND`] = 256 B, so the default 1,000,000 keys stay under 256 MB. Checked by
+//! the `million_keys_stay_under_the_bound` test with `/proc/self/statm`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use futures_util::future::BoxFuture;
+
+use super::gcra::{self, GcraState, Params};
+use super::store::{self, BucketSpec, BucketState, CostMode, QuotaStore, ReserveOutcome, StoreError};
+use crate::clock::SharedClock;
+
+/// Upper bound on resident bytes per tracked key (see the module doc).
+pub const BYTES_PER_KEY_BOUND: usize = 256;
+
+#[derive(Debug, Default)]
+struct Cell {
+    state: GcraState,
+    /// Set by the sweeper, under this lock, just before the key leaves the map.
+    dead: bool,
+}
+
+type Slot = Arc<Mutex<Cell>>;
+
+/// The default store: no setup, state lives as long as the process.
+pub struct MemoryStore {
+    clock: SharedClock,
+    map: DashMap<Box<str>, Slot>,
+    /// Keys in `map`, maintained alongside it so the cap check is one atomic op.
+    tracked: AtomicUsize,
+    cap: usize,
+}
+
+/// Cells of one operation, locked in address order; `at[i]` is bucket `i`'s guard (`None`: a
+/// peek or refund of an unknown key, which is a full bucket).
+struct Locked<'a> {
+    guards: Vec<MutexGuard<'a, Cell>>,
+    at: Vec<Option<usize>>,
+}
+
+impl Locked<'_> {
+    fn tat(&self, i: usize, p: &Params, now: u64) -> u64 {
+        self.at[i].map_or(now, |g| gcra::rebase(self.guards[g].state, p, now))
+    }
+
+    fn set(&mut self, i: usize, tat: u64, p: &Params) {
+        if let Some(g) = self.at[i] {
+            self.guards[g].state = store::stored(tat, p);
+        }
+    }
+}
+
+impl MemoryStore {
+    /// A store tracking at most `max_tracked_keys` ordinary keys (plus overflow keys).
+    pub fn new(clock: SharedClock, max_tracked_keys: usize) -> Self {
+        Self { clock, map: DashMap::new(), tracked: AtomicUsize::new(0), cap: max_tracked_keys.max(1) }
+    }
+
+    /// Remove keys whose buckets are full again; returns how many. Cells in use right now are
+    /// kept (their next sweep will see them).
+    pub fn sweep(&self) -> usize {
+        let now = self.clock.now_nanos();
+        let mut evicted = 0;
+        self.map.retain(|_, slot| {
+            let Ok(mut cell) = slot.try_lock() else { return true };
+            if cell.state.tat_ns <= now {
+                cell.dead = true;
+                evicted += 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.tracked.fetch_sub(evicted, Ordering::AcqRel);
+        evicted
+    }
+
+    /// The cell for a bucket; with `create`, inserted (or redirected to the overflow bucket when
+    /// the cap is reached).
+    fn slot(&self, b: &BucketSpec, create: bool) -> Option<Slot> {
+        if let Some(s) = self.map.get(b.key.as_str()) {
+            return Some(s.clone());
+        }
+        if !create {
+            return None;
+        }
+        // Take a place under the cap before inserting, so concurrent inserts cannot overshoot.
+        if self.tracked.fetch_add(1, Ordering::AcqRel) >= self.cap {
+            self.tracked.fetch_sub(1, Ordering::AcqRel);
+            return Some(self.insert(&format!("{}~overflow|{}", b.scope.key_prefix(), b.horizon), false));
+        }
+        Some(self.insert(&b.key, true))
+    }
+
+    /// Insert-or-get; `counted` says the caller already took a place in `tracked`.
+    fn insert(&self, key: &str, counted: bool) -> Slot {
+        match self.map.entry(key.into()) {
+            Entry::Occupied(o) => {
+                if counted {
+                    self.tracked.fetch_sub(1, Ordering::AcqRel);
+                }
+                o.get().clone()
+            }
+            Entry::Vacant(v) => {
+                if !counted {
+                    self.tracked.fetch_add(1, Ordering::AcqRel);
+                }
+                v.insert(Slot::default()).clone()
+            }
+        }
+    }
+
+    /// Look up, lock in a global order, and run `f` with "now" read under the locks.
+    fn locked<R>(&self, buckets: &[BucketSpec], create: bool, f: impl Fn(&mut Locked<'_>, u64) -> R) -> R {
+        loop {
+            let slots: Vec<Option<Slot>> = buckets.iter().map(|b| self.slot(b, create)).collect();
+            let mut order: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_some()).collect();
+            let addr = |i: usize| slots[i].as_ref().map_or(std::ptr::null(), Arc::as_ptr);
+            order.sort_by_key(|&i| addr(i));
+            let mut l = Locked { guards: Vec::with_capacity(order.len()), at: vec![None; slots.len()] };
+            let mut dead = false;
+            let mut prev: Option<(*const Mutex<Cell>, usize)> = None;
+            for &i in &order {
+                let Some(slot) = slots[i].as_ref() else { continue };
+                let ptr = Arc::as_ptr(slot);
+                if let Some((p, g)) = prev.filter(|(p, _)| *p == ptr) {
+                    debug_assert_eq!(p, ptr);
+                    l.at[i] = Some(g); // the same cell twice (a caller passed a key twice)
+                    continue;
+                }
+                let guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+                dead |= guard.dead;
+                prev = Some((ptr, l.guards.len()));
+                l.at[i] = Some(l.guards.len());
+                l.guards.push(guard);
+            }
+            if dead {
+                continue; // evicted between lookup and lock: look up again
+            }
+            let now = self.clock.now_nanos();
+            return f(&mut l, now);
+        }
+    }
+
+    fn reserve_now(&self, buckets: &[BucketSpec], cost: CostMode) -> ReserveOutcome {
+        let params: Vec<Params> = buckets.iter().map(BucketSpec::params).collect();
+        self.locked(buckets, true, |l, now| {
+            let tats: Vec<u64> = (0..buckets.len()).map(|i| l.tat(i, &params[i], now)).collect();
+            let out = store::decide(buckets, &tats, now, cost);
+            if let ReserveOutcome::Granted { granted, .. } = out {
+                for (i, p) in params.iter().enumerate() {
+                    let tat = l.tat(i, p, now); // re-read: a key passed twice is charged twice
+                    l.set(i, gcra::charge(tat, p, now, granted), p);
+                }
+            }
+            out
+        })
+    }
+
+    fn settle_now(&self, buckets: &[BucketSpec], delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        let params: Vec<Params> = buckets.iter().map(BucketSpec::params).collect();
+        // A refund to an unknown key is a no-op (it is full already): do not create it.
+        self.locked(buckets, delta > 0, |l, now| {
+            for (i, p) in params.iter().enumerate() {
+                let tat = l.tat(i, p, now);
+                l.set(i, store::settle_one(tat, p, now, delta), p);
+            }
+        })
+    }
+
+    fn peek_now(&self, buckets: &[BucketSpec]) -> Vec<BucketState> {
+        let params: Vec<Params> = buckets.iter().map(BucketSpec::params).collect();
+        self.locked(buckets, false, |l, now| {
+            (0..buckets.len()).map(|i| store::peek_one(l.tat(i, &params[i], now), &params[i], now)).collect()
+        })
+    }
+}
+
+impl QuotaStore for MemoryStore {
+    fn reserve<'a>(
+        &'a self,
+        buckets: &'a [BucketSpec],
+        cost: CostMode,
+    ) -> BoxFuture<'a, Result<ReserveOutcome, StoreError>> {
+        Box::pin(async move { Ok(self.reserve_now(buckets, cost)) })
+    }
+
+    fn settle<'a>(&'a self, buckets: &'a [BucketSpec], delta: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.settle_now(buckets, delta);
+            Ok(())
+        })
+    }
+
+    fn peek<'a>(&'a self, buckets: &'a [BucketSpec]) -> BoxFuture<'a, Result<Vec<BucketState>, StoreError>> {
+        Box::pin(async move { Ok(self.peek_now(buckets)) })
+    }
+
+    fn tracked_keys(&self) -> usize {
+        self.tracked.load(Ordering::Acquire)
+    }
+
+    fn sweep(&self) -> usize {
+        MemoryStore::sweep(self)
+    }
+}

@@ -1,0 +1,271 @@
+//! CV quotas: budgets per account, organisation, IP prefix, country and globally, each over
+//! several horizons, charged in CVs (not requests), all or nothing, reserve-then-settle.
+//!
+//! - [`gcra`]: the bucket maths, pure functions (also the spec for the Redis Lua script).
+//! - [`policy`]: YAML shape, werk.nl defaults, validation into [`QuotaPolicy`].
+//! - [`store`]: the [`QuotaStore`] trait and the shared decision over a set of buckets.
+//! - [`memory`]: the in-process store (exact under concurrency, bounded, flood-proof).
+//! - [`headers`]: `RateLimit-Policy`, `RateLimit` and `Retry-After` values.
+//!
+//! The proxy passes the current [`QuotaPolicy`] on every call (it is swapped on reload); the
+//! [`QuotaEngine`] keeps the store, so what was spent survives a reload.
+
+pub mod gcra;
+pub mod headers;
+pub mod memory;
+pub mod policy;
+pub mod store;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub use headers::{ratelimit_headers, retry_after};
+pub use memory::{MemoryStore, BYTES_PER_KEY_BOUND};
+pub use policy::{default_raw, Horizon, QuotaPolicy, RawQuota};
+pub use store::{BucketSpec, BucketState, CostMode, QuotaStore, ReserveOutcome, StoreError};
+
+/// Who is charged. Ordered as buckets are: narrowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Account = 0,
+    Org = 1,
+    Ip = 2,
+    Country = 3,
+    Global = 4,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 5] = [Scope::Account, Scope::Org, Scope::Ip, Scope::Country, Scope::Global];
+
+    /// Name in config, metrics labels and headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Account => "account",
+            Scope::Org => "org",
+            Scope::Ip => "ip",
+            Scope::Country => "country",
+            Scope::Global => "global",
+        }
+    }
+
+    /// First letter of a store key (`a:acct-1|day`, overflow `a~overflow|day`).
+    pub fn key_prefix(self) -> &'static str {
+        match self {
+            Scope::Account => "a",
+            Scope::Org => "o",
+            Scope::Ip => "i",
+            Scope::Country => "c",
+            Scope::Global => "g",
+        }
+    }
+}
+
+/// The request being charged.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// `None`: anonymous; the account and org scopes are skipped.
+    pub account: Option<&'a str>,
+    /// KvK number.
+    pub org: Option<&'a str>,
+    pub ip: IpAddr,
+    /// ISO 3166 alpha-2; anything else counts as `ZZ` (unknown).
+    pub country: &'a str,
+}
+
+/// What was granted; settle it exactly once with the number of CVs delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub granted: u64,
+    pub buckets: Vec<BucketSpec>,
+    /// Per bucket, after the charge.
+    pub states: Vec<BucketState>,
+    /// Shadow buckets that would have rejected this request.
+    pub would_reject: Vec<(Scope, Arc<str>)>,
+    /// The tier from the account's or org's override, if any (for audit and metrics).
+    pub tier: Option<Arc<str>>,
+    /// Exempt subject: no bucket was touched.
+    pub exempt: bool,
+}
+
+/// Why a reservation was refused. Each variant carries what the 429 answer needs.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    /// A bucket has no room now; `retry_after_secs` until the request fits in every bucket.
+    #[error("{} {horizon} quota exceeded; retry in {retry_after_secs} s", scope.as_str())]
+    Quota { scope: Scope, horizon: Arc<str>, retry_after_secs: u64, headers: Vec<(&'static str, String)> },
+    /// The request asks for more CVs than the bucket can ever hold: ask for fewer.
+    #[error("{} {horizon} quota holds at most {capacity} CVs", scope.as_str())]
+    TooLarge { scope: Scope, horizon: Arc<str>, capacity: u64, headers: Vec<(&'static str, String)> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Resolves subjects to buckets and talks to the store.
+pub struct QuotaEngine {
+    store: Arc<dyn QuotaStore>,
+}
+
+impl QuotaEngine {
+    pub fn new(store: Arc<dyn QuotaStore>) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn QuotaStore> {
+        &self.store
+    }
+
+    /// The buckets `subject` is charged in under `policy` (empty when exempt).
+    pub fn buckets(&self, policy: &QuotaPolicy, subject: &Subject<'_>) -> Vec<BucketSpec> {
+        resolve(policy, subject).0
+    }
+
+    /// Reserve CVs in every bucket of `subject`, all or nothing.
+    ///
+    /// # Errors
+    /// [`Rejection::Quota`] / [`Rejection::TooLarge`] naming the first bucket without room;
+    /// [`Rejection::Store`] when the store fails (the caller applies its fail-open/closed policy).
+    pub async fn reserve(
+        &self,
+        policy: &QuotaPolicy,
+        subject: &Subject<'_>,
+        cost: CostMode,
+    ) -> Result<Reservation, Rejection> {
+        let (buckets, tier) = resolve(policy, subject);
+        if buckets.is_empty() {
+            let granted = match cost {
+                CostMode::Exact(n) => n,
+                CostMode::UpTo { max, .. } => max,
+            };
+            let exempt = true;
+            return Ok(Reservation { granted, buckets, states: Vec::new(), would_reject: Vec::new(), tier, exempt });
+        }
+        match self.store.reserve(&buckets, cost).await? {
+            ReserveOutcome::Granted { granted, states, would_reject } => {
+                let would_reject =
+                    would_reject.iter().map(|&i| (buckets[i].scope, buckets[i].horizon.clone())).collect();
+                Ok(Reservation { granted, buckets, states, would_reject, tier, exempt: false })
+            }
+            ReserveOutcome::Rejected { index, retry_after_secs, states } => {
+                let headers = headers::rejection_headers(&buckets, &states, index, Some(retry_after_secs));
+                let b = &buckets[index];
+                Err(Rejection::Quota { scope: b.scope, horizon: b.horizon.clone(), retry_after_secs, headers })
+            }
+            ReserveOutcome::TooLarge { index, states } => {
+                let b = &buckets[index];
+                let headers = headers::rejection_headers(&buckets, &states, index, None);
+                Err(Rejection::TooLarge { scope: b.scope, horizon: b.horizon.clone(), capacity: b.capacity, headers })
+            }
+        }
+    }
+
+    /// Settle a reservation to the CVs actually delivered: refund `granted − actual`, or charge
+    /// `actual − granted` (forced: the CVs are gone, the client goes into debt). Failures are
+    /// logged, not returned: the response has been sent by now.
+    pub async fn settle(&self, r: &Reservation, actual: u64) {
+        let delta = i64::try_from(i128::from(actual) - i128::from(r.granted)).unwrap_or(if actual > r.granted {
+            i64::MAX
+        } else {
+            i64::MIN
+        });
+        if delta == 0 || r.buckets.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.settle(&r.buckets, delta).await {
+            tracing::warn!(error = %e, delta, "quota settle failed");
+        }
+    }
+
+    /// Current states of `subject`'s buckets (admin and tests).
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn peek(
+        &self,
+        policy: &QuotaPolicy,
+        subject: &Subject<'_>,
+    ) -> Result<Vec<(BucketSpec, BucketState)>, StoreError> {
+        let buckets = self.buckets(policy, subject);
+        let states = self.store.peek(&buckets).await?;
+        Ok(buckets.into_iter().zip(states).collect())
+    }
+
+    /// Evict idle full buckets (the proxy's housekeeping calls this every second).
+    pub fn sweep(&self) -> usize {
+        self.store.sweep()
+    }
+
+    pub fn tracked_keys(&self) -> usize {
+        self.store.tracked_keys()
+    }
+}
+
+/// Buckets and tier for a subject. Order: account, org, ip, country, global; within a scope,
+/// shortest window first.
+fn resolve(policy: &QuotaPolicy, s: &Subject<'_>) -> (Vec<BucketSpec>, Option<Arc<str>>) {
+    let account = s.account.filter(|a| !a.is_empty());
+    let org = s.org.filter(|o| !o.is_empty() && account.is_some());
+    if account.is_some_and(|a| policy.exempt_accounts.contains(a))
+        || org.is_some_and(|o| policy.exempt_orgs.contains(o))
+    {
+        return (Vec::new(), None);
+    }
+    let ao = account.and_then(|a| policy.accounts.get(a));
+    let oo = org.and_then(|o| policy.orgs.get(o));
+    let tier = ao.and_then(|o| o.tier.clone()).or_else(|| oo.and_then(|o| o.tier.clone()));
+    let country = if s.country.len() == 2 && s.country.bytes().all(|b| b.is_ascii_alphabetic()) {
+        s.country.to_ascii_uppercase()
+    } else {
+        "ZZ".to_string()
+    };
+    let mut out = Vec::with_capacity(12);
+    for scope in Scope::ALL {
+        let key = match scope {
+            Scope::Account => match account {
+                Some(a) => format!("a:{a}"),
+                None => continue,
+            },
+            Scope::Org => match org {
+                Some(o) => format!("o:{o}"),
+                None => continue,
+            },
+            Scope::Ip => format!("i:{}", ip_prefix(policy, s.ip)),
+            Scope::Country => format!("c:{country}"),
+            Scope::Global => "g".to_string(),
+        };
+        let sp = policy.scope(scope);
+        let mut horizons = Cow::Borrowed(sp.horizons.as_slice());
+        if scope == Scope::Country {
+            if let Some(c) = policy.countries.get(&country) {
+                horizons = Cow::Borrowed(c.as_slice());
+            }
+        }
+        for o in [oo, ao].into_iter().flatten() {
+            let over = &o.horizons[scope as usize];
+            if !over.is_empty() {
+                horizons = Cow::Owned(policy::merge(&horizons, over));
+            }
+        }
+        for h in horizons.iter() {
+            out.push(BucketSpec {
+                key: format!("{key}|{}", h.name),
+                capacity: h.capacity.get(),
+                window_ns: h.window_ns.get(),
+                shadow: sp.shadow,
+                scope,
+                horizon: h.name.clone(),
+            });
+        }
+    }
+    (out, tier)
+}
+
+/// The IP scope key: the address truncated to the configured prefix (IPv4-mapped IPv6 counts as
+/// IPv4, so one client cannot get two budgets by switching notation).
+fn ip_prefix(policy: &QuotaPolicy, ip: IpAddr) -> ipnet::IpNet {
+    let ip = ip.to_canonical();
+    let len = if ip.is_ipv4() { policy.v4_prefix } else { policy.v6_prefix };
+    ipnet::IpNet::new(ip, len).map_or_else(|_| ipnet::IpNet::from(ip), |n| n.trunc())
+}

@@ -1,0 +1,178 @@
+//! The store boundary: what a quota store must do, in memory or in Redis, with the same meaning.
+//!
+//! The store, not the engine, decides "now" (the memory store asks its clock, Redis uses `TIME`),
+//! so replicas with skewed clocks agree. Every call is all-or-nothing over the buckets it is
+//! given: either every non-shadow bucket has room and all buckets (shadow ones too, so their
+//! counts are real) are charged, or none is.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use super::gcra::{self, GcraState, Params};
+use super::Scope;
+
+/// One bucket a request is charged in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketSpec {
+    /// `{scope key}|{horizon}`, e.g. `a:acct-123|day`, `i:203.0.113.0/24|hour`, `g|day`.
+    pub key: String,
+    pub capacity: u64,
+    pub window_ns: u64,
+    /// Charged, but never rejects; a rejection it would have made is reported.
+    pub shadow: bool,
+    pub scope: Scope,
+    pub horizon: Arc<str>,
+}
+
+impl BucketSpec {
+    pub fn params(&self) -> Params {
+        Params::new(self.capacity, self.window_ns)
+    }
+}
+
+/// How much to reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CostMode {
+    /// Exactly this many, or reject.
+    Exact(u64),
+    /// As many as fit in every non-shadow bucket, up to `max`; at least `min`, else reject.
+    UpTo { max: u64, min: u64 },
+}
+
+/// A bucket as the client may see it. In a grant: after charging (`retry_after_secs` 0). In a
+/// rejection: untouched, `retry_after_secs` until the requested amount fits this bucket. In a
+/// peek: `retry_after_secs` until one CV fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BucketState {
+    pub remaining: u64,
+    /// Seconds until the bucket is full again.
+    pub reset_secs: u64,
+    pub retry_after_secs: u64,
+}
+
+/// The answer to a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    Granted {
+        granted: u64,
+        states: Vec<BucketState>,
+        /// Indexes of shadow buckets that would have rejected this request.
+        would_reject: Vec<usize>,
+    },
+    Rejected {
+        /// The first non-shadow bucket (in the order given) without room.
+        index: usize,
+        /// Seconds until the whole request (`min` for `UpTo`) fits in ALL non-shadow buckets.
+        retry_after_secs: u64,
+        states: Vec<BucketState>,
+    },
+    /// The request (`min` for `UpTo`) is larger than bucket `index`'s capacity: no wait helps.
+    TooLarge { index: usize, states: Vec<BucketState> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("quota store unavailable: {0}")]
+    Unavailable(String),
+    #[error("quota store timed out")]
+    Timeout,
+}
+
+/// A place where bucket states live. Dyn-compatible so the proxy can hold `Arc<dyn QuotaStore>`.
+pub trait QuotaStore: Send + Sync {
+    /// Check all buckets and charge them all, or none.
+    fn reserve<'a>(
+        &'a self,
+        buckets: &'a [BucketSpec],
+        cost: CostMode,
+    ) -> BoxFuture<'a, Result<ReserveOutcome, StoreError>>;
+    /// `delta > 0`: charge more (forced, may go into debt); `delta < 0`: refund. All buckets.
+    fn settle<'a>(&'a self, buckets: &'a [BucketSpec], delta: i64) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Current states, changing nothing (an unknown key is a full bucket).
+    fn peek<'a>(&'a self, buckets: &'a [BucketSpec]) -> BoxFuture<'a, Result<Vec<BucketState>, StoreError>>;
+    /// Keys held locally (0 for a remote store).
+    fn tracked_keys(&self) -> usize;
+    /// Evict idle keys whose buckets are full again; returns how many. A remote store expires
+    /// keys itself (TTL = time until full), hence the default.
+    fn sweep(&self) -> usize {
+        0
+    }
+}
+
+/// The decision over a set of buckets, shared by every store so they cannot disagree.
+/// `tats` are rebased (see [`gcra::rebase`]); on `Granted` the caller charges `granted` to all.
+pub fn decide(buckets: &[BucketSpec], tats: &[u64], now: u64, cost: CostMode) -> ReserveOutcome {
+    let params: Vec<Params> = buckets.iter().map(BucketSpec::params).collect();
+    let (want, min) = match cost {
+        CostMode::Exact(n) => (n, n),
+        CostMode::UpTo { max, min } => (max, min.min(max)),
+    };
+    // How many fit everywhere that counts.
+    let mut fit = want;
+    for (i, p) in params.iter().enumerate() {
+        if !buckets[i].shadow {
+            fit = fit.min(gcra::check(tats[i], p, now, 0).remaining);
+        }
+    }
+    if fit >= min && gcra_all_allow(buckets, &params, tats, now, fit) {
+        let would_reject = (0..buckets.len())
+            .filter(|&i| buckets[i].shadow && !gcra::check(tats[i], &params[i], now, fit).allowed)
+            .collect();
+        let states = (0..buckets.len())
+            .map(|i| {
+                let tat = gcra::charge(tats[i], &params[i], now, fit);
+                let c = gcra::check(tat, &params[i], now, 0);
+                BucketState { remaining: c.remaining, reset_secs: gcra::ceil_secs(c.reset_ns), retry_after_secs: 0 }
+            })
+            .collect();
+        return ReserveOutcome::Granted { granted: fit, states, would_reject };
+    }
+    let checks: Vec<gcra::Check> = (0..buckets.len()).map(|i| gcra::check(tats[i], &params[i], now, min)).collect();
+    let states = checks
+        .iter()
+        .map(|c| BucketState {
+            remaining: c.remaining,
+            reset_secs: gcra::ceil_secs(c.reset_ns),
+            retry_after_secs: gcra::ceil_secs(c.retry_after_ns.unwrap_or(0)),
+        })
+        .collect();
+    let binding = |i: &usize| !buckets[*i].shadow;
+    if let Some(index) = (0..buckets.len()).filter(binding).find(|&i| checks[i].retry_after_ns.is_none()) {
+        return ReserveOutcome::TooLarge { index, states };
+    }
+    let index = (0..buckets.len()).filter(binding).find(|&i| !checks[i].allowed).unwrap_or(0);
+    let wait = (0..buckets.len()).filter(binding).filter_map(|i| checks[i].retry_after_ns).max().unwrap_or(0);
+    ReserveOutcome::Rejected { index, retry_after_secs: gcra::ceil_secs(wait), states }
+}
+
+/// `fit` comes from `remaining`, which already implies `allowed`; checked again because the
+/// all-or-nothing guarantee must not hinge on that reasoning (and `fit == 0` with a bucket in
+/// debt is a rejection, not a free pass).
+fn gcra_all_allow(buckets: &[BucketSpec], params: &[Params], tats: &[u64], now: u64, fit: u64) -> bool {
+    (0..buckets.len()).all(|i| buckets[i].shadow || gcra::check(tats[i], &params[i], now, fit).allowed)
+}
+
+/// Apply a settle delta to one bucket state (already rebased to `p`).
+pub fn settle_one(tat: u64, p: &Params, now: u64, delta: i64) -> u64 {
+    if delta >= 0 {
+        gcra::charge(tat, p, now, delta.unsigned_abs())
+    } else {
+        gcra::refund(tat, p, now, delta.unsigned_abs())
+    }
+}
+
+/// The state a store writes back after charging/refunding with `p`.
+pub fn stored(tat: u64, p: &Params) -> GcraState {
+    GcraState { tat_ns: tat, interval_ns: p.interval_ns() }
+}
+
+/// The state one bucket shows in a peek.
+pub fn peek_one(tat: u64, p: &Params, now: u64) -> BucketState {
+    let c = gcra::check(tat, p, now, 1);
+    BucketState {
+        remaining: c.remaining,
+        reset_secs: gcra::ceil_secs(c.reset_ns),
+        retry_after_secs: gcra::ceil_secs(c.retry_after_ns.unwrap_or(0)),
+    }
+}

@@ -1,0 +1,461 @@
+//! Engine and memory-store tests: exactness under concurrency, all-or-nothing, settle, reload,
+//! eviction and key flooding. (GCRA maths, policy and headers are tested beside their code.)
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::policy::{RawHorizon, RawOverride, RawScope};
+use super::*;
+use crate::clock::{Clock, ManualClock, SharedClock};
+
+const DAY_NS: u64 = 86_400_000_000_000;
+
+/// The two tests that measure RSS must not overlap each other.
+static MEMORY_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn t0() -> jiff::Timestamp {
+    "2024-05-04T07:00:00Z".parse().unwrap()
+}
+
+fn hz(list: &[(&str, u64, &str)]) -> BTreeMap<String, RawHorizon> {
+    list.iter().map(|(n, b, w)| (n.to_string(), RawHorizon { budget: *b, window: w.to_string() })).collect()
+}
+
+fn scope(list: &[(&str, u64, &str)]) -> RawScope {
+    RawScope { shadow: false, horizons: hz(list) }
+}
+
+/// A policy with only the given scopes limited.
+fn policy(f: impl FnOnce(&mut RawQuota)) -> QuotaPolicy {
+    let mut raw = default_raw();
+    raw.scopes = policy::RawScopes {
+        account: RawScope::default(),
+        org: RawScope::default(),
+        ip: RawScope::default(),
+        country: RawScope::default(),
+        global: RawScope::default(),
+    };
+    raw.overrides.countries.clear();
+    f(&mut raw);
+    QuotaPolicy::from_raw(&raw).unwrap()
+}
+
+fn setup(cap: usize) -> (Arc<ManualClock>, Arc<MemoryStore>, QuotaEngine) {
+    let clock = ManualClock::new(t0());
+    let shared: SharedClock = clock.clone();
+    let store = Arc::new(MemoryStore::new(shared, cap));
+    let engine = QuotaEngine::new(store.clone());
+    (clock, store, engine)
+}
+
+fn subject<'a>(account: Option<&'a str>, org: Option<&'a str>, ip: &str) -> Subject<'a> {
+    Subject { account, org, ip: ip.parse().unwrap(), country: "NL" }
+}
+
+async fn remaining(e: &QuotaEngine, p: &QuotaPolicy, s: &Subject<'_>) -> Vec<(String, u64)> {
+    e.peek(p, s).await.unwrap().into_iter().map(|(b, st)| (b.key, st.remaining)).collect()
+}
+
+fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// xorshift: random costs without a dependency.
+fn rng(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
+/// 64 tasks on a multi-thread runtime reserve random amounts (exact and up-to) and settle to a
+/// random delivered count, while the clock steps forward and a sweeper runs. For the watched
+/// bucket, the CVs delivered never exceed capacity + refill over the elapsed time, and delivered +
+/// still available is at least the capacity (no CV lost to a race).
+async fn hammer(p: Arc<QuotaPolicy>, subjects: Vec<(String, Option<String>, String)>, watch: &str) {
+    let (clock, store, engine) = setup(1_000_000);
+    let engine = Arc::new(engine);
+    let start = clock.now_nanos();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let subjects = Arc::new(subjects);
+    let mut tasks = Vec::new();
+    let watch_key: Arc<str> = Arc::from(watch);
+    for t in 0..64u64 {
+        let (e, p, d, subs, watch) =
+            (engine.clone(), p.clone(), delivered.clone(), subjects.clone(), watch_key.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut r = rng(t + 1);
+            for _ in 0..300 {
+                let (a, o, ip) = &subs[(r() % subs.len() as u64) as usize];
+                let s = Subject { account: Some(a), org: o.as_deref(), ip: ip.parse().unwrap(), country: "NL" };
+                let n = 1 + r() % 200;
+                let mode = if r() % 2 == 0 { CostMode::Exact(n) } else { CostMode::UpTo { max: n, min: 1 } };
+                if let Ok(res) = e.reserve(&p, &s, mode).await {
+                    let actual = r() % (res.granted + 1);
+                    // Charge all buckets of this subject that contain the watched key.
+                    if res.buckets.iter().any(|b| *b.key == *watch) {
+                        d.fetch_add(actual, Ordering::SeqCst);
+                    }
+                    e.settle(&res, actual).await;
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let ticker = {
+        let (c, d) = (clock.clone(), done.clone());
+        tokio::spawn(async move {
+            while !d.load(Ordering::SeqCst) {
+                c.advance(Duration::from_secs(1));
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        })
+    };
+    let sweeper = {
+        let (s, d) = (store.clone(), done.clone());
+        tokio::spawn(async move {
+            while !d.load(Ordering::SeqCst) {
+                s.sweep();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    ticker.await.unwrap();
+    sweeper.await.unwrap();
+    let elapsed = clock.now_nanos() - start;
+    // subjects[0] holds the watched key (the others share it, or do not matter).
+    let (a, o, ip) = &subjects[0];
+    let s0 = Subject { account: Some(a), org: o.as_deref(), ip: ip.parse().unwrap(), country: "NL" };
+    let spec = engine.buckets(&p, &s0).into_iter().find(|b| b.key == watch).expect("watched key");
+    let params = spec.params();
+    let bound = params.capacity() + elapsed / params.interval_ns();
+    let got = delivered.load(Ordering::SeqCst);
+    let left = store.peek(std::slice::from_ref(&spec)).await.unwrap()[0];
+    eprintln!("{watch}: delivered {got}, bound {bound}, elapsed {} s, now {left:?}", elapsed / 1_000_000_000);
+    assert!(got <= bound, "{watch}: delivered {got} > capacity + refill {bound}");
+    // Nothing leaks either: every CV was delivered or is still in the bucket (refill only adds).
+    assert!(got + left.remaining >= params.capacity(), "{watch}: {got} delivered + {} left", left.remaining);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_one_account_never_over_grants() {
+    let p = policy(|r| r.scopes.account = scope(&[("burst", 400, "1m"), ("day", 2000, "24h")]));
+    // The burst horizon binds here: watch the tightest bucket, so the bound is tight.
+    hammer(Arc::new(p), vec![("acct-1".into(), None, "192.0.2.1".into())], "a:acct-1|burst").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_org_of_30_accounts_never_over_grants() {
+    let p = policy(|r| {
+        r.scopes.account = scope(&[("day", 2000, "24h")]);
+        r.scopes.org = scope(&[("day", 5000, "24h"), ("week", 15000, "7d")]);
+    });
+    let subs = (0..30).map(|i| (format!("acct-{i}"), Some("12345678".to_string()), format!("192.0.2.{i}"))).collect();
+    hammer(Arc::new(p), subs, "o:12345678|day").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_ip_prefix_of_30_orgs_never_over_grants() {
+    let p = policy(|r| {
+        r.scopes.account = scope(&[("day", 2000, "24h")]);
+        r.scopes.org = scope(&[("day", 5000, "24h")]);
+        r.scopes.ip = scope(&[("hour", 2000, "1h"), ("day", 5000, "24h")]);
+    });
+    let subs =
+        (0..30).map(|i| (format!("acct-{i}"), Some(format!("1000{i:04}")), format!("203.0.113.{}", 10 + i))).collect();
+    hammer(Arc::new(p), subs, "i:203.0.113.0/24|hour").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn up_to_fills_to_the_last_cv_under_contention() {
+    let p = Arc::new(policy(|r| r.scopes.org = scope(&[("day", 5000, "24h")])));
+    let (_clock, _store, engine) = setup(1000);
+    let engine = Arc::new(engine);
+    let total = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..64u64)
+        .map(|t| {
+            let (e, p, total) = (engine.clone(), p.clone(), total.clone());
+            tokio::spawn(async move {
+                let mut r = rng(t + 7);
+                let acct = format!("acct-{}", t % 30);
+                let s = subject(Some(&acct), Some("12345678"), "192.0.2.1");
+                while let Ok(g) = e.reserve(&p, &s, CostMode::UpTo { max: 1 + r() % 200, min: 1 }).await {
+                    total.fetch_add(g.granted, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(total.load(Ordering::SeqCst), 5000); // clock stands still: exactly the capacity
+}
+
+#[tokio::test]
+async fn rejection_by_org_leaves_account_untouched() {
+    let p = policy(|r| {
+        r.scopes.account = scope(&[("burst", 400, "1m"), ("day", 2000, "24h")]);
+        r.scopes.org = scope(&[("day", 300, "24h")]);
+        r.scopes.global = RawScope { shadow: true, horizons: hz(&[("day", 1_000_000, "24h")]) };
+    });
+    let (_c, _s, e) = setup(1000);
+    let colleague = subject(Some("acct-2"), Some("12345678"), "192.0.2.2");
+    assert_eq!(e.reserve(&p, &colleague, CostMode::Exact(250)).await.unwrap().granted, 250);
+    let me = subject(Some("acct-1"), Some("12345678"), "192.0.2.1");
+    let before = remaining(&e, &p, &me).await;
+    match e.reserve(&p, &me, CostMode::Exact(200)).await {
+        Err(Rejection::Quota { scope, horizon, retry_after_secs, headers }) => {
+            assert_eq!((scope, &*horizon), (Scope::Org, "day"));
+            assert_eq!(retry_after_secs, 150 * 288); // 150 CVs × 288 s each
+            assert!(headers.contains(&("retry-after", "43200".to_string())));
+        }
+        other => panic!("expected an org rejection, got {other:?}"),
+    }
+    assert_eq!(remaining(&e, &p, &me).await, before); // account AND the shadow global untouched
+}
+
+#[tokio::test]
+async fn up_to_grants_the_minimum_remaining_across_buckets() {
+    let p = policy(|r| {
+        r.scopes.account = scope(&[("day", 2000, "24h")]);
+        r.scopes.org = scope(&[("day", 5000, "24h")]);
+        r.scopes.ip = scope(&[("day", 5000, "24h")]);
+    });
+    let (_c, _s, e) = setup(1000);
+    let me = subject(Some("acct-1"), Some("12345678"), "192.0.2.1");
+    e.reserve(&p, &me, CostMode::Exact(1850)).await.unwrap(); // account: 150 left
+    let other = subject(Some("acct-2"), Some("12345678"), "198.51.100.1");
+    e.reserve(&p, &other, CostMode::Exact(2000)).await.unwrap();
+    e.reserve(&p, &subject(Some("acct-3"), Some("12345678"), "198.51.100.2"), CostMode::Exact(1030)).await.unwrap(); // org: 120 left
+    let g = e.reserve(&p, &me, CostMode::UpTo { max: 200, min: 1 }).await.unwrap();
+    assert_eq!(g.granted, 120);
+    assert!(g.states.iter().any(|s| s.remaining == 0));
+    assert_eq!(
+        remaining(&e, &p, &me).await,
+        vec![("a:acct-1|day".into(), 30), ("o:12345678|day".into(), 0), ("i:192.0.2.0/24|day".into(), 3030)]
+    );
+    // Nothing left in the org: at least one is required, so this is a rejection.
+    assert!(matches!(
+        e.reserve(&p, &me, CostMode::UpTo { max: 200, min: 1 }).await,
+        Err(Rejection::Quota { scope: Scope::Org, .. })
+    ));
+}
+
+#[tokio::test]
+async fn settle_refunds_unused_and_charges_excess() {
+    let p = policy(|r| {
+        r.scopes.account = scope(&[("day", 2000, "24h")]);
+        r.scopes.ip = scope(&[("day", 5000, "24h")]);
+    });
+    let (_c, _s, e) = setup(1000);
+    let me = subject(Some("acct-1"), None, "192.0.2.1");
+    let r = e.reserve(&p, &me, CostMode::Exact(200)).await.unwrap();
+    assert_eq!(remaining(&e, &p, &me).await.iter().map(|x| x.1).collect::<Vec<_>>(), [1800, 4800]);
+    e.settle(&r, 37).await; // 163 back, in every bucket
+    assert_eq!(remaining(&e, &p, &me).await.iter().map(|x| x.1).collect::<Vec<_>>(), [1963, 4963]);
+    let r = e.reserve(&p, &me, CostMode::Exact(200)).await.unwrap();
+    e.settle(&r, 250).await; // 50 beyond the reservation
+    assert_eq!(remaining(&e, &p, &me).await.iter().map(|x| x.1).collect::<Vec<_>>(), [1713, 4713]);
+    e.settle(&r, 200).await; // equal to granted: a no-op
+    assert_eq!(remaining(&e, &p, &me).await.iter().map(|x| x.1).collect::<Vec<_>>(), [1713, 4713]);
+}
+
+#[tokio::test]
+async fn reload_keeps_what_was_spent() {
+    let p1 = policy(|r| r.scopes.account = scope(&[("day", 2000, "24h")]));
+    let p2 = policy(|r| r.scopes.account = scope(&[("day", 4000, "24h")]));
+    let p3 = policy(|r| r.scopes.account = scope(&[("day", 1000, "24h")]));
+    let (_c, _s, e) = setup(1000);
+    let me = subject(Some("acct-1"), None, "192.0.2.1");
+    e.reserve(&p1, &me, CostMode::Exact(1500)).await.unwrap();
+    assert_eq!(remaining(&e, &p2, &me).await[0].1, 2500); // spent 1500 of the new 4000
+    e.reserve(&p2, &me, CostMode::Exact(500)).await.unwrap(); // now stored at the new interval
+    assert_eq!(remaining(&e, &p2, &me).await[0].1, 2000);
+    assert_eq!(remaining(&e, &p1, &me).await[0].1, 0); // back to 2000/day: 2000 spent, none left
+                                                       // Shrinking below what was spent: in debt, rejected, not reset.
+    assert!(matches!(e.reserve(&p3, &me, CostMode::Exact(1)).await, Err(Rejection::Quota { .. })));
+}
+
+#[tokio::test]
+async fn sweep_never_evicts_a_spent_bucket_and_evicts_full_ones() {
+    let p = policy(|r| r.scopes.account = scope(&[("day", 2000, "24h")]));
+    let (clock, store, e) = setup(1000);
+    let me = subject(Some("acct-1"), None, "192.0.2.1");
+    e.reserve(&p, &me, CostMode::Exact(2000)).await.unwrap();
+    for _ in 0..24 {
+        clock.advance(Duration::from_secs(3600) - Duration::from_nanos(1)); // always short of full
+        assert_eq!(store.sweep(), 0);
+        assert_eq!(store.tracked_keys(), 1);
+    }
+    assert!(remaining(&e, &p, &me).await[0].1 < 2000);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(e.sweep(), 1); // full again: forgetting it loses nothing
+    assert_eq!(e.tracked_keys(), 0);
+    assert_eq!(remaining(&e, &p, &me).await[0].1, 2000);
+    // A rejected request creates keys but charges nothing: swept at once.
+    let big = policy(|r| r.scopes.account = scope(&[("burst", 10, "1m"), ("day", 2000, "24h")]));
+    assert!(e.reserve(&big, &me, CostMode::Exact(11)).await.is_err());
+    assert_eq!(e.tracked_keys(), 2);
+    assert_eq!(e.sweep(), 2);
+}
+
+#[tokio::test]
+async fn exempt_anonymous_tiers_and_keys() {
+    let p = policy(|r| {
+        r.scopes.account = scope(&[("day", 2000, "24h")]);
+        r.scopes.org = scope(&[("day", 5000, "24h")]);
+        r.scopes.ip = scope(&[("day", 5000, "24h")]);
+        r.scopes.country = scope(&[("day", 20000, "24h")]);
+        r.scopes.global = scope(&[("day", 1_000_000, "24h")]);
+        r.overrides.countries.insert("NL".into(), hz(&[("day", 500_000, "24h")]));
+        r.overrides
+            .orgs
+            .insert("87654321".into(), RawOverride { tier: Some("staffing_agency".into()), ..Default::default() });
+        r.exempt.accounts.push("uwv-internal".into());
+    });
+    let (_c, _s, e) = setup(1000);
+    let keys = |s: &Subject<'_>| e.buckets(&p, s).into_iter().map(|b| (b.key, b.capacity)).collect::<Vec<_>>();
+    let anon =
+        Subject { account: None, org: Some("12345678"), ip: "::ffff:192.0.2.77".parse().unwrap(), country: "de" };
+    assert_eq!(
+        keys(&anon),
+        [("i:192.0.2.0/24|day".into(), 5000), ("c:DE|day".into(), 20000), ("g|day".into(), 1_000_000)]
+    );
+    let agency = Subject {
+        account: Some("a-9"),
+        org: Some("87654321"),
+        ip: "2001:db8:1:2ff::1".parse().unwrap(),
+        country: "NL",
+    };
+    let want: Vec<(String, u64)> = [
+        ("a:a-9|burst", 2_000), // the tier adds horizons the scope lacks
+        ("a:a-9|hour", 10_000),
+        ("a:a-9|day", 20_000),
+        ("a:a-9|week", 60_000),
+        ("o:87654321|day", 50_000),
+        ("o:87654321|week", 150_000),
+        ("i:2001:db8:1:200::/56|hour", 20_000),
+        ("i:2001:db8:1:200::/56|day", 50_000),
+        ("c:NL|day", 500_000),
+        ("g|day", 1_000_000),
+    ]
+    .iter()
+    .map(|(k, c)| (k.to_string(), *c))
+    .collect();
+    assert_eq!(keys(&agency), want);
+    let r = e.reserve(&p, &agency, CostMode::Exact(10)).await.unwrap();
+    assert_eq!(r.tier.as_deref(), Some("staffing_agency"));
+    let ex = subject(Some("uwv-internal"), Some("12345678"), "192.0.2.1");
+    assert!(e.buckets(&p, &ex).is_empty());
+    let r = e.reserve(&p, &ex, CostMode::Exact(100_000)).await.unwrap();
+    assert!(r.exempt && r.granted == 100_000 && ratelimit_headers(&r).is_empty());
+}
+
+#[tokio::test]
+async fn shadow_scope_counts_would_reject_but_lets_through() {
+    let p = policy(|r| {
+        r.scopes.account = scope(&[("day", 2000, "24h")]);
+        r.scopes.ip = RawScope { shadow: true, horizons: hz(&[("day", 100, "24h")]) };
+    });
+    let (_c, _s, e) = setup(1000);
+    let me = subject(Some("acct-1"), None, "192.0.2.1");
+    let r = e.reserve(&p, &me, CostMode::UpTo { max: 200, min: 1 }).await.unwrap();
+    assert_eq!(r.granted, 200); // the shadow bucket does not limit UpTo either
+    assert_eq!(r.would_reject, vec![(Scope::Ip, Arc::from("day"))]);
+    assert_eq!(remaining(&e, &p, &me).await[1].1, 0); // but it is charged (into debt)
+}
+
+#[tokio::test]
+async fn larger_than_capacity_is_too_large_not_retry_later() {
+    let p = policy(|r| r.scopes.account = scope(&[("burst", 400, "1m"), ("day", 2000, "24h")]));
+    let (_c, _s, e) = setup(1000);
+    let me = subject(Some("acct-1"), None, "192.0.2.1");
+    match e.reserve(&p, &me, CostMode::Exact(401)).await {
+        Err(Rejection::TooLarge { scope: Scope::Account, horizon, capacity: 400, headers }) => {
+            assert_eq!(&*horizon, "burst");
+            assert!(!headers.iter().any(|(k, _)| *k == "retry-after"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // UpTo with max beyond capacity simply gets what fits.
+    assert_eq!(e.reserve(&p, &me, CostMode::UpTo { max: 5000, min: 1 }).await.unwrap().granted, 400);
+}
+
+/// 1,000,000 distinct IPv6 /56 prefixes against a cap of 100,000: bounded keys and memory, the
+/// overflow bucket takes the charges, and keys tracked before the flood keep their own buckets.
+#[tokio::test]
+async fn key_flooding_is_bounded_and_hands_out_no_fresh_quota() {
+    let _g = MEMORY_TESTS.lock().await;
+    let p = policy(|r| r.scopes.ip = scope(&[("day", 5000, "24h")]));
+    let cap = 100_000;
+    let (_c, store, e) = setup(cap);
+    let victim = subject(None, None, "2001:db8:ffff:ff00::1");
+    e.reserve(&p, &victim, CostMode::Exact(100)).await.unwrap();
+    let rss0 = rss_bytes();
+    let mut granted = 0;
+    for i in 0..1_000_000u32 {
+        let ip = IpAddr::from([0x2001, 0x0db8, (i >> 8) as u16, ((i & 0xff) << 8) as u16, 0, 0, 0, 1]);
+        let s = Subject { account: None, org: None, ip, country: "NL" };
+        if let Ok(r) = e.reserve(&p, &s, CostMode::Exact(1)).await {
+            granted += r.granted;
+        }
+    }
+    let grown = rss_bytes().saturating_sub(rss0);
+    assert!(store.tracked_keys() <= cap + 1, "{} keys", store.tracked_keys()); // + the overflow key
+                                                                               // cap − 1 prefixes got their own key (the victim holds one); all later newcomers share ONE
+                                                                               // day bucket of 5000: no fresh quota per prefix.
+    assert_eq!(granted, (cap as u64 - 1) + 5000);
+    let overflow = BucketSpec {
+        key: "i~overflow|day".into(),
+        capacity: 5000,
+        window_ns: DAY_NS,
+        shadow: false,
+        scope: Scope::Ip,
+        horizon: Arc::from("day"),
+    };
+    assert_eq!(store.peek(std::slice::from_ref(&overflow)).await.unwrap()[0].remaining, 0);
+    // The victim's key was tracked before the flood: its own bucket, untouched by it.
+    assert_eq!(remaining(&e, &p, &victim).await[0].1, 4900);
+    assert!(e.reserve(&p, &victim, CostMode::Exact(100)).await.is_ok());
+    let bound = cap * BYTES_PER_KEY_BOUND + (8 << 20);
+    assert!(grown <= bound, "RSS grew {grown} B for {cap} keys; bound {bound}");
+    eprintln!("flood: tracked {} keys, RSS +{grown} B", store.tracked_keys());
+}
+
+#[tokio::test]
+async fn million_keys_stay_under_the_bound() {
+    let _g = MEMORY_TESTS.lock().await;
+    let n = 1_000_000usize;
+    let clock: SharedClock = ManualClock::new(t0());
+    let store = MemoryStore::new(clock, n);
+    let rss0 = rss_bytes();
+    let mut spec = BucketSpec {
+        key: String::new(),
+        capacity: 5000,
+        window_ns: DAY_NS,
+        shadow: false,
+        scope: Scope::Ip,
+        horizon: Arc::from("day"),
+    };
+    for i in 0..n as u32 {
+        spec.key = format!("i:2001:db8:{:x}:{:x}00::/56|day", i >> 8, i & 0xff);
+        store.reserve(std::slice::from_ref(&spec), CostMode::Exact(1)).await.unwrap();
+    }
+    assert_eq!(store.tracked_keys(), n);
+    let per_key = rss_bytes().saturating_sub(rss0) / n;
+    eprintln!("memory store: {per_key} B per tracked key (RSS delta / {n})");
+    assert!(per_key <= BYTES_PER_KEY_BOUND, "{per_key} B per key > {BYTES_PER_KEY_BOUND}");
+}

@@ -1,0 +1,333 @@
+//! Routes: which requests are CV requests, and what each one costs.
+//!
+//! A route matches method + path and says: its group (what closure windows and pauses name),
+//! whether a verified employer is required, how many CVs to reserve before forwarding, how to
+//! count the CVs in the response, and the deep-paging guard. First match wins; a request that
+//! matches no route is rejected (`unmatched: reject`, the default) so that an unlisted path can
+//! never be a way around counting.
+
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::config::raw::{RawCost, RawRoute};
+use crate::count::RecordFormat;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A verified employer account with accepted assurance and a KvK number.
+    Employer,
+    /// Anyone; identity is still read (and quotas still apply to an identified caller).
+    Anonymous,
+}
+
+/// How many CVs to reserve before forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserve {
+    /// Not charged at all (vacancies, health).
+    Free,
+    Fixed(u64),
+    /// From a query parameter, with a default when absent and a cap.
+    Query { param: String, default: u64, max: u64 },
+}
+
+/// How the response's records are counted (the real charge at settle time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Count {
+    /// The reservation is the charge.
+    Reserved,
+    /// A response header carries the count, e.g. `X-Result-Count`.
+    Header(http::HeaderName),
+    /// A body format counted as it streams.
+    Body(RecordFormat),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeepPaging {
+    pub page_param: String,
+    pub size_param: String,
+    pub default_size: u64,
+    pub max_depth: u64,
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub group: Arc<str>,
+    methods: Vec<Method>,
+    segments: Vec<Segment>,
+    prefix: bool,
+    pub access: Access,
+    pub reserve: Reserve,
+    /// Grant what fits (≥ 1) instead of rejecting, and cut the stream at the grant.
+    pub up_to: bool,
+    pub count: Count,
+    pub deep_paging: Option<DeepPaging>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Lit(String),
+    Param,
+}
+
+/// Routes in match order.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+    /// Forward unmatched requests as anonymous, uncharged (`true`), or reject them (`false`).
+    pub forward_unmatched: bool,
+}
+
+type Errors = Vec<(String, String)>;
+
+impl RouteTable {
+    /// Validate the raw routes; every error with its key path relative to the config root.
+    pub fn from_raw(raw: &[RawRoute], unmatched: &str) -> Result<Self, Errors> {
+        let mut errs = Vec::new();
+        let mut routes = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in raw.iter().enumerate() {
+            let p = format!("routes[{i}]");
+            if r.name.is_empty() {
+                errs.push((format!("{p}.name"), "a route needs a name".into()));
+            } else if !names.insert(r.name.clone()) {
+                errs.push((format!("{p}.name"), format!("duplicate route name {:?}", r.name)));
+            }
+            if r.group.is_empty() {
+                errs.push((format!("{p}.group"), "a route needs a group (e.g. cv)".into()));
+            }
+            match Route::from_raw(r, &p) {
+                Ok(route) => routes.push(Arc::new(route)),
+                Err(mut e) => errs.append(&mut e),
+            }
+        }
+        let forward_unmatched = match unmatched {
+            "reject" => false,
+            "forward" => true,
+            other => {
+                errs.push(("unmatched".into(), format!("expected reject or forward, got {other:?}")));
+                false
+            }
+        };
+        if errs.is_empty() {
+            Ok(Self { routes, forward_unmatched })
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// The first route matching `method` and the (already normalised) `path`.
+    pub fn find(&self, method: &Method, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.matches(method, path))
+    }
+
+    /// Every group named by a route.
+    pub fn groups(&self) -> Vec<Arc<str>> {
+        let mut g: Vec<Arc<str>> = self.routes.iter().map(|r| r.group.clone()).collect();
+        g.sort();
+        g.dedup();
+        g
+    }
+}
+
+impl Route {
+    fn from_raw(r: &RawRoute, p: &str) -> Result<Self, Errors> {
+        let mut errs = Vec::new();
+        let mut methods = Vec::new();
+        for (j, m) in r.methods.iter().enumerate() {
+            match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => methods.push(m),
+                Err(_) => errs.push((format!("{p}.methods[{j}]"), format!("not an HTTP method: {m:?}"))),
+            }
+        }
+        let (segments, prefix) = match parse_pattern(&r.path) {
+            Ok(x) => x,
+            Err(e) => {
+                errs.push((format!("{p}.path"), e));
+                (Vec::new(), false)
+            }
+        };
+        let access = match r.identity.as_deref().unwrap_or("employer") {
+            "employer" => Access::Employer,
+            "anonymous" => Access::Anonymous,
+            other => {
+                errs.push((format!("{p}.identity"), format!("expected employer or anonymous, got {other:?}")));
+                Access::Employer
+            }
+        };
+        let (reserve, up_to, count) = match &r.cost {
+            None => (Reserve::Free, false, Count::Reserved),
+            Some(c) => parse_cost(c, &format!("{p}.cost"), &mut errs),
+        };
+        let deep_paging = r.deep_paging.as_ref().map(|d| DeepPaging {
+            page_param: d.page_param.clone(),
+            size_param: d.size_param.clone(),
+            default_size: d.default_size,
+            max_depth: d.max_depth,
+        });
+        if let Some(d) = &deep_paging {
+            if d.max_depth == 0 {
+                errs.push((format!("{p}.deep_paging.max_depth"), "must be greater than 0".into()));
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        Ok(Route {
+            name: r.name.as_str().into(),
+            group: r.group.as_str().into(),
+            methods,
+            segments,
+            prefix,
+            access,
+            reserve,
+            up_to,
+            count,
+            deep_paging,
+        })
+    }
+
+    /// The route of a request no configured route matches, when `unmatched: forward`:
+    /// anonymous, uncharged.
+    pub fn unmatched() -> Self {
+        Route {
+            name: "unmatched".into(),
+            group: "unmatched".into(),
+            methods: Vec::new(),
+            segments: Vec::new(),
+            prefix: true,
+            access: Access::Anonymous,
+            reserve: Reserve::Free,
+            up_to: false,
+            count: Count::Reserved,
+            deep_paging: None,
+        }
+    }
+
+    fn matches(&self, method: &Method, path: &str) -> bool {
+        if !self.methods.is_empty() && !self.methods.contains(method) {
+            return false;
+        }
+        let mut parts = path.trim_start_matches('/').split('/').filter(|s| !s.is_empty());
+        for seg in &self.segments {
+            match (seg, parts.next()) {
+                (Segment::Lit(l), Some(s)) if l == s => {}
+                (Segment::Param, Some(_)) => {}
+                _ => return false,
+            }
+        }
+        self.prefix || parts.next().is_none()
+    }
+
+    /// Whether requests on this route are charged at all.
+    pub fn is_charged(&self) -> bool {
+        self.reserve != Reserve::Free
+    }
+}
+
+fn parse_pattern(path: &str) -> Result<(Vec<Segment>, bool), String> {
+    if !path.starts_with('/') {
+        return Err(format!("a path pattern starts with '/', got {path:?}"));
+    }
+    let (body, prefix) = match path.strip_suffix("/*") {
+        Some(b) => (b, true),
+        None => (path, false),
+    };
+    let mut segs = Vec::new();
+    for s in body.split('/').filter(|s| !s.is_empty()) {
+        if s.starts_with('{') && s.ends_with('}') && s.len() > 2 {
+            segs.push(Segment::Param);
+        } else if s.contains(['{', '}', '*', '?', '%']) {
+            return Err(format!("bad path segment {s:?} (use {{name}} for one segment, /* at the end for a prefix)"));
+        } else {
+            segs.push(Segment::Lit(s.to_string()));
+        }
+    }
+    Ok((segs, prefix))
+}
+
+fn parse_cost(c: &RawCost, p: &str, errs: &mut Errors) -> (Reserve, bool, Count) {
+    let reserve = match (c.fixed, &c.query) {
+        (Some(_), Some(_)) => {
+            errs.push((p.into(), "give either fixed or query, not both".into()));
+            Reserve::Free
+        }
+        (Some(n), None) => Reserve::Fixed(n),
+        (None, Some(q)) => {
+            let default = c.default.unwrap_or(1);
+            let max = c.max.unwrap_or(default);
+            if max == 0 {
+                errs.push((format!("{p}.max"), "must be greater than 0".into()));
+            }
+            if default > max {
+                errs.push((format!("{p}.default"), format!("default {default} exceeds max {max}")));
+            }
+            Reserve::Query { param: q.clone(), default, max }
+        }
+        (None, None) => {
+            errs.push((p.into(), "a cost needs fixed: N or query: PARAM".into()));
+            Reserve::Free
+        }
+    };
+    let count = match c.count.as_deref().unwrap_or("none") {
+        "none" => Count::Reserved,
+        "ndjson" => Count::Body(RecordFormat::Ndjson),
+        other => match other.split_once(':') {
+            Some(("json_array", field)) if !field.is_empty() => {
+                Count::Body(RecordFormat::JsonArrayField(field.to_string()))
+            }
+            Some(("header", h)) => match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(h) => Count::Header(h),
+                Err(_) => {
+                    errs.push((format!("{p}.count"), format!("not a header name: {h:?}")));
+                    Count::Reserved
+                }
+            },
+            _ => {
+                errs.push((
+                    format!("{p}.count"),
+                    format!("expected none, ndjson, json_array:FIELD or header:NAME, got {other:?}"),
+                ));
+                Count::Reserved
+            }
+        },
+    };
+    if c.up_to && count != Count::Body(RecordFormat::Ndjson) {
+        errs.push((format!("{p}.up_to"), "up_to needs count: ndjson (only NDJSON can be cut at a record)".into()));
+    }
+    (reserve, c.up_to, count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::raw::default_routes;
+
+    #[test]
+    fn default_routes_match_the_cv_api() {
+        let t = RouteTable::from_raw(&default_routes(), "reject").unwrap();
+        let name = |m: Method, p: &str| t.find(&m, p).map(|r| r.name.to_string());
+        assert_eq!(name(Method::GET, "/api/v1/cvs").as_deref(), Some("cv_search"));
+        assert_eq!(name(Method::GET, "/api/v1/cvs/").as_deref(), Some("cv_search"));
+        assert_eq!(name(Method::GET, "/api/v1/cvs/export").as_deref(), Some("cv_export"));
+        assert_eq!(name(Method::GET, "/api/v1/cvs/123").as_deref(), Some("cv_get"));
+        assert_eq!(name(Method::GET, "/api/v1/vacancies").as_deref(), Some("vacancies"));
+        assert_eq!(name(Method::POST, "/api/v1/vacancies/9").as_deref(), Some("vacancies"));
+        assert_eq!(name(Method::POST, "/api/v1/cvs"), None);
+        assert_eq!(name(Method::GET, "/api/v1/cvs/1/2"), None);
+    }
+
+    #[test]
+    fn every_route_error_is_reported() {
+        let mut r = default_routes();
+        r[0].path = "api".into();
+        r[1].methods = vec!["G ET".into()];
+        r[2].identity = Some("robot".into());
+        let errs = RouteTable::from_raw(&r, "maybe").unwrap_err();
+        let keys: Vec<_> = errs.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(keys, ["routes[0].path", "routes[1].methods[0]", "routes[2].identity", "unmatched"]);
+    }
+}

@@ -1,0 +1,132 @@
+//! TLS: the listener's rustls config, certificate (re)loading, and the upstream client config.
+//!
+//! rustls only, with `ring` as the crypto provider (no OpenSSL, no cmake). TLS 1.2 and 1.3 only;
+//! rustls offers no weak suites, and we keep its defaults (ECDHE + AEAD). ALPN offers `h2` and
+//! `http/1.1`. The certificate lives behind a [`CertStore`] that the SIGHUP/reload path swaps
+//! without restarting or dropping connections; a handshake always sees a whole cert+key pair.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The crypto provider everything in cvgate uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Where the serving certificate comes from, and the current one.
+#[derive(Debug)]
+pub struct CertStore {
+    files: std::sync::Mutex<Option<(PathBuf, PathBuf)>>,
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl CertStore {
+    /// Load the cert/key files, or generate a self-signed `localhost` cert when `files` is None.
+    pub fn new(files: Option<(PathBuf, PathBuf)>) -> anyhow::Result<Arc<Self>> {
+        let key = match &files {
+            Some((c, k)) => load_pair(c, k)?,
+            None => {
+                tracing::warn!(
+                    "no TLS certificate configured: serving a self-signed certificate for localhost \
+                     (set listen.tls.cert and listen.tls.key in production)"
+                );
+                self_signed()?.0
+            }
+        };
+        Ok(Arc::new(Self { files: std::sync::Mutex::new(files), current: ArcSwap::from_pointee(key) }))
+    }
+
+    /// A store serving a given pair (tests).
+    pub fn from_certified(key: CertifiedKey) -> Arc<Self> {
+        Arc::new(Self { files: std::sync::Mutex::new(None), current: ArcSwap::from_pointee(key) })
+    }
+
+    /// Re-read the certificate files, switching to `files` (a reload may name new paths).
+    /// `None` keeps serving the current certificate. On error the current certificate stays.
+    pub fn reload(&self, files: Option<(PathBuf, PathBuf)>) -> anyhow::Result<bool> {
+        let Some((c, k)) = files else { return Ok(false) };
+        let key = load_pair(&c, &k)?;
+        self.current.store(Arc::new(key));
+        tracing::info!(cert = %c.display(), "TLS certificate loaded");
+        *self.files.lock().expect("cert files lock") = Some((c, k));
+        Ok(true)
+    }
+
+    /// The files the certificate was last loaded from.
+    pub fn files(&self) -> Option<(PathBuf, PathBuf)> {
+        self.files.lock().expect("cert files lock").clone()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// The server config for the TLS listener: TLS 1.2/1.3, ALPN h2 + http/1.1.
+pub fn server_config(certs: Arc<dyn ResolvesServerCert>) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading certificate {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing certificate {}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(anyhow!("no certificate in {}", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading key {}", key.display()))?;
+    certified(chain, key)
+}
+
+fn certified(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> anyhow::Result<CertifiedKey> {
+    let signer = provider().key_provider.load_private_key(key).map_err(|e| anyhow!("unusable private key: {e}"))?;
+    let ck = CertifiedKey::new(chain, signer);
+    ck.keys_match().map_err(|e| anyhow!("certificate and key do not match: {e}"))?;
+    Ok(ck)
+}
+
+/// A self-signed certificate for `localhost`, `127.0.0.1` and `::1`.
+pub fn self_signed() -> anyhow::Result<(CertifiedKey, String)> {
+    let (cert_pem, key_pem) = self_signed_pem()?;
+    let chain = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| anyhow!("{e}"))?];
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| anyhow!("{e}"))?;
+    Ok((certified(chain, key)?, cert_pem))
+}
+
+/// A self-signed `localhost` certificate and its key, as PEM (tests write them to files and
+/// give the certificate to their client as the only trusted root).
+pub fn self_signed_pem() -> anyhow::Result<(String, String)> {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let ck = rcgen::generate_simple_self_signed(names).context("generating self-signed cert")?;
+    Ok((ck.cert.pem(), ck.signing_key.serialize_pem()))
+}
+
+/// Client config for an https upstream: the given CA bundle if any, else the webpki roots.
+pub fn upstream_client_config(ca_file: Option<&Path>) -> anyhow::Result<Option<rustls::ClientConfig>> {
+    let Some(ca) = ca_file else { return Ok(None) };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading CA {}", ca.display()))? {
+        roots.add(c.with_context(|| format!("parsing CA {}", ca.display()))?)?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(cfg))
+}

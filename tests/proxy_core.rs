@@ -1,0 +1,254 @@
+//! Issue 2, the proxy core, through real sockets: TLS with ALPN (h2 and http/1.1), streaming
+//! without buffering, header hygiene, upstream failures, limits, graceful shutdown, and
+//! `check-config`.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_and_http11_over_tls_reach_the_mock_api() {
+    let mock = start_mock().await;
+    let p = start_proxy(&format!("http://{mock}"), "").await;
+    let t = token(&p, "acct-1", "12345678");
+    for (alpn, want, h2) in [(&[&b"h2"[..], b"http/1.1"][..], b"h2".to_vec(), true), (&[&b"http/1.1"[..]][..], b"http/1.1".to_vec(), false)] {
+        let (negotiated, mut s) = tls_connect(p.tls, &p.cert_pem, alpn).await;
+        assert_eq!(negotiated, Some(want.clone()), "ALPN outcome");
+        let r = s.send(get("/api/v1/cvs?size=5&query=lasser", h2, &[("authorization", &bearer(&t))])).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.version(), if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 });
+        assert_eq!(r.headers()["x-result-count"], "5");
+        assert!(r.headers().contains_key("x-request-id"));
+        let (_, v) = body_json(r).await;
+        assert_eq!(v["results"].as_array().unwrap().len(), 5);
+        assert_eq!(v["size"], 5);
+    }
+    p.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_record_arrives_before_the_upstream_sends_the_last() {
+    // An upstream whose second record the test releases only after the client has seen the
+    // first one through the proxy: a buffering proxy would deadlock here (and time out).
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let rx = std::sync::Arc::new(tokio::sync::Mutex::new(Some(rx)));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let svc = hyper::service::service_fn(move |_req| {
+            let rx = rx.clone();
+            async move {
+                let mut rx = rx.lock().await.take().unwrap();
+                let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+                    .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)));
+                let body = http_body_util::StreamBody::new(stream);
+                Ok::<_, std::convert::Infallible>(http::Response::builder().header("content-type", "application/x-ndjson").body(body).unwrap())
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(s), svc).await;
+    });
+    let p = start_proxy(&format!("http://{up}"), "").await;
+    let t = token(&p, "acct-1", "12345678");
+    let (_, mut s) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;
+    let r = s.send(get("/api/v1/cvs/export?limit=2", true, &[("authorization", &bearer(&t))])).await;
+    assert_eq!(r.status(), 200);
+    tx.send(Bytes::from_static(b"{\"id\":\"cv-1\"}\n")).await.unwrap();
+    let mut body = r.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.expect("first record not streamed").unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"{\"id\":\"cv-1\"}\n"));
+    tx.send(Bytes::from_static(b"{\"id\":\"cv-2\"}\n")).await.unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, Bytes::from_static(b"{\"id\":\"cv-2\"}\n"));
+    p.running.shutdown().await;
+}
+
+use futures_util::StreamExt as _;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_256_mib_body_streams_without_growing_memory() {
+    let mock = start_mock().await;
+    let p = start_proxy(&format!("http://{mock}"), "unmatched: forward\n").await;
+    let (_, mut s) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;
+    // Warm up allocators and pools with a small transfer first.
+    let r = s.send(get("/debug/bytes?mib=4", true, &[])).await;
+    let _ = body_bytes(r).await;
+    let before = rss_bytes();
+    let r = s.send(get("/debug/bytes?mib=256", true, &[])).await;
+    assert_eq!(r.status(), 200);
+    let mut body = r.into_body();
+    let (mut total, mut peak) = (0u64, before);
+    while let Some(f) = body.frame().await {
+        if let Ok(d) = f.unwrap().into_data() {
+            total += d.len() as u64;
+            if total % (16 << 20) < d.len() as u64 {
+                peak = peak.max(rss_bytes());
+            }
+        }
+    }
+    assert_eq!(total, 256 << 20);
+    let growth = peak.saturating_sub(before);
+    assert!(growth < 64 << 20, "RSS grew by {} MiB while streaming 256 MiB", growth >> 20);
+    p.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_stripped_both_ways_and_forwarding_headers_set() {
+    let mock = start_mock().await;
+    let (dir, cert) = cert_dir();
+    let yaml = test_yaml(&format!("http://{mock}"), dir.path(), &format!("{}unmatched: forward\n", identity_yaml(&["127.0.0.1/32"])));
+    let p = start_proxy_in(dir, cert, &yaml).await;
+    let (_, mut s) = tls_connect(p.tls, &p.cert_pem, &[b"http/1.1"]).await;
+    let r = s
+        .send(get(
+            "/debug/echo",
+            false,
+            &[
+                ("connection", "keep-alive, x-client-hop"),
+                ("x-client-hop", "drop me"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+                ("x-forwarded-for", "203.0.113.7"),
+                ("x-end-to-end", "kept"),
+            ],
+        ))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(!r.headers().contains_key("x-upstream-hop"), "Connection-named response header leaked");
+    assert!(!r.headers().contains_key("keep-alive"));
+    assert_eq!(r.headers()["x-upstream-end"], "kept");
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let (_, v) = body_json(r).await;
+    let h = &v["headers"];
+    for gone in ["x-client-hop", "keep-alive", "te", "proxy-authorization"] {
+        assert!(h.get(gone).is_none(), "{gone} reached the upstream: {h}");
+    }
+    assert_eq!(h["x-end-to-end"], "kept");
+    // The peer (127.0.0.1) is a trusted proxy here, so its chain is extended.
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "localhost");
+    assert_eq!(h["x-request-id"], rid.as_str());
+    assert_eq!(v["version"], "HTTP/1.1");
+    p.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_xff_is_replaced_and_h2_gets_a_host_for_the_h1_upstream() {
+    let mock = start_mock().await;
+    let p = start_proxy(&format!("http://{mock}"), "unmatched: forward\n").await;
+    let (_, mut s) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;
+    let r = s.send(get("/debug/echo", true, &[("x-forwarded-for", "198.51.100.1"), ("x-request-id", "req-42")])).await;
+    assert_eq!(r.headers()["x-request-id"], "req-42");
+    let (_, v) = body_json(r).await;
+    assert_eq!(v["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(v["headers"]["host"], format!("{mock}"));
+    assert_eq!(v["headers"]["x-forwarded-host"], "localhost");
+    assert_eq!(v["headers"]["x-request-id"], "req-42");
+    assert_eq!(v["version"], "HTTP/1.1");
+    p.running.shutdown().await;
+}
+
+async fn problem(r: hyper::Response<hyper::body::Incoming>, status: u16, slug: &str) {
+    assert_eq!(r.status(), status);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let (_, v) = body_json(r).await;
+    assert_eq!(v["type"], format!("urn:cvgate:problem:{slug}"));
+    assert_eq!(v["status"], status);
+    let text = v.to_string();
+    assert!(!text.contains("127.0.0.1"), "upstream internals leaked: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upstream_is_502_and_slow_upstream_is_504() {
+    // A port nobody listens on: bind, note, close.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let p = start_proxy(&format!("http://{dead}"), "").await;
+    let t = token(&p, "acct-1", "12345678");
+    let (_, mut s) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;
+    problem(s.send(get("/api/v1/cvs?size=5", true, &[("authorization", &bearer(&t))])).await, 502, "upstream-unreachable").await;
+    p.running.shutdown().await;
+
+    let mock = start_mock().await;
+    let p = start_proxy(&format!("http://{mock}"), "").await;
+    let t = token(&p, "acct-1", "12345678");
+    let (_, mut s) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;
+    let r = s.send(get("/api/v1/cvs?size=5&header_delay_ms=4000", true, &[("authorization", &bearer(&t))])).await;
+    problem(r, 504, "upstream-timeout").await;
+    p.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431_and_slow_headers_are_cut_off() {
+    let mock = start_mock().await;
+    let p = start_proxy(&format!("http://{mock}"), "").await;
+    let big = "x".repeat(10_000);
+    for (alpn, h2) in [(&b"h2"[..], true), (&b"http/1.1"[..], false)] {
+        let (_, mut s) = tls_connect(p.tls, &p.cert_pem, &[alpn]).await;
+        problem(s.send(get("/api/v1/vacancies", h2, &[("x-big", &big)])).await, 431, "header-too-large").await;
+    }
+    // Slowloris: half a request line, then nothing. The proxy must hang up after
+    // header_read_timeout (1 s here); we give it ample time.
+    let mut tcp = tokio::net::TcpStream::connect(p.plain).await.unwrap();
+    tcp.write_all(b"GET /api/v1/vacancies HTTP/1.1\r\nHost: localhost\r\nX-Slow: ").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "slow-header client still connected after 15 s");
+    p.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
+    let mock = start_mock().await;
+    let p = start_proxy(&format!("http://{mock}"), "").await;
+    let t = token(&p, "acct-1", "12345678");
+    let (_, mut s) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;
+    let r = s.send(get("/api/v1/cvs/export?limit=10&chunk=1&delay_ms=100", true, &[("authorization", &bearer(&t))])).await;
+    assert_eq!(r.status(), 200);
+    let mut body = r.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(first.ends_with(b"\n"));
+    let tls_addr = p.tls;
+    let shutdown = tokio::spawn(p.running.shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // New connections are no longer accepted once draining starts.
+    let refused = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(tls_addr)).await;
+    assert!(!matches!(refused, Ok(Ok(_))), "listener still accepting during drain");
+    let rest = body.collect().await.unwrap().to_bytes();
+    let lines = 1 + rest.iter().filter(|b| **b == b'\n').count();
+    assert_eq!(lines, 10, "in-flight stream was not allowed to finish");
+    tokio::time::timeout(Duration::from_secs(10), shutdown).await.expect("shutdown did not return").unwrap();
+}
+
+#[test]
+fn check_config_prints_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listen:\n  tls:\n    addr: \"not-an-address\"\nupstream:\n  url: \"ftp://example\"\nlimits:\n  shutdown_grace: \"whenever\"\n  max_conections: 10\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in ["line 3: listen.tls.addr", "line 5: upstream.url", "line 7: limits.shutdown_grace", "line 8: limits.max_conections: unknown key"] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"))
+        .args(["check-config", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml")])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "config.yaml invalid: {}", String::from_utf8_lossy(&ok.stderr));
+}
