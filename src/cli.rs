@@ -107,7 +107,14 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match crate::identity::mint_from_config(&cfg.raw.identity, &account, org.as_deref(), &acr, ttl, SystemClock.now()) {
+            match crate::identity::mint_from_config(
+                &cfg.raw.identity,
+                &account,
+                org.as_deref(),
+                &acr,
+                ttl,
+                SystemClock.now(),
+            ) {
                 Ok(t) => {
                     println!("{t}");
                     ExitCode::SUCCESS

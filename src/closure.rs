@@ -135,10 +135,7 @@ pub struct Closed {
 impl Closed {
     /// `opens_at` as RFC 3339 with offset and no zone name, e.g. `2026-03-29T07:00:00+02:00`.
     pub fn opens_at_rfc3339(&self) -> String {
-        self.opens_at
-            .timestamp()
-            .display_with_offset(self.opens_at.offset())
-            .to_string()
+        self.opens_at.timestamp().display_with_offset(self.opens_at.offset()).to_string()
     }
 }
 
@@ -162,19 +159,14 @@ struct Window {
 #[derive(Debug, Clone)]
 enum When {
     /// `days` is indexed by `Weekday::to_monday_zero_offset`.
-    Daily {
-        days: [bool; 7],
-        start: Time,
-        end: Time,
-    },
+    Daily { days: [bool; 7], start: Time, end: Time },
     /// Already resolved; `from < until`.
     Once { from: Timestamp, until: Timestamp },
 }
 
 impl Window {
     fn applies(&self, group: &str, account: Option<&str>, org: Option<&str>) -> bool {
-        let listed =
-            |list: &[String], v: Option<&str>| v.is_some_and(|v| list.iter().any(|x| x == v));
+        let listed = |list: &[String], v: Option<&str>| v.is_some_and(|v| list.iter().any(|x| x == v));
         self.groups.iter().any(|g| g == group)
             && !listed(&self.exempt_accounts, account)
             && !listed(&self.exempt_orgs, org)
@@ -188,11 +180,7 @@ impl Window {
         if !days[date.weekday().to_monday_zero_offset() as usize] {
             return None;
         }
-        let end_date = if end > start {
-            date
-        } else {
-            date.tomorrow().ok()?
-        };
+        let end_date = if end > start { date } else { date.tomorrow().ok()? };
         let from = self.resolve(date.to_datetime(*start))?;
         let until = self.resolve(end_date.to_datetime(*end))?;
         (from < until).then_some((from, until))
@@ -204,11 +192,7 @@ impl Window {
 
     /// Every occurrence that could contain or follow `t`, starting from two local days before it
     /// (an occurrence spans less than 24 local hours; the extra day covers a gap-shifted end).
-    fn occurrences_around(
-        &self,
-        t: Timestamp,
-        days_after: i8,
-    ) -> impl Iterator<Item = (Timestamp, Timestamp)> + '_ {
+    fn occurrences_around(&self, t: Timestamp, days_after: i8) -> impl Iterator<Item = (Timestamp, Timestamp)> + '_ {
         let today = self.tz.to_datetime(t).date();
         let once = match self.when {
             When::Once { from, until } => Some((from, until)),
@@ -223,18 +207,12 @@ impl Window {
 
     /// The end of the (latest-ending) occurrence containing `t`.
     fn end_if_closed(&self, t: Timestamp) -> Option<Timestamp> {
-        self.occurrences_around(t, 0)
-            .filter(|&(from, until)| from <= t && t < until)
-            .map(|o| o.1)
-            .max()
+        self.occurrences_around(t, 0).filter(|&(from, until)| from <= t && t < until).map(|o| o.1).max()
     }
 
     /// The first occurrence start strictly after `t` (a week and a day ahead covers any `days`).
     fn next_start_after(&self, t: Timestamp) -> Option<Timestamp> {
-        self.occurrences_around(t, 8)
-            .map(|o| o.0)
-            .filter(|&from| from > t)
-            .min()
+        self.occurrences_around(t, 8).map(|o| o.0).filter(|&from| from > t).min()
     }
 }
 
@@ -250,15 +228,9 @@ impl ClosurePolicy {
         let mut seen = HashMap::new();
         let mut windows = Vec::new();
         for (i, w) in raw.windows.iter().enumerate() {
-            let e = &mut Errs {
-                prefix: format!("windows[{i}]"),
-                out: &mut errs,
-            };
+            let e = &mut Errs { prefix: format!("windows[{i}]"), out: &mut errs };
             let tz = check_common(e, &w.name, &w.tz, &w.groups, &mut seen);
-            let (start, end) = (
-                parse_time(e, "start", &w.start),
-                parse_time(e, "end", &w.end),
-            );
+            let (start, end) = (parse_time(e, "start", &w.start), parse_time(e, "end", &w.end));
             if start.is_some() && start == end {
                 e.push("end", "end equals start: the window would be empty");
             }
@@ -276,15 +248,9 @@ impl ClosurePolicy {
             }
         }
         for (i, o) in raw.one_off.iter().enumerate() {
-            let e = &mut Errs {
-                prefix: format!("one_off[{i}]"),
-                out: &mut errs,
-            };
+            let e = &mut Errs { prefix: format!("one_off[{i}]"), out: &mut errs };
             let tz = check_common(e, &o.name, &o.tz, &o.groups, &mut seen);
-            let (from, until) = (
-                parse_datetime(e, "from", &o.from),
-                parse_datetime(e, "until", &o.until),
-            );
+            let (from, until) = (parse_datetime(e, "from", &o.from), parse_datetime(e, "until", &o.until));
             let (Some(tz), Some(from), Some(until)) = (tz, from, until) else {
                 continue;
             };
@@ -315,24 +281,13 @@ impl ClosurePolicy {
     /// Only windows that list `group` and exempt neither `account` nor `org` count. The opening
     /// time is the end of the whole contiguous span those windows close, so a client told to
     /// come back is not refused again by an overlapping or abutting window.
-    pub fn decide(
-        &self,
-        group: &str,
-        account: Option<&str>,
-        org: Option<&str>,
-        now: Timestamp,
-    ) -> Option<Closed> {
-        let applicable = || {
-            self.windows
-                .iter()
-                .filter(|w| w.applies(group, account, org))
-        };
+    pub fn decide(&self, group: &str, account: Option<&str>, org: Option<&str>, now: Timestamp) -> Option<Closed> {
+        let applicable = || self.windows.iter().filter(|w| w.applies(group, account, org));
         let first = applicable().find(|w| w.end_if_closed(now).is_some())?;
         let (mut opens, mut ender) = (now, first);
         for _ in 0..MAX_SPAN_STEPS {
-            let later = applicable()
-                .filter_map(|w| w.end_if_closed(opens).map(|end| (end, w)))
-                .max_by_key(|&(end, _)| end);
+            let later =
+                applicable().filter_map(|w| w.end_if_closed(opens).map(|end| (end, w))).max_by_key(|&(end, _)| end);
             match later {
                 Some((end, w)) => (opens, ender) = (end, w),
                 None => break,
@@ -340,11 +295,7 @@ impl ClosurePolicy {
         }
         let nanos = opens.as_nanosecond() - now.as_nanosecond();
         let secs = u64::try_from((nanos + 999_999_999) / 1_000_000_000).unwrap_or(u64::MAX);
-        Some(Closed {
-            window: first.name.clone(),
-            opens_at: opens.to_zoned(ender.tz.clone()),
-            retry_after_secs: secs,
-        })
+        Some(Closed { window: first.name.clone(), opens_at: opens.to_zoned(ender.tz.clone()), retry_after_secs: secs })
     }
 
     /// The next instant strictly after `now` at which a window with `in_flight: cut` that
@@ -380,8 +331,7 @@ struct Errs<'e> {
 
 impl Errs<'_> {
     fn push(&mut self, key: &str, msg: impl Into<String>) {
-        self.out
-            .push((format!("{}.{key}", self.prefix), msg.into()));
+        self.out.push((format!("{}.{key}", self.prefix), msg.into()));
     }
 }
 
@@ -396,10 +346,7 @@ fn check_common<'a>(
     if name.trim().is_empty() {
         e.push("name", "name must not be empty");
     } else if let Some(first) = seen.get(name) {
-        e.push(
-            "name",
-            format!("duplicate window name {name:?} (see {first})"),
-        );
+        e.push("name", format!("duplicate window name {name:?} (see {first})"));
     } else {
         seen.insert(name, format!("{}.name", e.prefix));
     }
@@ -435,10 +382,7 @@ fn parse_time(e: &mut Errs, key: &str, s: &str) -> Option<Time> {
 /// A civil date-time ("2026-12-01T22:00"; a bare date means 00:00). jiff would accept and then
 /// silently drop an offset or `[zone]` suffix; those are refused, since `tz` is what applies.
 fn parse_datetime(e: &mut Errs, key: &str, s: &str) -> Option<DateTime> {
-    let zoned = s
-        .get(10..)
-        .unwrap_or("")
-        .contains(['+', '-', '\u{2212}', '[', 'Z', 'z']);
+    let zoned = s.get(10..).unwrap_or("").contains(['+', '-', '\u{2212}', '[', 'Z', 'z']);
     let dt = s.parse::<DateTime>().ok().filter(|_| !zoned);
     if dt.is_none() {
         let msg = "expected a local date-time without offset or zone, like 2026-12-01T22:00";
@@ -465,10 +409,7 @@ fn parse_days(e: &mut Errs, days: Option<&[String]>) -> Option<[bool; 7]> {
             Some(idx) => set[idx] = true,
             None => {
                 ok = false;
-                e.push(
-                    &format!("days[{i}]"),
-                    format!("unknown day {day:?} (mon..sun)"),
-                );
+                e.push(&format!("days[{i}]"), format!("unknown day {day:?} (mon..sun)"));
             }
         }
     }
@@ -489,12 +430,7 @@ mod tests {
     }
 
     fn daily(name: &str, start: &str, end: &str) -> RawWindow {
-        RawWindow {
-            name: name.into(),
-            start: start.into(),
-            end: end.into(),
-            ..default_windows().windows[0].clone()
-        }
+        RawWindow { name: name.into(), start: start.into(), end: end.into(), ..default_windows().windows[0].clone() }
     }
 
     fn once(name: &str, from: &str, until: &str) -> RawOneOff {
@@ -514,9 +450,7 @@ mod tests {
     fn check(p: &ClosurePolicy, rows: &[(&str, Option<(u64, &str)>)]) {
         for &(at, want) in rows {
             let got = p.decide("cv", None, None, ts(at));
-            let got = got
-                .as_ref()
-                .map(|c| (c.retry_after_secs, c.opens_at_rfc3339()));
+            let got = got.as_ref().map(|c| (c.retry_after_secs, c.opens_at_rfc3339()));
             assert_eq!(got, want.map(|(s, o)| (s, o.to_string())), "at {at}");
         }
     }
@@ -560,17 +494,12 @@ mod tests {
             ("2026-01-15T06:59:59.001+01:00", Some((1, "2026-01-15T07:00:00+01:00"))),
             ("2026-01-15T06:59:58.5+01:00", Some((2, "2026-01-15T07:00:00+01:00"))),
         ]);
-        let c = p
-            .decide("cv", None, None, ts("2026-03-28T23:00:00+01:00"))
-            .unwrap();
+        let c = p.decide("cv", None, None, ts("2026-03-28T23:00:00+01:00")).unwrap();
         assert_eq!(c.window, "night");
         assert_eq!(c.opens_at.time_zone().iana_name(), Some("Europe/Amsterdam"));
         // The ends of jiff's range (where the next date does not exist) do not panic.
         for t in [Timestamp::MIN, Timestamp::MAX] {
-            let _ = (
-                p.decide("cv", None, None, t),
-                p.next_cut_after("cv", None, None, t),
-            );
+            let _ = (p.decide("cv", None, None, t), p.next_cut_after("cv", None, None, t));
         }
     }
 
@@ -622,10 +551,7 @@ mod tests {
     fn overlapping_and_abutting_windows_open_at_end_of_span() {
         let maintenance = once("maintenance", "2026-12-01T06:00", "2026-12-01T09:00");
         let morning = daily("morning", "09:00", "09:30");
-        let p = policy(
-            vec![daily("night", "23:00", "07:00"), morning],
-            vec![maintenance],
-        );
+        let p = policy(vec![daily("night", "23:00", "07:00"), morning], vec![maintenance]);
         #[rustfmt::skip]
         check(&p, &[
             ("2026-11-30T23:00:00+01:00", Some((37800, "2026-12-01T09:30:00+01:00"))),
@@ -633,9 +559,7 @@ mod tests {
             ("2026-12-01T09:30:00+01:00", None),
             ("2026-12-02T06:00:00+01:00", Some((3600, "2026-12-02T07:00:00+01:00"))),
         ]);
-        let c = p
-            .decide("cv", None, None, ts("2026-12-01T08:00:00+01:00"))
-            .unwrap();
+        let c = p.decide("cv", None, None, ts("2026-12-01T08:00:00+01:00")).unwrap();
         assert_eq!(c.window, "maintenance");
         let states = p.states(ts("2026-12-01T06:30:00+01:00"));
         let want = [("night", true), ("morning", false), ("maintenance", true)];
@@ -653,21 +577,12 @@ mod tests {
         let at = ts("2026-12-01T01:00:00+01:00");
         assert!(p.decide("cv", None, None, at).is_some());
         assert!(p.decide("cv", Some("acct-1"), None, at).is_none());
-        assert!(p
-            .decide("cv", Some("acct-2"), Some("12345678"), at)
-            .is_none());
+        assert!(p.decide("cv", Some("acct-2"), Some("12345678"), at).is_none());
         assert!(p.decide("vacancies", None, None, at).is_none());
         // The exempt account is still closed by the window that does not exempt it.
-        let c = p
-            .decide("cv", Some("acct-1"), None, ts("2026-12-01T06:30:00+01:00"))
-            .unwrap();
-        assert_eq!(
-            (c.window.as_str(), c.retry_after_secs),
-            ("maintenance", 9000)
-        );
-        assert!(p
-            .decide("other", None, None, ts("2026-12-01T06:30:00+01:00"))
-            .is_none());
+        let c = p.decide("cv", Some("acct-1"), None, ts("2026-12-01T06:30:00+01:00")).unwrap();
+        assert_eq!((c.window.as_str(), c.retry_after_secs), ("maintenance", 9000));
+        assert!(p.decide("other", None, None, ts("2026-12-01T06:30:00+01:00")).is_none());
     }
 
     #[test]
@@ -693,21 +608,12 @@ mod tests {
         maint.in_flight = InFlight::Cut;
         let p = policy(vec![daily("night", "23:00", "07:00"), mon], vec![maint]);
         let tue = ts("2026-11-24T12:00:00+01:00");
-        assert_eq!(
-            p.next_cut_after("cv", None, None, tue),
-            Some(ts("2026-11-30T23:00:00+01:00"))
-        );
+        assert_eq!(p.next_cut_after("cv", None, None, tue), Some(ts("2026-11-30T23:00:00+01:00")));
         let org = Some("12345678");
-        assert_eq!(
-            p.next_cut_after("cv", None, org, tue),
-            Some(ts("2026-12-01T22:00:00+01:00"))
-        );
+        assert_eq!(p.next_cut_after("cv", None, org, tue), Some(ts("2026-12-01T22:00:00+01:00")));
         // Strictly after: at the start instant itself the next one is a week later.
         let start = ts("2026-11-30T23:00:00+01:00");
-        assert_eq!(
-            p.next_cut_after("cv", None, org, start),
-            Some(ts("2026-12-01T22:00:00+01:00"))
-        );
+        assert_eq!(p.next_cut_after("cv", None, org, start), Some(ts("2026-12-01T22:00:00+01:00")));
         assert_eq!(p.next_cut_after("vacancies", None, None, tue), None);
         let only_finish = policy(vec![daily("night", "23:00", "07:00")], vec![]);
         assert_eq!(only_finish.next_cut_after("cv", None, None, tue), None);
@@ -725,10 +631,7 @@ mod tests {
         empty_days.days = Some(vec![]);
         let backwards = once("c", "2026-12-01T22:00", "2026-12-01T21:00");
         let dup_once = once("b", "tomorrow", "2026-12-01T21:00+01:00");
-        let raw = RawClosure {
-            windows: vec![bad_tz, bad_days, dup, empty_days],
-            one_off: vec![backwards, dup_once],
-        };
+        let raw = RawClosure { windows: vec![bad_tz, bad_days, dup, empty_days], one_off: vec![backwards, dup_once] };
         let errs = ClosurePolicy::from_raw(&raw).unwrap_err();
         let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(
@@ -761,16 +664,10 @@ mod tests {
         let json = r#"{"windows":[{"name":"n","start":"23:00","end":"07:00:30","groups":["cv"],
             "days":["SAT","sunday"],"in_flight":"cut"}]}"#;
         let raw: RawClosure = serde_json::from_str(json).unwrap();
-        assert_eq!(
-            (raw.windows[0].tz.as_deref(), raw.windows[0].in_flight),
-            (None, InFlight::Cut)
-        );
+        assert_eq!((raw.windows[0].tz.as_deref(), raw.windows[0].in_flight), (None, InFlight::Cut));
         assert!(raw.one_off.is_empty());
         let p = ClosurePolicy::from_raw(&raw).unwrap();
-        let (fri, sat) = (
-            ts("2026-01-16T23:00:00+01:00"),
-            ts("2026-01-17T23:00:00+01:00"),
-        );
+        let (fri, sat) = (ts("2026-01-16T23:00:00+01:00"), ts("2026-01-17T23:00:00+01:00"));
         assert!(p.decide("cv", None, None, fri).is_none());
         assert!(p.decide("cv", None, None, sat).is_some());
     }
@@ -786,21 +683,9 @@ mod tests {
         };
         vec![
             default_windows().windows,
-            vec![with(
-                daily("w", "22:30:15", "06:45"),
-                "Europe/Amsterdam",
-                &["fri", "sat"],
-            )],
-            vec![with(
-                daily("w", "09:00", "17:30"),
-                "America/New_York",
-                &["mon", "tue", "wed"],
-            )],
-            vec![with(
-                daily("w", "20:00", "04:00"),
-                "Australia/Sydney",
-                &["sun"],
-            )],
+            vec![with(daily("w", "22:30:15", "06:45"), "Europe/Amsterdam", &["fri", "sat"])],
+            vec![with(daily("w", "09:00", "17:30"), "America/New_York", &["mon", "tue", "wed"])],
+            vec![with(daily("w", "20:00", "04:00"), "Australia/Sydney", &["sun"])],
             vec![
                 daily("night", "23:00", "07:00"),
                 with(daily("lunch", "06:00", "13:00"), "Asia/Kolkata", &["thu"]),
@@ -817,9 +702,7 @@ mod tests {
             let (start, end): (Time, Time) = (w.start.parse().unwrap(), w.end.parse().unwrap());
             let starts_on = |d: Date| {
                 let name = format!("{:?}", d.weekday()).to_ascii_lowercase();
-                w.days
-                    .as_ref()
-                    .is_none_or(|ds| ds.iter().any(|x| name.starts_with(&x.to_ascii_lowercase())))
+                w.days.as_ref().is_none_or(|ds| ds.iter().any(|x| name.starts_with(&x.to_ascii_lowercase())))
             };
             let (today, time) = (local.date(), local.time());
             let yesterday = today.yesterday().unwrap();

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::Request;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::config::Limits;
-use crate::problem::ProxyError;
+use crate::problem::{BoxError, ProxyBody, ProxyError};
 use crate::proxy;
 use crate::server::Shared;
 
@@ -110,6 +110,28 @@ async fn serve_connection(
     }
 }
 
+/// Every error (only load shedding produces one) becomes an answer, never a reset.
+fn shed_to_answer(r: Result<Response<ProxyBody>, BoxError>) -> Response<ProxyBody> {
+    r.unwrap_or_else(|_| ProxyError::Overloaded.into_response(&uuid::Uuid::new_v4().to_string()))
+}
+
+/// The tower stack as a hyper service whose error type is `Infallible`: every error has
+/// already become an answer (`shed_to_answer`), and a concrete error type keeps rustc's `Send`
+/// inference for the spawned connection task tractable.
+#[derive(Clone)]
+struct Answering(tower::util::BoxCloneService<Request<Incoming>, Response<ProxyBody>, BoxError>);
+
+impl hyper::service::Service<Request<Incoming>> for Answering {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let svc = self.0.clone();
+        Box::pin(async move { Ok(shed_to_answer(svc.oneshot(req).await)) })
+    }
+}
+
 /// Serve HTTP on an established (maybe TLS) stream. `alpn_h2`: `Some(true)` when ALPN chose h2,
 /// `Some(false)` when it chose http/1.1 or nothing; `None` (plain TCP) detects the h2 preface.
 async fn serve_http<I>(
@@ -154,11 +176,10 @@ async fn serve_http<I>(
     let svc = ServiceBuilder::new()
         .load_shed()
         .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(shared.inflight.clone()))
-        .service(svc)
-        .map_result(|r| {
-            Ok::<_, Infallible>(r.unwrap_or_else(|_| ProxyError::Overloaded.into_response(&uuid::Uuid::new_v4().to_string())))
-        });
-    let svc = hyper_util::service::TowerToHyperService::new(svc);
+        .service(svc);
+    let svc: tower::util::BoxCloneService<Request<Incoming>, Response<ProxyBody>, BoxError> =
+        tower::util::BoxCloneService::new(svc);
+    let svc = Answering(svc);
 
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);

@@ -6,8 +6,7 @@
 //! per-account, per-IP or per-organisation label (see docs/metrics.md).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All metric families.
@@ -67,34 +66,73 @@ impl Metrics {
             r.register(Box::new(c.clone())).expect("unique metric");
             c
         };
-        let connections_refused =
-            counter("cvgate_connections_refused_total", "Connections closed at once because the connection cap was reached.");
-        let tls_handshake_failures = counter("cvgate_tls_handshake_failures_total", "Failed or timed-out TLS handshakes.");
-        let audit_dropped = counter("cvgate_audit_dropped_total", "Audit lines dropped because the writer could not keep up.");
-        let connections_active = IntGauge::new("cvgate_connections_active", "Open client connections.").expect("metric");
+        let connections_refused = counter(
+            "cvgate_connections_refused_total",
+            "Connections closed at once because the connection cap was reached.",
+        );
+        let tls_handshake_failures =
+            counter("cvgate_tls_handshake_failures_total", "Failed or timed-out TLS handshakes.");
+        let audit_dropped =
+            counter("cvgate_audit_dropped_total", "Audit lines dropped because the writer could not keep up.");
+        let connections_active =
+            IntGauge::new("cvgate_connections_active", "Open client connections.").expect("metric");
         r.register(Box::new(connections_active.clone())).expect("unique metric");
-        let quota_tracked_keys = IntGauge::new("cvgate_quota_tracked_keys", "Quota keys tracked in the local store.").expect("metric");
+        let quota_tracked_keys =
+            IntGauge::new("cvgate_quota_tracked_keys", "Quota keys tracked in the local store.").expect("metric");
         r.register(Box::new(quota_tracked_keys.clone())).expect("unique metric");
         let upstream_latency = HistogramVec::new(
-            HistogramOpts::new("cvgate_upstream_response_seconds", "Time from forwarding to upstream response headers.")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new(
+                "cvgate_upstream_response_seconds",
+                "Time from forwarding to upstream response headers.",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             &["route"],
         )
         .expect("metric definition");
         r.register(Box::new(upstream_latency.clone())).expect("unique metric");
         Self {
-            requests: counter_vec(&r, "cvgate_requests_total", "Requests by route, group, status class and decision.", &["route", "group", "status", "decision"]),
-            cvs_delivered: counter_vec(&r, "cvgate_cvs_delivered_total", "CVs delivered to clients, by route and tier.", &["route", "tier"]),
-            quota_rejections: counter_vec(&r, "cvgate_quota_rejections_total", "Requests rejected by a quota bucket, by scope and horizon.", &["scope", "horizon"]),
-            quota_would_reject: counter_vec(&r, "cvgate_quota_would_reject_total", "Shadow-mode buckets that would have rejected, by scope and horizon.", &["scope", "horizon"]),
+            requests: counter_vec(
+                &r,
+                "cvgate_requests_total",
+                "Requests by route, group, status class and decision.",
+                &["route", "group", "status", "decision"],
+            ),
+            cvs_delivered: counter_vec(
+                &r,
+                "cvgate_cvs_delivered_total",
+                "CVs delivered to clients, by route and tier.",
+                &["route", "tier"],
+            ),
+            quota_rejections: counter_vec(
+                &r,
+                "cvgate_quota_rejections_total",
+                "Requests rejected by a quota bucket, by scope and horizon.",
+                &["scope", "horizon"],
+            ),
+            quota_would_reject: counter_vec(
+                &r,
+                "cvgate_quota_would_reject_total",
+                "Shadow-mode buckets that would have rejected, by scope and horizon.",
+                &["scope", "horizon"],
+            ),
             auth_failures: counter_vec(&r, "cvgate_auth_failures_total", "Identity failures by reason.", &["reason"]),
-            streams_truncated: counter_vec(&r, "cvgate_streams_truncated_total", "Export streams ended at a record boundary, by reason.", &["reason"]),
+            streams_truncated: counter_vec(
+                &r,
+                "cvgate_streams_truncated_total",
+                "Export streams ended at a record boundary, by reason.",
+                &["reason"],
+            ),
             closed: gauge_vec(&r, "cvgate_closed", "1 while the closure window is active.", &["window"]),
             paused: gauge_vec(&r, "cvgate_paused", "1 while the route group is paused.", &["group"]),
             blocks_active: gauge_vec(&r, "cvgate_blocks_active", "Active blocks by scope.", &["scope"]),
             upstream_errors: counter_vec(&r, "cvgate_upstream_errors_total", "Upstream failures by kind.", &["kind"]),
             config_reloads: counter_vec(&r, "cvgate_config_reloads_total", "Config reloads by result.", &["result"]),
-            store_errors: counter_vec(&r, "cvgate_quota_store_errors_total", "Quota store errors by operation.", &["op"]),
+            store_errors: counter_vec(
+                &r,
+                "cvgate_quota_store_errors_total",
+                "Quota store errors by operation.",
+                &["op"],
+            ),
             upstream_latency,
             connections_active,
             connections_refused,

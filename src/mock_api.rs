@@ -39,20 +39,66 @@ const FIRST: [&str; 16] = [
     "Noor", "Ruben", "Anouk",
 ];
 const LAST: [&str; 16] = [
-    "de Jong", "Jansen", "de Vries", "van den Berg", "van Dijk", "Bakker", "Visser", "Smit", "Meijer", "de Boer",
-    "Mulder", "de Groot", "Bos", "Vos", "Peters", "Hendriks",
+    "de Jong",
+    "Jansen",
+    "de Vries",
+    "van den Berg",
+    "van Dijk",
+    "Bakker",
+    "Visser",
+    "Smit",
+    "Meijer",
+    "de Boer",
+    "Mulder",
+    "de Groot",
+    "Bos",
+    "Vos",
+    "Peters",
+    "Hendriks",
 ];
 const CITIES: [&str; 12] = [
-    "Amsterdam", "Rotterdam", "Utrecht", "Den Haag", "Eindhoven", "Groningen", "Tilburg", "Almere", "Breda",
-    "Nijmegen", "Zwolle", "Leeuwarden",
+    "Amsterdam",
+    "Rotterdam",
+    "Utrecht",
+    "Den Haag",
+    "Eindhoven",
+    "Groningen",
+    "Tilburg",
+    "Almere",
+    "Breda",
+    "Nijmegen",
+    "Zwolle",
+    "Leeuwarden",
 ];
 const SKILLS: [&str; 16] = [
-    "heftruck", "VCA", "Excel", "klantcontact", "lassen", "zorg", "logistiek", "boekhouding", "Java", "schoonmaak",
-    "rijbewijs C", "horeca", "Engels", "Duits", "planning", "verkoop",
+    "heftruck",
+    "VCA",
+    "Excel",
+    "klantcontact",
+    "lassen",
+    "zorg",
+    "logistiek",
+    "boekhouding",
+    "Java",
+    "schoonmaak",
+    "rijbewijs C",
+    "horeca",
+    "Engels",
+    "Duits",
+    "planning",
+    "verkoop",
 ];
 const ROLES: [&str; 10] = [
-    "orderpicker", "verpleegkundige", "administratief medewerker", "monteur", "chauffeur", "kok",
-    "klantenservicemedewerker", "developer", "schoonmaker", "magazijnmedewerker",
+    "orderpicker",
+    "verpleegkundige",
+    "administratief medewerker",
+    "monteur",
+    "chauffeur",
+    "kok",
+    "klantenservicemedewerker",
+    "developer",
+    "schoonmaker",
+    "magazijnmedewerker",
 ];
 const EMPLOYERS: [&str; 8] =
     ["Albert Heijn", "PostNL", "Gemeente Utrecht", "Randstad", "Philips", "NS", "Jumbo", "Rabobank"];
@@ -168,10 +214,7 @@ fn export(q: &str) -> Response<ProxyBody> {
         }
     });
     let body = StreamBody::new(tokio_stream_from(rx)).boxed();
-    Response::builder()
-        .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(body)
-        .expect("response")
+    Response::builder().header(header::CONTENT_TYPE, "application/x-ndjson").body(body).expect("response")
 }
 
 /// An mpsc receiver as a `Stream` (tokio-stream's wrapper, without the dependency).
@@ -184,7 +227,9 @@ fn filler(q: &str) -> Response<ProxyBody> {
     let line = Bytes::from(format!("{{\"filler\":\"{}\"}}\n", "x".repeat(1010)));
     let chunk: Bytes = Bytes::from(line.repeat(64)); // 64 KiB
     let chunks = mib * 16;
-    let stream = futures_util::stream::iter((0..chunks).map(move |_| Ok::<_, crate::problem::BoxError>(Frame::data(chunk.clone()))));
+    let stream = futures_util::stream::iter(
+        (0..chunks).map(move |_| Ok::<_, crate::problem::BoxError>(Frame::data(chunk.clone()))),
+    );
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(StreamBody::new(stream).boxed())

@@ -41,12 +41,9 @@ pub enum ProxyError {
     /// Page × size beyond the route's deep-paging depth.
     TooDeep { depth: u64, max_depth: u64 },
     /// A quota bucket has no room for this request.
-    QuotaExceeded {
-        scope: &'static str,
-        horizon: String,
-        retry_after: u64,
-        headers: Vec<(HeaderName, HeaderValue)>,
-    },
+    QuotaExceeded { scope: &'static str, horizon: String, retry_after: u64, headers: Vec<(HeaderName, HeaderValue)> },
+    /// The request asks for more CVs than a bucket can ever hold: ask for fewer.
+    TooLarge { scope: &'static str, horizon: String, capacity: u64, headers: Vec<(HeaderName, HeaderValue)> },
     /// The shared quota store cannot be reached and the policy is fail-closed.
     QuotaUnavailable,
     /// The upstream refused or could not be connected to.
@@ -73,6 +70,7 @@ impl ProxyError {
             Self::Paused { .. } => "paused",
             Self::TooDeep { .. } => "paging-too-deep",
             Self::QuotaExceeded { .. } => "quota-exceeded",
+            Self::TooLarge { .. } => "request-too-large",
             Self::QuotaUnavailable => "quota-unavailable",
             Self::UpstreamUnreachable => "upstream-unreachable",
             Self::UpstreamTimeout => "upstream-timeout",
@@ -91,7 +89,7 @@ impl ProxyError {
             Self::Closed { .. } | Self::Paused { .. } | Self::QuotaUnavailable | Self::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::QuotaExceeded { .. } | Self::TooLarge { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnreachable | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -134,6 +132,12 @@ impl ProxyError {
                 x.insert("horizon".into(), json!(horizon));
                 x.insert("retry_after".into(), json!(retry_after));
                 ("CV quota exceeded", format!("The {scope} {horizon} CV quota is used up; retry in {retry_after} s."))
+            }
+            Self::TooLarge { scope, horizon, capacity, .. } => {
+                x.insert("scope".into(), json!(scope));
+                x.insert("horizon".into(), json!(horizon));
+                x.insert("capacity".into(), json!(capacity));
+                ("CV request too large", format!("This request asks for more CVs than the {scope} {horizon} quota ({capacity}) can ever hold; ask for fewer."))
             }
             Self::QuotaUnavailable => ("Quota service unavailable", "Try again shortly.".to_string()),
             Self::UpstreamUnreachable => ("Bad gateway", "The CV service could not be reached.".to_string()),
@@ -182,7 +186,7 @@ impl ProxyError {
                     h.insert(WWW_AUTHENTICATE, v);
                 }
             }
-            Self::QuotaExceeded { headers, .. } => {
+            Self::QuotaExceeded { headers, .. } | Self::TooLarge { headers, .. } => {
                 for (k, v) in headers {
                     h.insert(k, v);
                 }
@@ -207,7 +211,11 @@ mod tests {
 
     #[tokio::test]
     async fn problem_json_has_type_status_and_retry_after() {
-        let e = ProxyError::Closed { window: "night".into(), opens_at: "2026-11-24T07:00:00+01:00".into(), retry_after: 28800 };
+        let e = ProxyError::Closed {
+            window: "night".into(),
+            opens_at: "2026-11-24T07:00:00+01:00".into(),
+            retry_after: 28800,
+        };
         let r = e.into_response("abc");
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[RETRY_AFTER], "28800");

@@ -26,7 +26,6 @@ use hyper::body::Incoming;
 
 use crate::count::{BodyOutcome, CountingBody, EndReason};
 use crate::forward::{request_id, Hop, X_REQUEST_ID};
-use crate::identity::Identity;
 use crate::listener::ConnInfo;
 use crate::problem::{ProxyBody, ProxyError};
 use crate::quota::{CostMode, Rejection, Reservation, Subject};
@@ -198,7 +197,18 @@ async fn run(
     let (format, limit, header_count) = match &route.count {
         _ if !success => (None, None, Some(0)),
         Count::Reserved => (None, None, None),
-        Count::Header(h) => (None, None, Some(parts.headers.get(h).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(ctx.reserved))),
+        Count::Header(h) => (
+            None,
+            None,
+            Some(
+                parts
+                    .headers
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(ctx.reserved),
+            ),
+        ),
         Count::Body(f) => (Some(f.clone()), route.up_to.then_some(ctx.reserved), None),
     };
     if format.is_some() && limit.is_some() {
@@ -286,10 +296,16 @@ fn rejection(shared: &Shared, r: Rejection) -> ProxyError {
                 scope: scope.as_str(),
                 horizon: horizon.to_string(),
                 retry_after: retry_after_secs,
-                headers: headers
-                    .into_iter()
-                    .filter_map(|(k, v)| Some((k, HeaderValue::from_str(&v).ok()?)))
-                    .collect(),
+                headers: quota_headers(headers),
+            }
+        }
+        Rejection::TooLarge { scope, horizon, capacity, headers } => {
+            shared.metrics.quota_rejections.with_label_values(&[scope.as_str(), &horizon]).inc();
+            ProxyError::TooLarge {
+                scope: scope.as_str(),
+                horizon: horizon.to_string(),
+                capacity,
+                headers: quota_headers(headers),
             }
         }
         Rejection::Store(e) => {
@@ -298,6 +314,12 @@ fn rejection(shared: &Shared, r: Rejection) -> ProxyError {
             ProxyError::QuotaUnavailable
         }
     }
+}
+
+fn quota_headers(h: Vec<(&'static str, String)>) -> Vec<(http::HeaderName, HeaderValue)> {
+    h.into_iter()
+        .filter_map(|(k, v)| Some((http::HeaderName::from_static(k), HeaderValue::from_str(&v).ok()?)))
+        .collect()
 }
 
 /// CVs to reserve before forwarding; `None` for routes that are not charged.
@@ -316,8 +338,8 @@ pub fn query_u64(query: &str, name: &str) -> Option<u64> {
 
 /// Rejects request headers over the limit with a 431 problem (hyper's own limit is a backstop).
 fn check_headers(req: &Request<Incoming>, limit: usize) -> Result<(), ProxyError> {
-    let size: usize = req.uri().to_string().len()
-        + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+    let size: usize =
+        req.uri().to_string().len() + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
     if size > limit {
         return Err(ProxyError::HeaderTooLarge { limit });
     }

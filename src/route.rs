@@ -29,7 +29,11 @@ pub enum Reserve {
     Free,
     Fixed(u64),
     /// From a query parameter, with a default when absent and a cap.
-    Query { param: String, default: u64, max: u64 },
+    Query {
+        param: String,
+        default: u64,
+        max: u64,
+    },
 }
 
 /// How the response's records are counted (the real charge at settle time).

@@ -16,7 +16,9 @@ async fn h2_and_http11_over_tls_reach_the_mock_api() {
     let mock = start_mock().await;
     let p = start_proxy(&format!("http://{mock}"), "").await;
     let t = token(&p, "acct-1", "12345678");
-    for (alpn, want, h2) in [(&[&b"h2"[..], b"http/1.1"][..], b"h2".to_vec(), true), (&[&b"http/1.1"[..]][..], b"http/1.1".to_vec(), false)] {
+    for (alpn, want, h2) in
+        [(&[&b"h2"[..], b"http/1.1"][..], b"h2".to_vec(), true), (&[&b"http/1.1"[..]][..], b"http/1.1".to_vec(), false)]
+    {
         let (negotiated, mut s) = tls_connect(p.tls, &p.cert_pem, alpn).await;
         assert_eq!(negotiated, Some(want.clone()), "ALPN outcome");
         let r = s.send(get("/api/v1/cvs?size=5&query=lasser", h2, &[("authorization", &bearer(&t))])).await;
@@ -48,7 +50,9 @@ async fn first_record_arrives_before_the_upstream_sends_the_last() {
                 let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
                     .map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)));
                 let body = http_body_util::StreamBody::new(stream);
-                Ok::<_, std::convert::Infallible>(http::Response::builder().header("content-type", "application/x-ndjson").body(body).unwrap())
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder().header("content-type", "application/x-ndjson").body(body).unwrap(),
+                )
             }
         });
         let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(s), svc).await;
@@ -60,7 +64,11 @@ async fn first_record_arrives_before_the_upstream_sends_the_last() {
     assert_eq!(r.status(), 200);
     tx.send(Bytes::from_static(b"{\"id\":\"cv-1\"}\n")).await.unwrap();
     let mut body = r.into_body();
-    let first = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.expect("first record not streamed").unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("first record not streamed")
+        .unwrap()
+        .unwrap();
     assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"{\"id\":\"cv-1\"}\n"));
     tx.send(Bytes::from_static(b"{\"id\":\"cv-2\"}\n")).await.unwrap();
     drop(tx);
@@ -102,7 +110,11 @@ async fn a_256_mib_body_streams_without_growing_memory() {
 async fn hop_by_hop_headers_are_stripped_both_ways_and_forwarding_headers_set() {
     let mock = start_mock().await;
     let (dir, cert) = cert_dir();
-    let yaml = test_yaml(&format!("http://{mock}"), dir.path(), &format!("{}unmatched: forward\n", identity_yaml(&["127.0.0.1/32"])));
+    let yaml = test_yaml(
+        &format!("http://{mock}"),
+        dir.path(),
+        &format!("{}unmatched: forward\n", identity_yaml(&["127.0.0.1/32"])),
+    );
     let p = start_proxy_in(dir, cert, &yaml).await;
     let (_, mut s) = tls_connect(p.tls, &p.cert_pem, &[b"http/1.1"]).await;
     let r = s
@@ -173,7 +185,12 @@ async fn refused_upstream_is_502_and_slow_upstream_is_504() {
     let p = start_proxy(&format!("http://{dead}"), "").await;
     let t = token(&p, "acct-1", "12345678");
     let (_, mut s) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;
-    problem(s.send(get("/api/v1/cvs?size=5", true, &[("authorization", &bearer(&t))])).await, 502, "upstream-unreachable").await;
+    problem(
+        s.send(get("/api/v1/cvs?size=5", true, &[("authorization", &bearer(&t))])).await,
+        502,
+        "upstream-unreachable",
+    )
+    .await;
     p.running.shutdown().await;
 
     let mock = start_mock().await;
@@ -210,7 +227,8 @@ async fn graceful_shutdown_lets_an_in_flight_stream_finish() {
     let p = start_proxy(&format!("http://{mock}"), "").await;
     let t = token(&p, "acct-1", "12345678");
     let (_, mut s) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;
-    let r = s.send(get("/api/v1/cvs/export?limit=10&chunk=1&delay_ms=100", true, &[("authorization", &bearer(&t))])).await;
+    let r =
+        s.send(get("/api/v1/cvs/export?limit=10&chunk=1&delay_ms=100", true, &[("authorization", &bearer(&t))])).await;
     assert_eq!(r.status(), 200);
     let mut body = r.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -243,7 +261,12 @@ fn check_config_prints_every_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    for needle in ["line 3: listen.tls.addr", "line 5: upstream.url", "line 7: limits.shutdown_grace", "line 8: limits.max_conections: unknown key"] {
+    for needle in [
+        "line 3: listen.tls.addr",
+        "line 5: upstream.url",
+        "line 7: limits.shutdown_grace",
+        "line 8: limits.max_conections: unknown key",
+    ] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
     let ok = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"))

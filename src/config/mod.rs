@@ -184,8 +184,7 @@ impl Errs {
 
 /// Parse a duration such as `30s`, `2m`, `1h 30m`, `250ms` (jiff's friendly format).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration =
-        s.parse().map_err(|e| format!("not a duration like 30s, 5m or 1h: {s:?} ({e})"))?;
+    let d: jiff::SignedDuration = s.parse().map_err(|e| format!("not a duration like 30s, 5m or 1h: {s:?} ({e})"))?;
     Duration::try_from(d).map_err(|_| format!("a duration must not be negative: {s:?}"))
 }
 
@@ -230,9 +229,7 @@ impl Config {
         // upstream
         let u = &raw.upstream;
         let upstream = match u.url.parse::<http::Uri>() {
-            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {
-                Some(uri)
-            }
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => Some(uri),
             _ => {
                 e.push("upstream.url", format!("expected http://host:port or https://host:port, got {:?}", u.url));
                 None
