@@ -98,7 +98,7 @@ async fn hammer(p: Arc<QuotaPolicy>, subjects: Vec<(String, Option<String>, Stri
                 let (a, o, ip) = &subs[(r() % subs.len() as u64) as usize];
                 let s = Subject { account: Some(a), org: o.as_deref(), ip: ip.parse().unwrap(), country: "NL" };
                 let n = 1 + r() % 200;
-                let mode = if r() % 2 == 0 { CostMode::Exact(n) } else { CostMode::UpTo { max: n, min: 1 } };
+                let mode = if r().is_multiple_of(2) { CostMode::Exact(n) } else { CostMode::UpTo { max: n, min: 1 } };
                 if let Ok(res) = e.reserve(&p, &s, mode).await {
                     let actual = r() % (res.granted + 1);
                     // Charge all buckets of this subject that contain the watched key.
