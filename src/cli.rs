@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`, `mock-cv-api`, `token`.
+//! The command line: `serve`, `check-config`, `mock-cv-api`, `token`, `demo`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,11 +51,26 @@ pub enum Command {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+    /// Replay the 4 May 2024 incident, its evasions and legitimate use through the real proxy
+    /// on a manual clock, and print what got through.
+    Demo {
+        #[arg(long, default_value = "config.yaml")]
+        config: PathBuf,
+        /// Machine-readable report on stdout (no progress bar).
+        #[arg(long)]
+        json: bool,
+        /// Afterwards keep the proxy and the mock CV API up on the config's ports, for curl.
+        #[arg(long)]
+        serve: bool,
+        /// Fewer requests, same shape.
+        #[arg(long)]
+        fast: bool,
+    },
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CVGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("CVGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
@@ -66,8 +81,18 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Run the CLI; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The demo starts a proxy per scenario: their info lines would bury the table.
+    init_logging(if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" });
     match cli.command {
+        Command::Demo { config, json, serve, fast } => {
+            match runtime().block_on(crate::demo::main(config, json, serve, fast)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cvgate demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => match runtime().block_on(crate::server::serve(&config, Arc::new(SystemClock))) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -8,24 +8,34 @@
 //! - [`route`]: which requests are CV requests and what each costs.
 //! - [`identity`]: the employer account, organisation (KvK) and assurance level from a verified
 //!   JWT or a trusted gateway; the client IP.
+//! - [`geo`]: the client IP's country (trusted edge header or a MaxMind `.mmdb`), `ZZ` if unknown.
+//! - [`blocks`]: blocked accounts, organisations and IP prefixes (manual and by rule, persisted).
 //! - [`closure`]: closure windows (23:00–07:00 Europe/Amsterdam by default), DST-correct.
 //! - [`quota`]: CV budgets per account, organisation, IP prefix, country and globally, over
 //!   several horizons; GCRA maths, the engine and its stores.
 //! - [`forward`]: the pooled upstream client and proxy header rules.
 //! - [`count`]: counts records in a streaming response body and cuts it at a record boundary.
 //! - [`problem`]: the one place errors become RFC 9457 problem+json answers.
+//! - [`admin`]: the admin API (quota state, blocks, pauses, reload, effective config).
+//! - [`audit`]: one JSON line per CV request and per rejection, written off the request path.
 //! - [`metrics`]: Prometheus families; [`ops`]: `/metrics`, `/healthz`, `/readyz`, housekeeping.
 //!
 //! Beside the path: [`config`] (load, validate, report every error with key and line),
 //! [`server`] (start-up, reload, shutdown, shared state), [`clock`] (the only reader of time),
-//! [`mock_api`] (the stand-in CV API), [`cli`].
+//! [`mock_api`] (the stand-in CV API), [`demo`] (replays the 4 May 2024 incident and its
+//! evasions through the real proxy), [`cli`].
 
+pub mod admin;
+pub mod audit;
+pub mod blocks;
 pub mod cli;
 pub mod clock;
 pub mod closure;
 pub mod config;
 pub mod count;
+pub mod demo;
 pub mod forward;
+pub mod geo;
 pub mod identity;
 pub mod listener;
 pub mod metrics;

@@ -42,8 +42,16 @@ pub struct Metrics {
     pub audit_dropped: IntCounter,
     /// Quota store errors by operation.
     pub store_errors: IntCounterVec,
+    /// CVs in the current hour for the top accounts only (bounded cardinality, see
+    /// [`TopAccounts`]).
+    pub top_accounts: IntGaugeVec,
     /// Tracked quota keys in the local store.
     pub quota_tracked_keys: IntGauge,
+    /// 1 while the shared quota store's circuit breaker is open (requests take the failure policy).
+    pub quota_store_breaker_open: IntGauge,
+    /// Requests decided without the shared store, by decision (closed, local) and reason
+    /// (error, timeout, breaker_open).
+    pub quota_store_fallback: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -80,6 +88,12 @@ impl Metrics {
         let quota_tracked_keys =
             IntGauge::new("cvgate_quota_tracked_keys", "Quota keys tracked in the local store.").expect("metric");
         r.register(Box::new(quota_tracked_keys.clone())).expect("unique metric");
+        let quota_store_breaker_open = IntGauge::new(
+            "cvgate_quota_store_breaker_open",
+            "1 while the shared quota store's circuit breaker is open.",
+        )
+        .expect("metric");
+        r.register(Box::new(quota_store_breaker_open.clone())).expect("unique metric");
         let upstream_latency = HistogramVec::new(
             HistogramOpts::new(
                 "cvgate_upstream_response_seconds",
@@ -124,6 +138,12 @@ impl Metrics {
             ),
             closed: gauge_vec(&r, "cvgate_closed", "1 while the closure window is active.", &["window"]),
             paused: gauge_vec(&r, "cvgate_paused", "1 while the route group is paused.", &["group"]),
+            top_accounts: gauge_vec(
+                &r,
+                "cvgate_account_cvs_top",
+                "CVs delivered this hour (UTC) to each of the top accounts.",
+                &["account"],
+            ),
             blocks_active: gauge_vec(&r, "cvgate_blocks_active", "Active blocks by scope.", &["scope"]),
             upstream_errors: counter_vec(&r, "cvgate_upstream_errors_total", "Upstream failures by kind.", &["kind"]),
             config_reloads: counter_vec(&r, "cvgate_config_reloads_total", "Config reloads by result.", &["result"]),
@@ -133,6 +153,13 @@ impl Metrics {
                 "Quota store errors by operation.",
                 &["op"],
             ),
+            quota_store_fallback: counter_vec(
+                &r,
+                "cvgate_quota_store_fallback_total",
+                "Requests decided without the shared quota store, by decision and reason.",
+                &["decision", "reason"],
+            ),
+            quota_store_breaker_open,
             upstream_latency,
             connections_active,
             connections_refused,
@@ -154,5 +181,83 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// How many accounts the top-accounts gauge shows.
+pub const TOP_N: usize = 20;
+/// Most accounts counted per hour; beyond it new accounts are not counted for the gauge (they
+/// still are in the audit log). Bounds memory under account flooding.
+pub const TOP_TRACKED: usize = 100_000;
+
+/// CVs per account in the current UTC hour, so the dashboard can show the top accounts without a
+/// per-account label on every series: only the top [`TOP_N`] become series, and they are
+/// replaced every second.
+#[derive(Default)]
+pub struct TopAccounts {
+    inner: std::sync::Mutex<(i64, std::collections::HashMap<String, u64>)>,
+}
+
+impl TopAccounts {
+    fn hour(now: jiff::Timestamp) -> i64 {
+        now.as_second().div_euclid(3600)
+    }
+
+    /// Count `cvs` for `account` at `now`.
+    pub fn add(&self, account: &str, cvs: u64, now: jiff::Timestamp) {
+        let mut g = self.inner.lock().expect("top accounts lock");
+        let h = Self::hour(now);
+        if g.0 != h {
+            *g = (h, std::collections::HashMap::new());
+        }
+        let full = g.1.len() >= TOP_TRACKED;
+        match g.1.get_mut(account) {
+            Some(n) => *n += cvs,
+            None if !full => {
+                g.1.insert(account.to_string(), cvs);
+            }
+            None => {}
+        }
+    }
+
+    /// Replace the gauge's series with the current top accounts.
+    pub fn publish(&self, gauge: &IntGaugeVec, now: jiff::Timestamp) {
+        let top: Vec<(String, u64)> = {
+            let mut g = self.inner.lock().expect("top accounts lock");
+            if g.0 != Self::hour(now) {
+                *g = (Self::hour(now), std::collections::HashMap::new());
+            }
+            let mut v: Vec<(String, u64)> = g.1.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            v.truncate(TOP_N);
+            v
+        };
+        gauge.reset();
+        for (account, n) in top {
+            gauge.with_label_values(&[account.as_str()]).set(n as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_accounts_keeps_only_the_top_n_of_this_hour() {
+        let m = Metrics::new();
+        let t = TopAccounts::default();
+        let now: jiff::Timestamp = "2026-11-24T10:15:00Z".parse().unwrap();
+        for i in 0..30u64 {
+            t.add(&format!("acct-{i}"), i + 1, now);
+        }
+        t.publish(&m.top_accounts, now);
+        let text = m.render();
+        assert_eq!(text.matches("cvgate_account_cvs_top{").count(), TOP_N);
+        assert!(text.contains("cvgate_account_cvs_top{account=\"acct-29\"} 30"));
+        assert!(!text.contains("account=\"acct-0\""));
+        // A new hour starts from zero.
+        t.publish(&m.top_accounts, "2026-11-24T11:00:00Z".parse().unwrap());
+        assert_eq!(m.render().matches("cvgate_account_cvs_top{").count(), 0);
     }
 }

@@ -74,6 +74,10 @@ pub async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
         for (window, closed) in rt.config.closure.states(now) {
             shared.metrics.closed.with_label_values(&[window.as_str()]).set(i64::from(closed));
         }
+        for (scope, n) in shared.blocks.counts(now) {
+            shared.metrics.blocks_active.with_label_values(&[scope.as_str()]).set(n);
+        }
+        shared.top_accounts.publish(&shared.metrics.top_accounts, now);
         shared.quota.sweep();
         shared.metrics.quota_tracked_keys.set(shared.quota.tracked_keys() as i64);
     }

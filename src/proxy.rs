@@ -24,6 +24,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::blocks::{Event, Who};
 use crate::count::{BodyOutcome, CountingBody, EndReason};
 use crate::forward::{request_id, Hop, X_REQUEST_ID};
 use crate::listener::ConnInfo;
@@ -53,6 +54,8 @@ pub struct Ctx {
     pub status: u16,
     pub bytes: u64,
     pub truncated: bool,
+    /// A charged (CV) route: audited whatever the decision (other routes only when rejected).
+    pub audited: bool,
 }
 
 /// Handle one request from a client connection. Never fails: every error is an answer.
@@ -88,6 +91,7 @@ async fn run(
     ctx: &mut Ctx,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let cfg = &rt.config;
+    let started = Instant::now(); // the audit line's duration covers the whole request
 
     // check
     check_headers(&req, cfg.limits.max_header_bytes)?;
@@ -104,6 +108,7 @@ async fn run(
     };
     ctx.route = Some(route.name.clone());
     ctx.group = Some(route.group.clone());
+    ctx.audited = route.is_charged();
 
     // identify (strips gateway headers from untrusted peers before anything else reads them)
     let peer = conn.peer.ip();
@@ -113,6 +118,7 @@ async fn run(
     }
     let client_ip = rt.identifier.client_ip(req.headers(), peer);
     ctx.client_ip = Some(client_ip);
+    ctx.country = cfg.geo.locate(req.headers_mut(), cfg.identity.is_trusted_proxy(peer), client_ip);
     if let Some(id) = &identity {
         ctx.account = Some(id.account.clone());
         ctx.org = id.org.clone();
@@ -120,11 +126,17 @@ async fn run(
     let account = identity.as_ref().map(|i| i.account.as_str());
     let org = identity.as_ref().and_then(|i| i.org.as_deref());
 
+    // block
+    let now = shared.clock.now();
+    let who = Who { account, org, ip: client_ip, ip_prefix: crate::quota::ip_prefix(&cfg.quota, client_ip) };
+    if let Some(b) = shared.blocks.check(&who, now) {
+        return Err(ProxyError::Blocked { scope: b.scope.as_str(), until: b.until.map(|u| u.to_string()) });
+    }
+
     // pause, closure
     if shared.is_paused(&route.group) {
         return Err(ProxyError::Paused { group: route.group.to_string() });
     }
-    let now = shared.clock.now();
     if let Some(c) = cfg.closure.decide(&route.group, account, org, now) {
         return Err(ProxyError::Closed {
             window: c.window.clone(),
@@ -140,6 +152,7 @@ async fn run(
         let size = query_u64(query, &dp.size_param).unwrap_or(dp.default_size);
         let depth = page.saturating_mul(size);
         if depth > dp.max_depth {
+            shared.blocks.observe(&cfg.blocks, Event::DeepPaging, None, &who, now);
             return Err(ProxyError::TooDeep { depth, max_depth: dp.max_depth });
         }
     }
@@ -152,7 +165,13 @@ async fn run(
             let mode = if route.up_to { CostMode::UpTo { max: n, min: 1 } } else { CostMode::Exact(n) };
             match shared.quota.reserve(&cfg.quota, &subject, mode).await {
                 Ok(r) => Some(Arc::new(r)),
-                Err(rej) => return Err(rejection(shared, rej)),
+                Err(rej) => {
+                    let e = rejection(shared, rej);
+                    if let ProxyError::QuotaExceeded { scope, horizon, .. } = &e {
+                        shared.blocks.observe(&cfg.blocks, Event::Quota, Some((scope, horizon)), &who, now);
+                    }
+                    return Err(e);
+                }
             }
         }
     };
@@ -214,7 +233,7 @@ async fn run(
     if format.is_some() && limit.is_some() {
         parts.headers.remove(CONTENT_LENGTH); // the body may be cut short
     }
-    let end = Settle { shared: shared.clone(), reservation, ctx: ctx.clone(), started: Instant::now(), header_count };
+    let end = Settle { shared: shared.clone(), reservation, ctx: ctx.clone(), started, header_count };
     let counted = CountingBody::new(
         body,
         format,
@@ -247,6 +266,9 @@ impl Settle {
         if ctx.truncated {
             shared.metrics.streams_truncated.with_label_values(&["quota"]).inc();
         }
+        if let (Some(account), true) = (&ctx.account, ctx.delivered > 0) {
+            shared.top_accounts.add(account, ctx.delivered, shared.clock.now());
+        }
         if let Some(r) = reservation {
             let s = shared.clone();
             tokio::spawn(async move { s.quota.settle(&r, delivered).await });
@@ -255,8 +277,8 @@ impl Settle {
     }
 }
 
-/// End of the story: metrics and (later) the audit line, once per request.
-fn finish(shared: &Shared, ctx: &Ctx, _started: Instant) {
+/// End of the story: metrics and the audit line, once per request.
+fn finish(shared: &Shared, ctx: &Ctx, started: Instant) {
     let route = ctx.route.as_deref().unwrap_or("-");
     let group = ctx.group.as_deref().unwrap_or("-");
     let class = match ctx.status {
@@ -268,6 +290,10 @@ fn finish(shared: &Shared, ctx: &Ctx, _started: Instant) {
     };
     let decision = if ctx.decision.is_empty() { "allowed" } else { &ctx.decision };
     shared.metrics.requests.with_label_values(&[route, group, class, decision]).inc();
+    if ctx.audited || decision != "allowed" {
+        let line = crate::audit::AuditRecord::from_ctx(ctx, shared.clock.now(), started.elapsed());
+        shared.audit.record(line);
+    }
     if ctx.delivered > 0 {
         let tier = ctx.tier.as_deref().unwrap_or("default");
         shared.metrics.cvs_delivered.with_label_values(&[route, tier]).inc_by(ctx.delivered);

@@ -26,7 +26,7 @@ use crate::forward::Upstreams;
 use crate::identity::Identifier;
 use crate::listener::{accept_loop, Listener};
 use crate::metrics::Metrics;
-use crate::quota::{MemoryStore, QuotaEngine};
+use crate::quota::QuotaEngine;
 use crate::tls::CertStore;
 
 /// Everything derived from one config file; replaced whole on reload.
@@ -50,11 +50,17 @@ pub struct Shared {
     pub clock: SharedClock,
     pub quota: QuotaEngine,
     pub metrics: Metrics,
+    /// The audit log (opened at start; flushed at shutdown).
+    pub audit: crate::audit::AuditLog,
     /// Route groups paused by an operator (503 `paused`).
     pub paused: RwLock<BTreeSet<String>>,
     /// In-flight request cap (tower's concurrency limit shares it across connections).
     pub inflight: Arc<Semaphore>,
     pub certs: Option<Arc<CertStore>>,
+    /// Blocked accounts, organisations and IP prefixes (persisted).
+    pub blocks: Arc<crate::blocks::Blocks>,
+    /// CVs per account in the current hour, for the bounded top-N gauge.
+    pub top_accounts: crate::metrics::TopAccounts,
     /// The config file, for reloads.
     pub config_path: Option<PathBuf>,
 }
@@ -106,6 +112,7 @@ impl Shared {
         if let (Some(certs), Some(tls)) = (&self.certs, &config.listen.tls) {
             certs.reload(tls.files.clone()).context("reloading the TLS certificate")?;
         }
+        self.blocks.set_file(config.blocks.file.clone()).context("moving the block list")?;
         let rt = Runtime::build(config, &self.clock)?;
         self.runtime.store(Arc::new(rt));
         Ok(())
@@ -118,6 +125,7 @@ pub struct Running {
     pub tls_addr: Option<SocketAddr>,
     pub plain_addr: Option<SocketAddr>,
     pub ops_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
     stop: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
@@ -131,6 +139,8 @@ impl Running {
         if tokio::time::timeout(self.grace, self.tasks.wait()).await.is_err() {
             tracing::warn!(grace = ?self.grace, "grace period over; dropping remaining connections");
         }
+        // After the drain, so the lines of the requests that just finished are written too.
+        self.shared.audit.close().await;
     }
 
     /// A token that is cancelled when shutdown begins.
@@ -150,14 +160,21 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         None => None,
     };
     let limits = config.limits.clone();
-    let store = Arc::new(MemoryStore::new(clock.clone(), config.quota.max_tracked_keys()));
+    let metrics = Metrics::new();
+    // Memory by default; Redis behind the breaker and failure policy with `store.kind: redis`.
+    let store = crate::quota::build_store(&config.store, clock.clone(), config.quota.max_tracked_keys(), &metrics)
+        .context("building the quota store")?;
+    let audit = crate::audit::AuditLog::start(&config.audit, metrics.audit_dropped.clone())?;
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(Runtime::build(config.clone(), &clock)?),
         quota: QuotaEngine::new(store),
-        metrics: Metrics::new(),
+        metrics,
+        audit,
         paused: RwLock::new(BTreeSet::new()),
         inflight: Arc::new(Semaphore::new(limits.max_inflight_requests)),
         certs: certs.clone(),
+        blocks: crate::blocks::Blocks::open(config.blocks.file.clone())?,
+        top_accounts: crate::metrics::TopAccounts::default(),
         config_path,
         clock,
     });
@@ -189,9 +206,15 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         ops_addr = Some(tcp.local_addr()?);
         tokio::spawn(crate::ops::serve(tcp, shared.clone(), stop.clone()));
     }
+    let mut admin_addr = None;
+    if let Some(a) = config.listen.admin {
+        let tcp = bind(a, "admin").await?;
+        admin_addr = Some(tcp.local_addr()?);
+        tokio::spawn(crate::admin::serve(tcp, shared.clone(), stop.clone()));
+    }
     tokio::spawn(crate::ops::housekeeping(shared.clone(), stop.clone()));
     tracing::info!(tls = ?tls_addr, plain = ?plain_addr, ops = ?ops_addr, upstream = %config.upstream.uri, "cvgate listening");
-    Ok(Running { shared, tls_addr, plain_addr, ops_addr, stop, tasks, grace: limits.shutdown_grace })
+    Ok(Running { shared, tls_addr, plain_addr, ops_addr, admin_addr, stop, tasks, grace: limits.shutdown_grace })
 }
 
 /// `cvgate serve`: start from a config file and run until SIGTERM/SIGINT; SIGHUP reloads.

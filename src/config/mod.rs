@@ -82,6 +82,15 @@ pub struct Config {
     pub routes: RouteTable,
     pub closure: ClosurePolicy,
     pub quota: QuotaPolicy,
+    /// The quota store (read at start: changing it needs a restart, not a reload).
+    pub store: crate::quota::StoreConfig,
+    /// Audit log settings (read at start: changing them needs a restart, not a reload).
+    pub audit: crate::audit::AuditSettings,
+    /// Country of the client IP (trusted edge header, MaxMind database).
+    pub geo: crate::geo::GeoPolicy,
+    pub blocks: crate::blocks::BlocksConfig,
+    /// Admin API bearer token; `None`: every admin request is refused.
+    pub admin_token: Option<String>,
     /// Route groups paused at start (operators pause/resume at run time too).
     pub paused_groups: Vec<String>,
     /// The raw form, for the admin API's "effective config" (secrets redacted there).
@@ -287,6 +296,12 @@ impl Config {
         let routes = e.nest("", RouteTable::from_raw(&raw.routes, &raw.unmatched));
         let closure = e.nest("closure", ClosurePolicy::from_raw(&raw.closure));
         let quota = e.nest("quota", QuotaPolicy::from_raw(&raw.quota));
+        let store = e
+            .nest("store", crate::quota::StoreConfig::from_raw(&raw.store))
+            .unwrap_or(crate::quota::StoreConfig::Memory);
+        // Defaults stand in on error: `e` is not empty then, so no Config is built from them.
+        let audit = e.nest("audit", crate::audit::AuditSettings::from_raw(&raw.audit, base)).unwrap_or_default();
+        let geo = e.nest("geo", crate::geo::GeoPolicy::from_raw(&raw.geo, base)).unwrap_or_default();
         if let Some(rt) = &routes {
             let groups = rt.groups();
             for (i, g) in raw.paused.iter().enumerate() {
@@ -296,10 +311,33 @@ impl Config {
             }
         }
         let paused_groups = raw.paused.clone();
+        let blocks = e.nest("blocks", crate::blocks::BlocksConfig::from_raw(&raw.blocks, base));
+        let admin_token =
+            raw.admin.token.clone().or_else(|| std::env::var(&raw.admin.token_env).ok()).filter(|t| !t.is_empty());
+        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            e.push("admin.token", "an admin token needs at least 16 characters");
+        }
 
-        match (upstream, identity, routes, closure, quota) {
-            (Some(upstream), Some(identity), Some(routes), Some(closure), Some(quota)) if e.0.is_empty() => {
-                Ok(Config { listen, upstream, limits, identity, routes, closure, quota, paused_groups, raw })
+        match (upstream, identity, routes, closure, quota, blocks) {
+            (Some(upstream), Some(identity), Some(routes), Some(closure), Some(quota), Some(blocks))
+                if e.0.is_empty() =>
+            {
+                Ok(Config {
+                    listen,
+                    upstream,
+                    limits,
+                    identity,
+                    routes,
+                    closure,
+                    quota,
+                    store,
+                    paused_groups,
+                    blocks,
+                    admin_token,
+                    audit,
+                    geo,
+                    raw,
+                })
             }
             _ => Err(e.0),
         }

@@ -23,6 +23,14 @@ pub struct RawConfig {
     pub paused: Vec<String>,
     pub closure: RawClosure,
     pub quota: RawQuota,
+    /// Where quota buckets live (memory, or Redis shared by replicas) and the failure policy.
+    pub store: crate::quota::RawStore,
+    /// The audit log (one JSON line per CV request and per rejection).
+    pub audit: crate::audit::RawAudit,
+    /// Country of the client IP (country quota scope, audit).
+    pub geo: crate::geo::RawGeo,
+    pub blocks: crate::blocks::RawBlocks,
+    pub admin: RawAdmin,
 }
 
 impl Default for RawConfig {
@@ -37,6 +45,11 @@ impl Default for RawConfig {
             paused: Vec::new(),
             closure: crate::closure::default_windows(),
             quota: crate::quota::default_raw(),
+            store: crate::quota::RawStore::default(),
+            audit: crate::audit::RawAudit::default(),
+            geo: crate::geo::RawGeo::default(),
+            blocks: crate::blocks::RawBlocks::default(),
+            admin: RawAdmin::default(),
         }
     }
 }
@@ -62,6 +75,22 @@ impl Default for RawListen {
             metrics: Some("127.0.0.1:9090".into()),
             admin: Some("127.0.0.1:9091".into()),
         }
+    }
+}
+
+/// Admin API access.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RawAdmin {
+    /// Bearer token. Prefer `token_env` so the secret stays out of the file.
+    pub token: Option<String>,
+    /// Environment variable holding the token (used when `token` is null).
+    pub token_env: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self { token: None, token_env: "CVGATE_ADMIN_TOKEN".into() }
     }
 }
 

@@ -5,15 +5,19 @@
 //! - [`policy`]: YAML shape, werk.nl defaults, validation into [`QuotaPolicy`].
 //! - [`store`]: the [`QuotaStore`] trait and the shared decision over a set of buckets.
 //! - [`memory`]: the in-process store (exact under concurrency, bounded, flood-proof).
+//! - [`redis`]: the shared store for many replicas (one Lua script call per operation).
+//! - [`failover`]: the `store:` config, circuit breaker and fail-closed/fail-open-local policy.
 //! - [`headers`]: `RateLimit-Policy`, `RateLimit` and `Retry-After` values.
 //!
 //! The proxy passes the current [`QuotaPolicy`] on every call (it is swapped on reload); the
 //! [`QuotaEngine`] keeps the store, so what was spent survives a reload.
 
+pub mod failover;
 pub mod gcra;
 pub mod headers;
 pub mod memory;
 pub mod policy;
+pub mod redis;
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -22,9 +26,11 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+pub use self::redis::{RedisSettings, RedisStore, SharedFlags};
+pub use failover::{build_store, FailoverStore, FailurePolicy, RawStore, StoreConfig};
 pub use headers::{ratelimit_headers, retry_after};
 pub use memory::{MemoryStore, BYTES_PER_KEY_BOUND};
-pub use policy::{default_raw, Horizon, QuotaPolicy, RawQuota};
+pub use policy::{default_raw, parse_window, Horizon, QuotaPolicy, RawQuota};
 pub use store::{BucketSpec, BucketState, CostMode, QuotaStore, ReserveOutcome, StoreError};
 
 /// Who is charged. Ordered as buckets are: narrowest first.
@@ -264,7 +270,7 @@ fn resolve(policy: &QuotaPolicy, s: &Subject<'_>) -> (Vec<BucketSpec>, Option<Ar
 
 /// The IP scope key: the address truncated to the configured prefix (IPv4-mapped IPv6 counts as
 /// IPv4, so one client cannot get two budgets by switching notation).
-fn ip_prefix(policy: &QuotaPolicy, ip: IpAddr) -> ipnet::IpNet {
+pub fn ip_prefix(policy: &QuotaPolicy, ip: IpAddr) -> ipnet::IpNet {
     let ip = ip.to_canonical();
     let len = if ip.is_ipv4() { policy.v4_prefix } else { policy.v6_prefix };
     ipnet::IpNet::new(ip, len).map_or_else(|_| ipnet::IpNet::from(ip), |n| n.trunc())

@@ -242,3 +242,140 @@ pub fn rss_bytes() -> u64 {
     let pages: u64 = s.split_whitespace().nth(1).unwrap().parse().unwrap();
     pages * 4096
 }
+
+// ---- Added for tests/identity.rs, tests/quota.rs and tests/closure.rs ----
+
+/// A TCP connection to `addr` from the loopback source address `src` (any of 127.0.0.0/8 works
+/// on Linux), so tests can play several clients in one or several /24s.
+pub async fn tcp_from(addr: SocketAddr, src: std::net::IpAddr) -> TcpStream {
+    let sock = match src {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4().unwrap(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6().unwrap(),
+    };
+    sock.bind(SocketAddr::new(src, 0)).unwrap();
+    sock.connect(addr).await.unwrap()
+}
+
+/// Plain HTTP/1.1 client connection from source address `src`.
+pub async fn plain_connect_from(addr: SocketAddr, src: std::net::IpAddr) -> Sender {
+    let tcp = tcp_from(addr, src).await;
+    let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    Sender::H1(s)
+}
+
+/// [`tls_connect`] from source address `src`.
+pub async fn tls_connect_from(
+    addr: SocketAddr,
+    cert_pem: &str,
+    alpn: &[&[u8]],
+    src: std::net::IpAddr,
+) -> (Option<Vec<u8>>, Sender) {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(cvgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tcp_from(addr, src).await;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let negotiated = tls.get_ref().1.alpn_protocol().map(|a| a.to_vec());
+    let io = TokioIo::new(tls);
+    let sender = if negotiated.as_deref() == Some(b"h2") {
+        let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(conn);
+        Sender::H2(s)
+    } else {
+        let (s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        Sender::H1(s)
+    };
+    (negotiated, sender)
+}
+
+/// The text of `GET http://{ops}/metrics`.
+pub async fn metrics_text(ops: SocketAddr) -> String {
+    let mut s = plain_connect(ops).await;
+    let r = s.send(get("/metrics", false, &[])).await;
+    assert_eq!(r.status(), 200);
+    let (_, b) = body_bytes(r).await;
+    String::from_utf8(b.to_vec()).unwrap()
+}
+
+/// The value of one series in a Prometheus text exposition: metric `name` with exactly the
+/// label set `labels` (in any order); 0 when the series is absent (a counter never touched).
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    want.sort();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (n, got) = match series.split_once('{') {
+            Some((n, rest)) => {
+                let mut got: Vec<String> =
+                    rest.trim_end_matches('}').split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+                got.sort();
+                (n, got)
+            }
+            None => (series, Vec::new()),
+        };
+        if n == name && got == want {
+            return value.parse().unwrap();
+        }
+    }
+    0.0
+}
+
+/// One series' value read from the proxy's `/metrics`.
+pub async fn metric(p: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_value(&metrics_text(p.ops).await, name, labels)
+}
+
+/// Assert `r` is a problem+json answer with `status` and type `urn:cvgate:problem:{slug}`;
+/// returns the response head and the problem document.
+pub async fn expect_problem(
+    r: Response<Incoming>,
+    status: u16,
+    slug: &str,
+) -> (http::response::Parts, serde_json::Value) {
+    assert_eq!(r.status(), status);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let (parts, v) = body_json(r).await;
+    assert_eq!(v["type"], format!("urn:cvgate:problem:{slug}"), "{v}");
+    assert_eq!(v["status"], status);
+    (parts, v)
+}
+
+/// A header's value as text (panics when absent).
+pub fn header<'a>(parts: &'a http::response::Parts, name: &str) -> &'a str {
+    parts.headers.get(name).unwrap_or_else(|| panic!("no {name} header in {:?}", parts.headers)).to_str().unwrap()
+}
+
+/// Count the CV lines of an export body; asserts whole lines only and a well-formed marker
+/// (last, when present). Returns (CV lines, marker records if cut).
+pub fn export_lines(body: &[u8]) -> (u64, Option<u64>) {
+    let text = std::str::from_utf8(body).unwrap();
+    assert!(text.is_empty() || text.ends_with('\n'), "partial last line");
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut cvs = 0;
+    let mut marker = None;
+    for (i, l) in lines.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("line {i} not JSON ({e}): {l}"));
+        if let Some(m) = v.get("_cvgate") {
+            assert_eq!(i, lines.len() - 1, "marker is not the last line");
+            assert_eq!(m["truncated"], true);
+            marker = Some(m["records"].as_u64().unwrap());
+        } else {
+            assert!(v["id"].as_str().unwrap().starts_with("cv-"));
+            cvs += 1;
+        }
+    }
+    if let Some(n) = marker {
+        assert_eq!(n, cvs, "marker's record count");
+    }
+    (cvs, marker)
+}

@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# End-to-end benchmark, one run on one machine, loopback only:
+#   1. the mock CV API directly (the ceiling),
+#   2. nginx as a plain reverse proxy (Debian's nginx, generated config, one process),
+#   3. cvgate with the full policy (JWT + every quota scope + closure + blocks + metrics + audit),
+# all over plain HTTP/1.1 with wrk, then cvgate (and nginx) over TLS with HTTP/2 (h2load), then a
+# 1 GiB NDJSON export through cvgate with the proxy's peak RSS.
+#
+# The proxy under test is pinned to one core (taskset -c $PROXY_CPU), the load generator and the
+# upstream share the other ($LOAD_CPU). Besides req/s and latency the script reports the proxy
+# process's CPU time per request (utime+stime from /proc/PID/stat, before/after, ÷ requests):
+# the fair figure when the load generator, not the proxy, is the bottleneck.
+#
+# Usage: benches/e2e.sh            (installs nginx, wrk, nghttp2-client if missing; builds --release)
+# Knobs: DURATION=10 CONNS=32 PROXY_CPU=1 LOAD_CPU=0 EXPORT_MIB=1024
+# Output: a Markdown report on stdout (paste into docs/BENCHMARKS.md); logs in a temp dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-32}
+PROXY_CPU=${PROXY_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+EXPORT_MIB=${EXPORT_MIB:-1024}
+# A search page of 20 CVs (~11 KB of JSON): counted by the proxy record by record.
+URL_PATH='/api/v1/cvs?query=bench&size=20'
+
+log() { echo "e2e: $*" >&2; }
+
+# --- tools --------------------------------------------------------------------------------------
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  # Debian's nginx package starts a system nginx on port 80 unless policy-rc.d says no.
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  [ -n "$made_policy" ] && $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+log "cargo build --release"
+cargo build --release --quiet
+BIN="${CARGO_TARGET_DIR:-target}/release/cvgate"
+
+# --- scratch dir, processes, cleanup ------------------------------------------------------------
+WORK=$(mktemp -d /tmp/cvgate-e2e.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  log "logs and configs kept in $WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # port: up to 10 s
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  log "nothing listens on port $1"; return 1
+}
+# utime+stime of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+
+MOCK_PORT=$(free_port); NGINX_PORT=$(free_port); NGINX_TLS_PORT=$(free_port)
+PLAIN_PORT=$(free_port); TLS_PORT=$(free_port); METRICS_PORT=$(free_port)
+
+# --- upstream -----------------------------------------------------------------------------------
+taskset -c "$LOAD_CPU" "$BIN" mock-cv-api --listen "127.0.0.1:$MOCK_PORT" 2>"$WORK/mock.log" &
+PIDS+=($!)
+wait_port "$MOCK_PORT"
+
+# --- one certificate for both TLS proxies (ECDSA P-256) -----------------------------------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+
+# --- nginx --------------------------------------------------------------------------------------
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx.conf" <<EOF
+# One process (no master/worker split) so that /proc/PID/stat holds all of nginx's CPU time.
+daemon off;
+master_process off;
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log $WORK/nginx/access.log combined buffer=64k;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  upstream cv { server 127.0.0.1:$MOCK_PORT; keepalive 256; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
+    ssl_certificate $WORK/cert.pem;
+    ssl_certificate_key $WORK/key.pem;
+    location / {
+      proxy_pass http://cv;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+taskset -c "$PROXY_CPU" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log" &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+wait_port "$NGINX_PORT"
+
+# --- cvgate -------------------------------------------------------------------------------------
+# The closure window starts 6 h from now (Amsterdam) and lasts an hour: checked, never active.
+CLOSE_START=$(TZ=Europe/Amsterdam date -d '+6 hours' +%H:00)
+CLOSE_END=$(TZ=Europe/Amsterdam date -d '+7 hours' +%H:00)
+sed -e "s|@MOCK_PORT@|$MOCK_PORT|; s|@PLAIN_PORT@|$PLAIN_PORT|; s|@TLS_PORT@|$TLS_PORT|" \
+  -e "s|@METRICS_PORT@|$METRICS_PORT|; s|@CERT@|$WORK/cert.pem|; s|@KEY@|$WORK/key.pem|" \
+  -e "s|@AUDIT@|$WORK/audit.log|; s|@CLOSE_START@|$CLOSE_START|; s|@CLOSE_END@|$CLOSE_END|" \
+  benches/e2e-config.yaml >"$WORK/cvgate.yaml"
+"$BIN" check-config --config "$WORK/cvgate.yaml" >/dev/null
+TOKEN=$("$BIN" token --config "$WORK/cvgate.yaml" --account bench-account --org 12345678 --ttl 2h 2>/dev/null)
+AUTH="Authorization: Bearer $TOKEN"
+
+start_cvgate() {
+  CVGATE_LOG=warn taskset -c "$PROXY_CPU" "$BIN" serve --config "$WORK/cvgate.yaml" 2>>"$WORK/cvgate.log" &
+  CVGATE_PID=$!
+  PIDS+=("$CVGATE_PID")
+  wait_port "$PLAIN_PORT"
+}
+stop_cvgate() { kill "$CVGATE_PID"; wait "$CVGATE_PID" 2>/dev/null || true; }
+start_cvgate
+
+# Every path must answer 200 before anything is measured (a bench of 401s or 429s is worthless).
+for url in "http://127.0.0.1:$MOCK_PORT$URL_PATH" "http://127.0.0.1:$NGINX_PORT$URL_PATH" "http://127.0.0.1:$PLAIN_PORT$URL_PATH"; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH" "$url")
+  [ "$code" = 200 ] || { log "$url answered $code"; exit 1; }
+done
+
+# --- plain HTTP/1.1 runs ------------------------------------------------------------------------
+# wrk_run NAME URL PID: one bounded wrk run; prints a table row.
+wrk_run() {
+  local name=$1 url=$2 pid=$3 before after out reqs rps p50 p99 non2xx cpu
+  # A short warm-up fills connection pools and caches.
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s -H "$AUTH" "$url" >/dev/null
+  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "$AUTH" "$url")
+  [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  echo "$out" >"$WORK/wrk-$name.txt"
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  rps=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
+  p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
+  p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+  cpu="-"
+  if [ -n "$pid" ]; then
+    cpu=$(awk -v a="$before" -v b="$after" -v t="$TICK" -v n="$reqs" 'BEGIN {printf "%.1f", (b - a) * 1e6 / t / n}')
+  fi
+  echo "| $name | $rps | $p50 | $p99 | $cpu | ${non2xx:-0} |"
+}
+
+# h2_run NAME URL PID: one bounded h2load run over TLS (ALPN h2), 10 streams per connection.
+h2_run() {
+  local name=$1 url=$2 pid=$3 before after out reqs rps lat cpu
+  taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m10 -D2 -H "$AUTH" "$url" >/dev/null
+  before=$(cpu_ticks "$pid")
+  rm -f "$WORK/h2-$name.log"
+  out=$(taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m10 -D"$DURATION" -H "$AUTH" --log-file="$WORK/h2-$name.log" "$url")
+  after=$(cpu_ticks "$pid")
+  echo "$out" >"$WORK/h2load-$name.txt"
+  reqs=$(echo "$out" | awk '/^requests:/ {print $8}')   # "N succeeded"
+  rps=$(echo "$out" | awk '/^finished in/ {gsub(",", "", $4); printf "%.0f", $4}')
+  # --log-file: start (µs since epoch), status, duration (µs) per request.
+  lat=$(awk '{print $3}' "$WORK/h2-$name.log" | sort -n | awk '{a[NR]=$1} END {printf "%.2fms | %.2fms", a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000}')
+  cpu=$(awk -v a="$before" -v b="$after" -v t="$TICK" -v n="$reqs" 'BEGIN {printf "%.1f", (b - a) * 1e6 / t / n}')
+  echo "| $name | $rps | $lat | $cpu | $(echo "$out" | awk '/^status codes:/ {print $3 " 2xx"}') |"
+}
+
+log "plain HTTP runs (${DURATION}s each)"
+PLAIN_ROWS=$(
+  wrk_run "mock upstream, direct" "http://127.0.0.1:$MOCK_PORT$URL_PATH" ""
+  wrk_run "nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), plain proxy_pass" "http://127.0.0.1:$NGINX_PORT$URL_PATH" "$NGINX_PID"
+  wrk_run "cvgate, full policy" "http://127.0.0.1:$PLAIN_PORT$URL_PATH" "$CVGATE_PID"
+)
+log "TLS h2 runs (${DURATION}s each)"
+H2_ROWS=$(
+  h2_run "nginx, TLS h2" "https://127.0.0.1:$NGINX_TLS_PORT$URL_PATH" "$NGINX_PID"
+  h2_run "cvgate, TLS h2, full policy" "https://127.0.0.1:$TLS_PORT$URL_PATH" "$CVGATE_PID"
+)
+AUDIT_LINES=$(wc -l <"$WORK/audit.log" 2>/dev/null || echo 0)
+CVGATE_RSS_LOAD=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$CVGATE_PID/status")
+
+# --- 1 GiB export through a fresh cvgate ---------------------------------------------------------
+log "export of ${EXPORT_MIB} MiB through a fresh cvgate"
+stop_cvgate
+start_cvgate
+# Size of one CV line of the mock, to ask for just over EXPORT_MIB.
+avg=$(curl -s -H "$AUTH" "http://127.0.0.1:$PLAIN_PORT/api/v1/cvs/export?limit=10000&query=bench" | wc -c)
+limit=$(( EXPORT_MIB * 1048576 * 10000 / avg + 10000 ))
+hwm_before=$(awk '/VmHWM/ {print $2}' "/proc/$CVGATE_PID/status")
+exp_out=$(taskset -c "$LOAD_CPU" curl -s -o /dev/null --max-time 300 -H "$AUTH" \
+  -w '%{http_code} %{size_download} %{time_total}' "http://127.0.0.1:$PLAIN_PORT/api/v1/cvs/export?limit=$limit&query=bench")
+hwm_after=$(awk '/VmHWM/ {print $2}' "/proc/$CVGATE_PID/status")
+read -r exp_code exp_bytes exp_secs <<<"$exp_out"
+
+# --- report -------------------------------------------------------------------------------------
+cat <<EOF
+## End-to-end run, $(date -u +%Y-%m-%dT%H:%MZ)
+
+Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), Linux $(uname -r),
+$(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo); load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg).
+Proxy pinned to CPU $PROXY_CPU; wrk/h2load and the mock upstream on CPU $LOAD_CPU. wrk -t1 -c$CONNS -d${DURATION}s,
+h2load -t1 -c$CONNS -m10 -D$DURATION; request \`GET $URL_PATH\` (20 CVs, ~11 KB JSON).
+
+### Plain HTTP/1.1
+
+| path | req/s | p50 | p99 | proxy CPU µs/req | non-2xx |
+|---|---:|---:|---:|---:|---:|
+$PLAIN_ROWS
+
+### TLS 1.3, HTTP/2 (h2load)
+
+| path | req/s | p50 | p99 | proxy CPU µs/req | status |
+|---|---:|---:|---:|---:|---|
+$H2_ROWS
+
+cvgate wrote $AUDIT_LINES audit lines; its peak RSS under load: $CVGATE_RSS_LOAD.
+
+### ${EXPORT_MIB} MiB NDJSON export through cvgate
+
+status $exp_code, $(awk -v b="$exp_bytes" 'BEGIN {printf "%.0f MiB", b/1048576}') in ${exp_secs}s
+($(awk -v b="$exp_bytes" -v s="$exp_secs" 'BEGIN {printf "%.0f MiB/s", b/1048576/s}')); cvgate peak RSS (VmHWM) $((hwm_before / 1024)) MiB before,
+**$((hwm_after / 1024)) MiB** after (target < 64 MiB).
+
+Reproduce: \`DURATION=$DURATION CONNS=$CONNS benches/e2e.sh\`
+EOF

@@ -1,0 +1,226 @@
+//! The admin API (127.0.0.1:9091 by default): what the security team operates the proxy with.
+//!
+//! Every request needs `Authorization: Bearer <admin token>` (from `admin.token` or the variable
+//! named by `admin.token_env`), compared in constant time. JSON in and out; errors are
+//! problem+json. Endpoints (documented in README "Admin API"):
+//!
+//! | method + path                          | does                                              |
+//! |----------------------------------------|---------------------------------------------------|
+//! | `GET /v1/quota?account=&org=&ip=`      | bucket state (remaining, reset) for that subject  |
+//! | `GET /v1/blocks`                       | active blocks                                     |
+//! | `POST /v1/blocks`                      | `{scope, key, reason, duration?}` → block         |
+//! | `DELETE /v1/blocks/{scope}/{key}`      | unblock (`key` of an ip block: CIDR, `/` as `_`)  |
+//! | `GET /v1/pauses`                       | paused route groups                               |
+//! | `POST /v1/pauses/{group}`              | pause a route group (503 `paused`)                |
+//! | `DELETE /v1/pauses/{group}`            | resume it                                         |
+//! | `POST /v1/reload`                      | reload config.yaml; 422 with every error if bad   |
+//! | `GET /v1/config`                       | the effective config, secrets redacted            |
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::blocks::{Block, BlockScope};
+use crate::problem::{full, ProxyBody};
+use crate::quota::Subject;
+use crate::server::Shared;
+
+fn reply(status: StatusCode, v: Value) -> Response<ProxyBody> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(full(v.to_string()))
+        .expect("response")
+}
+
+fn problem(status: StatusCode, slug: &str, detail: impl Into<String>) -> Response<ProxyBody> {
+    let v = json!({"type": format!("urn:cvgate:problem:admin-{slug}"), "title": slug, "status": status.as_u16(), "detail": detail.into()});
+    let mut r = reply(status, v);
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
+    r
+}
+
+fn authorised(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let Some(want) = shared.runtime().config.admin_token.clone() else { return false };
+    let got =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    got.is_some_and(|g| bool::from(g.as_bytes().ct_eq(want.as_bytes())))
+}
+
+fn param<'a>(q: &'a str, name: &str) -> Option<&'a str> {
+    q.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v).filter(|v| !v.is_empty())
+}
+
+async fn json_body(req: Request<Incoming>) -> Result<Value, Response<ProxyBody>> {
+    let bytes = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|_| problem(StatusCode::BAD_REQUEST, "bad-body", "unreadable or larger than 64 KiB"))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| problem(StatusCode::BAD_REQUEST, "bad-json", e.to_string()))
+}
+
+async fn quota_state(shared: &Shared, q: &str) -> Response<ProxyBody> {
+    let (account, org) = (param(q, "account"), param(q, "org"));
+    let ip: Option<IpAddr> = match param(q, "ip").map(str::parse) {
+        Some(Ok(ip)) => Some(ip),
+        Some(Err(_)) => return problem(StatusCode::BAD_REQUEST, "bad-ip", "ip is not an IP address"),
+        None => None,
+    };
+    if account.is_none() && org.is_none() && ip.is_none() {
+        return problem(StatusCode::BAD_REQUEST, "no-subject", "give account, org and/or ip");
+    }
+    let rt = shared.runtime();
+    let subject = Subject { account, org, ip: ip.unwrap_or(IpAddr::from([0, 0, 0, 0])), country: "ZZ" };
+    match shared.quota.peek(&rt.config.quota, &subject).await {
+        Ok(states) => {
+            let wanted = |scope: &str| match scope {
+                "account" => account.is_some(),
+                "org" => org.is_some(),
+                "ip" => ip.is_some(),
+                _ => false,
+            };
+            let buckets: Vec<Value> = states
+                .iter()
+                .filter(|(b, _)| wanted(b.scope.as_str()))
+                .map(|(b, s)| {
+                    json!({"scope": b.scope.as_str(), "horizon": &*b.horizon, "key": b.key, "capacity": b.capacity,
+                           "window_secs": b.window_ns / 1_000_000_000, "remaining": s.remaining, "reset_secs": s.reset_secs,
+                           "shadow": b.shadow})
+                })
+                .collect();
+            reply(StatusCode::OK, json!({ "buckets": buckets }))
+        }
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "store", e.to_string()),
+    }
+}
+
+async fn add_block(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+    let v = match json_body(req).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(scope) = v["scope"].as_str().and_then(BlockScope::parse) else {
+        return problem(StatusCode::UNPROCESSABLE_ENTITY, "bad-scope", "scope must be account, org or ip");
+    };
+    let Some(key) = v["key"].as_str().filter(|k| !k.is_empty()) else {
+        return problem(StatusCode::UNPROCESSABLE_ENTITY, "bad-key", "key is required");
+    };
+    let now = shared.clock.now();
+    let until = match v["duration"].as_str() {
+        None => None,
+        Some(d) => match crate::quota::parse_window(d) {
+            Ok(ns) => now.checked_add(jiff::SignedDuration::from_nanos(ns.get() as i64)).ok(),
+            Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "bad-duration", e),
+        },
+    };
+    let b = Block {
+        scope,
+        key: key.to_string(),
+        reason: v["reason"].as_str().unwrap_or("manual block").to_string(),
+        source: "manual".into(),
+        created: now,
+        until,
+    };
+    match shared.blocks.add(b, now) {
+        Ok(b) => reply(StatusCode::CREATED, json!(b)),
+        Err(e) => problem(StatusCode::UNPROCESSABLE_ENTITY, "block", e.to_string()),
+    }
+}
+
+fn redacted_config(shared: &Shared) -> Value {
+    let mut v = serde_json::to_value(&shared.runtime().config.raw).unwrap_or(Value::Null);
+    if let Some(s) = v.pointer_mut("/identity/dev_hs256/secret") {
+        *s = json!("<redacted>");
+    }
+    if let Some(s) = v.pointer_mut("/admin/token").filter(|s| !s.is_null()) {
+        *s = json!("<redacted>");
+    }
+    v
+}
+
+async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+    if !authorised(&shared, &req) {
+        let mut r = problem(StatusCode::UNAUTHORIZED, "unauthorized", "admin bearer token required");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let q = req.uri().query().unwrap_or("").to_string();
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let now = shared.clock.now();
+    match (req.method().clone(), segs.as_slice()) {
+        (Method::GET, ["v1", "quota"]) => quota_state(&shared, &q).await,
+        (Method::GET, ["v1", "blocks"]) => reply(StatusCode::OK, json!({ "blocks": shared.blocks.list(now) })),
+        (Method::POST, ["v1", "blocks"]) => add_block(&shared, req).await,
+        (Method::DELETE, ["v1", "blocks", scope, key]) => {
+            let Some(scope) = BlockScope::parse(scope) else {
+                return problem(StatusCode::NOT_FOUND, "bad-scope", "scope must be account, org or ip");
+            };
+            let key = if scope == BlockScope::Ip { key.replace('_', "/") } else { key.to_string() };
+            match shared.blocks.remove(scope, &key, now) {
+                Ok(true) => reply(StatusCode::OK, json!({"removed": true})),
+                Ok(false) => problem(StatusCode::NOT_FOUND, "no-block", "no such block"),
+                Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, "persist", e.to_string()),
+            }
+        }
+        (Method::GET, ["v1", "pauses"]) => {
+            let p: Vec<String> = shared.paused.read().expect("pause lock").iter().cloned().collect();
+            reply(StatusCode::OK, json!({ "paused": p }))
+        }
+        (m @ (Method::POST | Method::DELETE), ["v1", "pauses", group]) => {
+            if !shared.runtime().config.routes.groups().iter().any(|g| &**g == *group) {
+                return problem(StatusCode::NOT_FOUND, "no-group", format!("no route has group {group:?}"));
+            }
+            shared.set_paused(group, m == Method::POST);
+            reply(StatusCode::OK, json!({"group": group, "paused": m == Method::POST}))
+        }
+        (Method::POST, ["v1", "reload"]) => match shared.reload() {
+            Ok(()) => reply(StatusCode::OK, json!({"reloaded": true})),
+            Err(errs) => {
+                let list: Vec<Value> =
+                    errs.errors.iter().map(|e| json!({"path": e.path, "line": e.line, "message": e.message})).collect();
+                let v = json!({"type": "urn:cvgate:problem:admin-reload-rejected", "title": "reload rejected", "status": 422,
+                               "detail": "config rejected; the running config stays", "file": errs.file, "errors": list});
+                let mut r = reply(StatusCode::UNPROCESSABLE_ENTITY, v);
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
+                r
+            }
+        },
+        (Method::GET, ["v1", "config"]) => reply(StatusCode::OK, redacted_config(&shared)),
+        _ => problem(StatusCode::NOT_FOUND, "not-found", "no such admin endpoint"),
+    }
+}
+
+/// Serve the admin API until `stop`.
+pub async fn serve(l: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    if shared.runtime().config.admin_token.is_none() {
+        tracing::warn!("admin API has no token (admin.token / admin.token_env): every admin request is refused");
+    }
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = l.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+        };
+        let (b, shared) = (builder.clone(), shared.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(shared, req).await) }
+            });
+            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}

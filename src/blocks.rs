@@ -1,0 +1,534 @@
+//! Blocks: accounts, organisations and IP prefixes refused with 403, by hand or by rule.
+//!
+//! Operators block and unblock through the admin API; rules in config block automatically (a
+//! day budget used up → block for 24 h; repeated deep-paging attempts → block), and a repeat
+//! offender's block lasts longer each time (`escalation`). Blocks are kept in a JSON file written
+//! atomically (temp file, fsync, rename), so a crash mid-write never loses the list, and they are
+//! read back at start: a block survives restarts. Expired blocks stop applying at once and are
+//! pruned from the file on the next write. The offence history (for escalation) is kept with
+//! them.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// What a block applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockScope {
+    Account,
+    Org,
+    /// An IP prefix in CIDR form (a single address is a /32 or /128).
+    Ip,
+}
+
+impl BlockScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Account => "account",
+            Self::Org => "org",
+            Self::Ip => "ip",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "account" => Some(Self::Account),
+            "org" => Some(Self::Org),
+            "ip" => Some(Self::Ip),
+            _ => None,
+        }
+    }
+}
+
+/// One block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    pub scope: BlockScope,
+    /// Account id, KvK number, or CIDR.
+    pub key: String,
+    pub reason: String,
+    /// `manual` or `rule:<name>`.
+    pub source: String,
+    pub created: Timestamp,
+    /// `None`: until unblocked.
+    pub until: Option<Timestamp>,
+}
+
+impl Block {
+    fn active(&self, now: Timestamp) -> bool {
+        self.until.is_none_or(|u| now < u)
+    }
+}
+
+/// The file format.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct BlockFile {
+    blocks: Vec<Block>,
+    /// Offences per `scope:key`, for escalation.
+    offences: BTreeMap<String, u32>,
+}
+
+/// Raw `blocks:` config.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RawBlocks {
+    /// Where blocks are persisted; `null` keeps them in memory only (lost on restart).
+    pub file: Option<String>,
+    pub rules: Vec<RawRule>,
+    /// Each repeat offence multiplies the rule's duration by this factor…
+    pub escalation_factor: u32,
+    /// …up to this.
+    pub max_duration: String,
+}
+
+impl Default for RawBlocks {
+    fn default() -> Self {
+        Self {
+            file: Some("state/blocks.json".into()),
+            rules: vec![
+                RawRule {
+                    name: "day-budget-exhausted".into(),
+                    on: "quota".into(),
+                    scope: Some("account".into()),
+                    horizon: Some("day".into()),
+                    threshold: 1,
+                    within: "24h".into(),
+                    block: "account".into(),
+                    duration: "24h".into(),
+                },
+                RawRule {
+                    name: "deep-paging".into(),
+                    on: "deep_paging".into(),
+                    scope: None,
+                    horizon: None,
+                    threshold: 5,
+                    within: "1h".into(),
+                    block: "account".into(),
+                    duration: "24h".into(),
+                },
+            ],
+            escalation_factor: 2,
+            max_duration: "30d".into(),
+        }
+    }
+}
+
+/// An automatic blocking rule.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(default)]
+pub struct RawRule {
+    pub name: String,
+    /// `quota` (a quota rejection; narrowed by `scope`/`horizon`) or `deep_paging`.
+    pub on: String,
+    pub scope: Option<String>,
+    pub horizon: Option<String>,
+    /// Events needed within `within` to fire.
+    pub threshold: u32,
+    pub within: String,
+    /// What to block: `account`, `org` or `ip` (the client's IP prefix as the quota scope uses it).
+    pub block: String,
+    pub duration: String,
+}
+
+/// A validated rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub on: Event,
+    pub scope: Option<String>,
+    pub horizon: Option<String>,
+    pub threshold: u32,
+    pub within: Duration,
+    pub block: BlockScope,
+    pub duration: Duration,
+}
+
+/// What can trigger a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Quota,
+    DeepPaging,
+}
+
+/// Validated `blocks:` config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlocksConfig {
+    pub file: Option<PathBuf>,
+    pub rules: Vec<Rule>,
+    pub escalation_factor: u32,
+    pub max_duration: Duration,
+}
+
+impl BlocksConfig {
+    /// Every error with its key path relative to `blocks`. `base` resolves a relative file.
+    pub fn from_raw(raw: &RawBlocks, base: &Path) -> Result<Self, Vec<(String, String)>> {
+        let mut errs = Vec::new();
+        let dur = |p: String, s: &str, errs: &mut Vec<(String, String)>| match crate::config::parse_duration(s) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                errs.push((p, "must be greater than 0".into()));
+                Duration::ZERO
+            }
+            Err(e) => {
+                errs.push((p, e));
+                Duration::ZERO
+            }
+        };
+        let mut rules = Vec::new();
+        for (i, r) in raw.rules.iter().enumerate() {
+            let p = format!("rules[{i}]");
+            let on = match r.on.as_str() {
+                "quota" => Event::Quota,
+                "deep_paging" => Event::DeepPaging,
+                o => {
+                    errs.push((format!("{p}.on"), format!("expected quota or deep_paging, got {o:?}")));
+                    Event::Quota
+                }
+            };
+            let block = BlockScope::parse(&r.block).unwrap_or_else(|| {
+                errs.push((format!("{p}.block"), format!("expected account, org or ip, got {:?}", r.block)));
+                BlockScope::Account
+            });
+            if r.name.is_empty() {
+                errs.push((format!("{p}.name"), "a rule needs a name".into()));
+            }
+            if r.threshold == 0 {
+                errs.push((format!("{p}.threshold"), "must be at least 1".into()));
+            }
+            rules.push(Rule {
+                name: r.name.clone(),
+                on,
+                scope: r.scope.clone(),
+                horizon: r.horizon.clone(),
+                threshold: r.threshold,
+                within: dur(format!("{p}.within"), &r.within, &mut errs),
+                block,
+                duration: dur(format!("{p}.duration"), &r.duration, &mut errs),
+            });
+        }
+        if raw.escalation_factor == 0 {
+            errs.push(("escalation_factor".into(), "must be at least 1".into()));
+        }
+        let max_duration = match crate::quota::parse_window(&raw.max_duration) {
+            Ok(ns) => Duration::from_nanos(ns.get()),
+            Err(e) => {
+                errs.push(("max_duration".into(), e));
+                Duration::ZERO
+            }
+        };
+        let file = raw.file.as_ref().map(|f| if Path::new(f).is_absolute() { PathBuf::from(f) } else { base.join(f) });
+        if errs.is_empty() {
+            Ok(Self { file, rules, escalation_factor: raw.escalation_factor, max_duration })
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+/// The live block list. Cheap to check on every request (read lock, hash lookups, a short
+/// CIDR scan).
+#[derive(Debug)]
+pub struct Blocks {
+    state: RwLock<BlockFile>,
+    file: Mutex<Option<PathBuf>>,
+    /// Recent events per (rule, subject), for thresholds.
+    events: Mutex<HashMap<(String, String), VecDeque<Timestamp>>>,
+}
+
+/// Why a request is blocked.
+#[derive(Debug, Clone)]
+pub struct Blocked {
+    pub scope: BlockScope,
+    pub until: Option<Timestamp>,
+}
+
+/// The subject of a request, as blocks see it.
+pub struct Who<'a> {
+    pub account: Option<&'a str>,
+    pub org: Option<&'a str>,
+    pub ip: IpAddr,
+    /// The client's IP prefix as the quota scope computes it (what an `ip` rule blocks).
+    pub ip_prefix: IpNet,
+}
+
+impl Blocks {
+    /// Load the persisted list (a missing file is an empty list).
+    ///
+    /// # Errors
+    /// The file exists but cannot be read or parsed: refusing to start beats silently
+    /// forgetting every block.
+    pub fn open(file: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
+        let state = match &file {
+            Some(f) if f.exists() => {
+                let text = std::fs::read_to_string(f)?;
+                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a block file: {e}", f.display()))?
+            }
+            _ => BlockFile::default(),
+        };
+        Ok(Arc::new(Self { state: RwLock::new(state), file: Mutex::new(file), events: Mutex::new(HashMap::new()) }))
+    }
+
+    /// Switch to another file (a reload that names a new one); the current list is written there.
+    pub fn set_file(&self, file: Option<PathBuf>) -> anyhow::Result<()> {
+        let changed = *self.file.lock().expect("blocks file lock") != file;
+        if changed {
+            *self.file.lock().expect("blocks file lock") = file;
+            self.persist(Timestamp::UNIX_EPOCH)?;
+        }
+        Ok(())
+    }
+
+    /// Is this request's account, organisation or IP blocked now?
+    pub fn check(&self, who: &Who<'_>, now: Timestamp) -> Option<Blocked> {
+        let st = self.state.read().expect("blocks lock");
+        st.blocks
+            .iter()
+            .filter(|b| b.active(now))
+            .find(|b| match b.scope {
+                BlockScope::Account => who.account == Some(b.key.as_str()),
+                BlockScope::Org => who.org == Some(b.key.as_str()),
+                BlockScope::Ip => b.key.parse::<IpNet>().is_ok_and(|n| n.contains(&who.ip)),
+            })
+            .map(|b| Blocked { scope: b.scope, until: b.until })
+    }
+
+    /// Active blocks.
+    pub fn list(&self, now: Timestamp) -> Vec<Block> {
+        self.state.read().expect("blocks lock").blocks.iter().filter(|b| b.active(now)).cloned().collect()
+    }
+
+    /// Active blocks per scope (for the gauge).
+    pub fn counts(&self, now: Timestamp) -> [(BlockScope, i64); 3] {
+        let mut c = [(BlockScope::Account, 0), (BlockScope::Org, 0), (BlockScope::Ip, 0)];
+        for b in self.state.read().expect("blocks lock").blocks.iter().filter(|b| b.active(now)) {
+            c[b.scope as usize].1 += 1;
+        }
+        c
+    }
+
+    /// Add (or replace) a block and persist the list.
+    ///
+    /// # Errors
+    /// A key that does not fit its scope (e.g. not a CIDR for `ip`), or the file cannot be written
+    /// (the block still applies in memory).
+    pub fn add(&self, mut b: Block, now: Timestamp) -> anyhow::Result<Block> {
+        if b.scope == BlockScope::Ip {
+            let net: IpNet = match b.key.parse::<IpNet>() {
+                Ok(n) => n,
+                Err(_) => b
+                    .key
+                    .parse::<IpAddr>()
+                    .map(IpNet::from)
+                    .map_err(|_| anyhow::anyhow!("not an IP or CIDR: {:?}", b.key))?,
+            };
+            b.key = net.trunc().to_string();
+        }
+        if b.key.is_empty() {
+            anyhow::bail!("empty key");
+        }
+        {
+            let mut st = self.state.write().expect("blocks lock");
+            st.blocks.retain(|x| !(x.scope == b.scope && x.key == b.key));
+            st.blocks.push(b.clone());
+        }
+        tracing::warn!(scope = b.scope.as_str(), key = %b.key, reason = %b.reason, until = ?b.until, source = %b.source, "blocked");
+        self.persist(now)?;
+        Ok(b)
+    }
+
+    /// Remove a block; `false` when there was none.
+    pub fn remove(&self, scope: BlockScope, key: &str, now: Timestamp) -> anyhow::Result<bool> {
+        let key = if scope == BlockScope::Ip {
+            key.parse::<IpNet>().map(|n| n.trunc().to_string()).unwrap_or_else(|_| key.to_string())
+        } else {
+            key.to_string()
+        };
+        let removed = {
+            let mut st = self.state.write().expect("blocks lock");
+            let before = st.blocks.len();
+            st.blocks.retain(|x| !(x.scope == scope && x.key == key));
+            before != st.blocks.len()
+        };
+        if removed {
+            tracing::warn!(scope = scope.as_str(), key = %key, "unblocked");
+            self.persist(now)?;
+        }
+        Ok(removed)
+    }
+
+    /// Feed an event to the automatic rules; returns the blocks it caused.
+    pub fn observe(
+        &self,
+        cfg: &BlocksConfig,
+        event: Event,
+        fired: Option<(&str, &str)>,
+        who: &Who<'_>,
+        now: Timestamp,
+    ) -> Vec<Block> {
+        let mut made = Vec::new();
+        for rule in cfg.rules.iter().filter(|r| r.on == event) {
+            if let Some((scope, horizon)) = fired {
+                if rule.scope.as_deref().is_some_and(|s| s != scope)
+                    || rule.horizon.as_deref().is_some_and(|h| h != horizon)
+                {
+                    continue;
+                }
+            }
+            let key = match rule.block {
+                BlockScope::Account => who.account.map(str::to_string),
+                BlockScope::Org => who.org.map(str::to_string),
+                BlockScope::Ip => Some(who.ip_prefix.to_string()),
+            };
+            let Some(key) = key else { continue };
+            if self.check(who, now).is_some_and(|b| b.scope == rule.block) {
+                continue; // already blocked; don't extend on every rejected retry
+            }
+            let hit = {
+                let mut ev = self.events.lock().expect("block events lock");
+                let q = ev.entry((rule.name.clone(), key.clone())).or_default();
+                let horizon = now - jiff::SignedDuration::try_from(rule.within).unwrap_or_default();
+                while q.front().is_some_and(|t| *t < horizon) {
+                    q.pop_front();
+                }
+                q.push_back(now);
+                if q.len() >= rule.threshold as usize {
+                    q.clear();
+                    true
+                } else {
+                    false
+                }
+            };
+            if !hit {
+                continue;
+            }
+            let offences = {
+                let mut st = self.state.write().expect("blocks lock");
+                let n = st.offences.entry(format!("{}:{key}", rule.block.as_str())).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let factor = u64::from(cfg.escalation_factor).saturating_pow(offences.saturating_sub(1));
+            let d = rule.duration.saturating_mul(u32::try_from(factor).unwrap_or(u32::MAX)).min(cfg.max_duration);
+            let until = now.checked_add(jiff::SignedDuration::try_from(d).unwrap_or_default()).ok();
+            let b = Block {
+                scope: rule.block,
+                key,
+                reason: format!("{} (offence {offences})", rule.name),
+                source: format!("rule:{}", rule.name),
+                created: now,
+                until,
+            };
+            match self.add(b, now) {
+                Ok(b) => made.push(b),
+                Err(e) => tracing::error!(error = %e, "automatic block not persisted"),
+            }
+        }
+        made
+    }
+
+    /// Write the list atomically: temp file in the same directory, fsync, rename.
+    fn persist(&self, now: Timestamp) -> anyhow::Result<()> {
+        let Some(path) = self.file.lock().expect("blocks file lock").clone() else { return Ok(()) };
+        let json = {
+            let mut st = self.state.write().expect("blocks lock");
+            st.blocks.retain(|b| b.active(now) || now == Timestamp::UNIX_EPOCH);
+            serde_json::to_vec_pretty(&*st)?
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn who<'a>(account: &'a str, org: &'a str, ip: &str) -> Who<'a> {
+        let ip: IpAddr = ip.parse().unwrap();
+        Who { account: Some(account), org: Some(org), ip, ip_prefix: crate::identity::ip_prefix(ip, 24, 56) }
+    }
+
+    #[test]
+    fn blocks_persist_expire_and_unblock() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state/blocks.json");
+        let now = t("2026-11-24T10:00:00Z");
+        let b = Blocks::open(Some(file.clone())).unwrap();
+        let mk = |scope, key: &str, until: Option<Timestamp>| Block {
+            scope,
+            key: key.into(),
+            reason: "test".into(),
+            source: "manual".into(),
+            created: now,
+            until,
+        };
+        b.add(mk(BlockScope::Account, "acct-1", None), now).unwrap();
+        b.add(mk(BlockScope::Ip, "203.0.113.9/24", Some(t("2026-11-24T11:00:00Z"))), now).unwrap();
+        assert!(b.add(mk(BlockScope::Ip, "nonsense", None), now).is_err());
+        assert_eq!(b.check(&who("acct-1", "1", "198.51.100.1"), now).unwrap().scope, BlockScope::Account);
+        assert_eq!(b.check(&who("acct-2", "1", "203.0.113.200"), now).unwrap().scope, BlockScope::Ip);
+        assert!(b.check(&who("acct-2", "1", "203.0.113.200"), t("2026-11-24T11:00:00Z")).is_none(), "expired");
+
+        // A fresh process reads the same list back.
+        let again = Blocks::open(Some(file.clone())).unwrap();
+        assert_eq!(again.list(now).len(), 2);
+        assert!(again.remove(BlockScope::Account, "acct-1", now).unwrap());
+        assert!(!again.remove(BlockScope::Account, "acct-1", now).unwrap());
+        assert_eq!(Blocks::open(Some(file)).unwrap().list(now).len(), 1);
+    }
+
+    #[test]
+    fn rules_fire_at_threshold_and_escalate() {
+        let cfg = BlocksConfig::from_raw(&RawBlocks { file: None, ..RawBlocks::default() }, Path::new(".")).unwrap();
+        let b = Blocks::open(None).unwrap();
+        let w = who("acct-1", "12345678", "203.0.113.5");
+        let mut now = t("2026-11-24T10:00:00Z");
+        // Four deep-paging attempts: nothing; the fifth within the hour blocks for 24 h.
+        for _ in 0..4 {
+            assert!(b.observe(&cfg, Event::DeepPaging, None, &w, now).is_empty());
+        }
+        let made = b.observe(&cfg, Event::DeepPaging, None, &w, now);
+        assert_eq!(made.len(), 1);
+        assert_eq!(made[0].until, Some(t("2026-11-25T10:00:00Z")));
+        // Second offence, after the first expired: twice as long.
+        now = t("2026-11-25T10:00:01Z");
+        let made = b.observe(&cfg, Event::Quota, Some(("account", "day")), &w, now);
+        assert_eq!(made.len(), 1);
+        assert_eq!(made[0].until, Some(t("2026-11-27T10:00:01Z")));
+        // A quota rejection on another horizon does not trigger the day rule.
+        let w2 = who("acct-2", "12345678", "203.0.113.5");
+        assert!(b.observe(&cfg, Event::Quota, Some(("account", "hour")), &w2, now).is_empty());
+    }
+
+    #[test]
+    fn every_rule_error_is_reported() {
+        let mut raw = RawBlocks::default();
+        raw.rules[0].on = "sometimes".into();
+        raw.rules[1].block = "planet".into();
+        raw.rules[1].duration = "forever".into();
+        let e = BlocksConfig::from_raw(&raw, Path::new(".")).unwrap_err();
+        let keys: Vec<_> = e.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(keys, ["rules[0].on", "rules[1].block", "rules[1].duration"]);
+    }
+}

@@ -1,0 +1,825 @@
+//! `cvgate demo`: replay the 4 May 2024 incident, the evasions an abuser tries next, and
+//! legitimate use, through the real proxy on loopback, on a manual clock so days pass in seconds.
+//!
+//! Each scenario gets a fresh mock CV API and a fresh proxy (in-memory store; the given config
+//! with its listeners moved to port 0, TLS and metrics off, the upstream pointed at the mock;
+//! budgets, routes and closure untouched), because the country and global buckets are shared by
+//! everyone. A scenario is a [`Plan`]: timed requests by actors. Before each request the manual
+//! clock is set to its instant; each actor speaks HTTP/1.1 from its own loopback source address
+//! (Linux loopback answers on all of 127.0.0.0/8), so the ip scope sees one shared /24 or
+//! separate ones as the scenario needs. Tokens are minted with the config's `identity.dev_hs256`.
+//!
+//! Per scenario the [`ScenarioReport`] holds what the upstream would have served without
+//! cvgate (the sum of requested sizes: the mock serves every page asked for), what came
+//! through, the scope and horizon of the first 429 and its local time, blocks (a hook: the
+//! proxy has no automatic blocking yet) and the CVs legitimate users were refused (must be 0).
+//!
+//! Token buckets refill continuously, so over a span `t` a bucket of budget `B` and window `W`
+//! lets through at most `B + B·t/W`; [`Limit::bound`] is that figure for the scope meant to stop
+//! the attack, the least over its horizons. It is what tests/demo.rs holds each attack to.
+//!
+//! [`run`] is the library entry point (tests/demo.rs asserts its report); [`main`] is
+//! `cvgate demo` (table or `--json`, progress bar on stderr, `--serve`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use indicatif::{ProgressBar, ProgressStyle};
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{ManualClock, SharedClock, SystemClock};
+use crate::config::Config;
+use crate::quota::{Scope, Subject};
+
+/// Zone of the scenarios' local times (the incident's and the closure window's).
+const ZONE: &str = "Europe/Amsterdam";
+/// Page size of the 4 May 2024 searches.
+const PAGE: u64 = 200;
+/// Deepest page an attacker asks for before changing the query: 10 × 200 stays within the
+/// default `deep_paging.max_depth` (2,000), so the quota, not the paging rule, is what is shown.
+const PAGES_PER_QUERY: u64 = 10;
+/// Every request goes to the proxy as if from the Netherlands-or-unknown (no geo database).
+const COUNTRY: &str = "ZZ";
+
+/// How to run the demo.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DemoOptions {
+    /// Fewer requests (a fifth), same shape: for the test.
+    pub fast: bool,
+    /// Show a progress bar on stderr (only drawn when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Whose behaviour a scenario shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Attack,
+    Legit,
+}
+
+/// What one group of actors (the attacker's, or the legitimate users') asked for and got.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub requests: u64,
+    /// CVs asked for: what the upstream would have served without cvgate.
+    pub requested_cvs: u64,
+    /// CVs that came through cvgate (records counted in the bodies received).
+    pub delivered_cvs: u64,
+    /// `requested_cvs − delivered_cvs`: refused or cut short.
+    pub refused_cvs: u64,
+}
+
+/// The first quota refusal of a scenario.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stop {
+    pub scope: String,
+    pub horizon: String,
+    /// Local time (Europe/Amsterdam), e.g. `Sat 04 May 08:13`.
+    pub at: String,
+    /// CVs the attacker had received before it.
+    pub after_cvs: u64,
+}
+
+/// One horizon of a scope, as resolved for the attacker (tiers and overrides applied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HorizonBudget {
+    pub name: String,
+    pub budget: u64,
+    pub window_secs: u64,
+}
+
+/// The scope meant to stop an attack and the most its buckets can let through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limit {
+    pub scope: String,
+    pub horizons: Vec<HorizonBudget>,
+    /// Least over the horizons of `budget + budget × span / window` (continuous refill over the
+    /// attack's span): the most this scope can deliver to the attacker in this scenario.
+    pub bound: u64,
+}
+
+/// One scenario's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    pub id: &'static str,
+    pub title: String,
+    pub kind: Kind,
+    /// Seconds from the attacker's first request to its last (0 for legit scenarios).
+    pub span_secs: u64,
+    /// The attacker's requests (attack scenarios only).
+    pub attacker: Option<Tally>,
+    /// Legitimate users: the scenario's subject, or a bystander during an attack.
+    pub legit: Tally,
+    /// Attack scenarios: the scope that should stop it.
+    pub limit: Option<Limit>,
+    pub first_stop: Option<Stop>,
+    /// 429s by `scope/horizon`.
+    pub rejections: BTreeMap<String, u64>,
+    /// Other refusals by problem slug (or `http-<status>`).
+    pub other_refusals: BTreeMap<String, u64>,
+    /// Blocks triggered, as the proxy counts them. `None`: not exposed yet; see [`blocks_triggered`].
+    pub blocks: Option<u64>,
+    /// Distinct blocks the clients ran into (scope, blocked key, `until`), from 403 `blocked`.
+    pub blocks_seen: u64,
+    /// 403 `blocked` answers, by whom.
+    pub blocked_attacker_requests: u64,
+    pub blocked_legit_requests: u64,
+}
+
+impl ScenarioReport {
+    /// The headline tally: the attacker's in an attack, the legitimate users' otherwise.
+    pub fn headline(&self) -> &Tally {
+        self.attacker.as_ref().unwrap_or(&self.legit)
+    }
+}
+
+/// The whole demo.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    pub config: String,
+    pub fast: bool,
+    pub requests: u64,
+    pub elapsed_ms: u64,
+    pub scenarios: Vec<ScenarioReport>,
+}
+
+/// What one request asks for.
+#[derive(Debug, Clone)]
+enum Fetch {
+    Search { query: String, page: u64, size: u64 },
+    Export { limit: u64 },
+    Get { id: u64 },
+}
+
+impl Fetch {
+    fn cvs(&self) -> u64 {
+        match self {
+            Fetch::Search { size, .. } => *size,
+            Fetch::Export { limit } => *limit,
+            Fetch::Get { .. } => 1,
+        }
+    }
+
+    fn path(&self) -> String {
+        match self {
+            Fetch::Search { query, page, size } => format!("/api/v1/cvs?query={query}&page={page}&size={size}"),
+            Fetch::Export { limit } => format!("/api/v1/cvs/export?limit={limit}"),
+            Fetch::Get { id } => format!("/api/v1/cvs/cv-{id:07}"),
+        }
+    }
+
+    /// Records in a 200 body of this request.
+    fn count(&self, body: &[u8]) -> u64 {
+        match self {
+            Fetch::Search { .. } => serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.get("results").and_then(|r| r.as_array()).map(|a| a.len() as u64))
+                .unwrap_or(0),
+            Fetch::Export { .. } => body.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count() as u64,
+            Fetch::Get { .. } => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Actor {
+    account: String,
+    org: String,
+    ip: Ipv4Addr,
+    legit: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    at: Timestamp,
+    actor: usize,
+    fetch: Fetch,
+}
+
+/// A scenario: who does what when.
+#[derive(Debug, Clone)]
+struct Plan {
+    id: &'static str,
+    title: String,
+    kind: Kind,
+    actors: Vec<Actor>,
+    /// Sorted by time.
+    steps: Vec<Step>,
+    /// The scope meant to stop the attack.
+    stops: Option<Scope>,
+}
+
+impl Plan {
+    fn new(id: &'static str, title: String, kind: Kind, stops: Option<Scope>) -> Self {
+        Self { id, title, kind, actors: Vec::new(), steps: Vec::new(), stops }
+    }
+
+    fn actor(&mut self, account: String, org: &str, ip: Ipv4Addr, legit: bool) -> usize {
+        self.actors.push(Actor { account, org: org.to_string(), ip, legit });
+        self.actors.len() - 1
+    }
+
+    /// Searches of [`PAGE`] CVs by `actors` in turn, `n` of them evenly over `[from, to)`; the
+    /// query changes every [`PAGES_PER_QUERY`] pages, as a scraper walking the database would.
+    fn scrape(&mut self, actors: &[usize], from: Timestamp, to: Timestamp, n: u64, first: u64) {
+        for (i, at) in spread(from, to, n).enumerate() {
+            let k = first + i as u64;
+            let fetch =
+                Fetch::Search { query: format!("q{}", k / PAGES_PER_QUERY), page: k % PAGES_PER_QUERY + 1, size: PAGE };
+            self.steps.push(Step { at, actor: actors[i % actors.len()], fetch });
+        }
+    }
+
+    /// A small employer browsing during office hours: `searches` pages of 20 and `gets` single CVs.
+    fn browse(&mut self, actor: usize, day: jiff::civil::Date, searches: u64, gets: u64) {
+        let (from, to) = (local(day, 9, 0), local(day, 17, 0));
+        for (i, at) in spread(from, to, searches).enumerate() {
+            let fetch = Fetch::Search { query: "kok-utrecht".into(), page: i as u64 % 5 + 1, size: 20 };
+            self.steps.push(Step { at, actor, fetch });
+        }
+        for (i, at) in spread(from + Duration::from_secs(90), to, gets).enumerate() {
+            self.steps.push(Step { at, actor, fetch: Fetch::Get { id: 1_000 + i as u64 * 37 } });
+        }
+    }
+
+    fn sort(mut self) -> Self {
+        self.steps.sort_by_key(|s| s.at); // stable: same-instant steps keep their order
+        self
+    }
+}
+
+/// `n` instants evenly over `[from, to)`.
+fn spread(from: Timestamp, to: Timestamp, n: u64) -> impl Iterator<Item = Timestamp> {
+    let span = to.as_nanosecond() - from.as_nanosecond();
+    (0..n).map(move |i| {
+        let off = span * i128::from(i) / i128::from(n.max(1));
+        Timestamp::from_nanosecond(from.as_nanosecond() + off).expect("within jiff's range")
+    })
+}
+
+fn zone() -> TimeZone {
+    TimeZone::get(ZONE).expect("tzdb is bundled (jiff tzdb-bundle-always)")
+}
+
+/// `day` at `h:m` local time.
+fn local(day: jiff::civil::Date, h: i8, m: i8) -> Timestamp {
+    day.at(h, m, 0, 0).to_zoned(zone()).expect("a valid local time").timestamp()
+}
+
+fn local_string(t: Timestamp) -> String {
+    t.to_zoned(zone()).strftime("%a %d %b %H:%M").to_string()
+}
+
+/// The scenarios, in the order they are shown.
+fn plans(fast: bool) -> Vec<Plan> {
+    let n: u64 = if fast { 150 } else { 750 };
+    let may4 = jiff::civil::date(2024, 5, 4); // a Saturday
+    let monday = jiff::civil::date(2024, 5, 6);
+    let (open, close) = (local(may4, 7, 0), local(may4, 23, 0));
+    let bystander = |p: &mut Plan| {
+        let a = p.actor("acct-bakery".into(), "20000001", Ipv4Addr::new(127, 0, 9, 1), true);
+        p.browse(a, may4, if fast { 6 } else { 20 }, if fast { 6 } else { 20 });
+    };
+    let mut out = Vec::new();
+
+    let mut p =
+        Plan::new("may4", format!("4 May 2024: 1 account, {n} searches x {PAGE}"), Kind::Attack, Some(Scope::Account));
+    let a = p.actor("acct-may4".into(), "10000001", Ipv4Addr::new(127, 0, 2, 1), false);
+    p.scrape(&[a], open, close, n, 0);
+    bystander(&mut p);
+    out.push(p.sort());
+
+    // Each account on its own /24 too, so that the org scope, not the ip scope, is what holds.
+    let mut p =
+        Plan::new("accounts30", "Evasion: 30 accounts of 1 organisation".into(), Kind::Attack, Some(Scope::Org));
+    let actors: Vec<usize> = (0..30u8)
+        .map(|i| p.actor(format!("acct-org2-{i:02}"), "10000002", Ipv4Addr::new(127, 0, 10 + i, 1), false))
+        .collect();
+    p.scrape(&actors, open, close, n, 0);
+    bystander(&mut p);
+    out.push(p.sort());
+
+    let mut p = Plan::new("orgs30", "Evasion: 30 organisations behind 1 /24".into(), Kind::Attack, Some(Scope::Ip));
+    let actors: Vec<usize> = (0..30u8)
+        .map(|i| p.actor(format!("acct-o{i:02}"), &format!("100001{i:02}"), Ipv4Addr::new(127, 0, 1, i + 1), false))
+        .collect();
+    p.scrape(&actors, open, close, n, 0);
+    bystander(&mut p);
+    out.push(p.sort());
+
+    // The same haul spread over a week of opening hours.
+    let mut p = Plan::new("week", "Evasion: 1 account over 7 days".into(), Kind::Attack, Some(Scope::Account));
+    let a = p.actor("acct-week".into(), "10000003", Ipv4Addr::new(127, 0, 2, 1), false);
+    let per_day = n / 7;
+    for d in 0..7 {
+        let day = may4.checked_add(jiff::Span::new().days(d)).expect("a date in 2024");
+        p.scrape(&[a], local(day, 7, 0), local(day, 23, 0), per_day, per_day * d as u64);
+    }
+    bystander(&mut p);
+    out.push(p.sort());
+
+    // A staffing agency (config.yaml's org override) on a Monday: five recruiters in one office,
+    // each 20 full pages and a 1,000-CV export (fast: 6 pages) between 09:00 and 17:00.
+    let mut p = Plan::new("agency", "Legit: staffing agency, 5 recruiters".into(), Kind::Legit, None);
+    let pages = if fast { 6 } else { 20 };
+    for r in 0..5u8 {
+        let a = p.actor(format!("acct-agency-{r}"), "87654321", Ipv4Addr::new(127, 0, 3, r + 1), true);
+        let from = local(monday, 9, 0) + Duration::from_secs(60 * u64::from(r));
+        for (i, at) in spread(from, local(monday, 17, 0), pages).enumerate() {
+            let fetch = Fetch::Search { query: format!("agency{r}-{}", i / 10), page: i as u64 % 10 + 1, size: PAGE };
+            p.steps.push(Step { at, actor: a, fetch });
+        }
+        p.steps.push(Step { at: local(monday, 13, 30 + r as i8), actor: a, fetch: Fetch::Export { limit: 1_000 } });
+    }
+    out.push(p.sort());
+
+    let mut p = Plan::new("employer", "Legit: small employer browsing".into(), Kind::Legit, None);
+    let a = p.actor("acct-garage".into(), "30000001", Ipv4Addr::new(127, 0, 4, 1), true);
+    p.browse(a, monday, if fast { 10 } else { 40 }, if fast { 10 } else { 40 });
+    out.push(p.sort());
+    out
+}
+
+/// One actor's keep-alive HTTP/1.1 connection to the proxy, from its own source address.
+struct Conn {
+    src: IpAddr,
+    dst: SocketAddr,
+    tx: Option<SendRequest<Empty<Bytes>>>,
+}
+
+impl Conn {
+    async fn connect(&self) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
+        let sock = TcpSocket::new_v4()?;
+        sock.bind(SocketAddr::new(self.src, 0)).with_context(|| format!("binding a client socket to {}", self.src))?;
+        let stream =
+            sock.connect(self.dst).await.with_context(|| format!("connecting to the proxy at {}", self.dst))?;
+        stream.set_nodelay(true)?;
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(tx)
+    }
+
+    /// GET `path`; one retry on a fresh connection when the kept-alive one was closed.
+    async fn get(&mut self, path: &str, bearer: &str) -> anyhow::Result<(StatusCode, Bytes)> {
+        let mut last = None;
+        for _ in 0..2 {
+            let mut tx = match self.tx.take() {
+                Some(tx) if !tx.is_closed() => tx,
+                _ => self.connect().await?,
+            };
+            let req = Request::get(path)
+                .header(http::header::HOST, "cvgate.demo")
+                .header(http::header::AUTHORIZATION, bearer)
+                .body(Empty::new())?;
+            let sent = async {
+                tx.ready().await?;
+                let resp = tx.send_request(req).await?;
+                let status = resp.status();
+                let body = resp.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>((status, body))
+            };
+            match sent.await {
+                Ok(r) => {
+                    self.tx = Some(tx);
+                    return Ok(r);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(anyhow::anyhow!("request to the proxy failed twice: {}", last.map(|e| e.to_string()).unwrap_or_default()))
+    }
+}
+
+/// The scenario's proxy config: `base` with listeners on loopback port 0 (plain HTTP only) and
+/// the upstream at `mock`. Everything else — budgets, routes, closure — stays as configured.
+fn scenario_config(base: &Config, dir: &Path, mock: SocketAddr) -> anyhow::Result<Config> {
+    let mut raw = base.raw.clone();
+    raw.upstream.url = format!("http://{mock}");
+    raw.upstream.ca_file = None;
+    // Fresh state per scenario and nothing written beside the config: buckets in memory, blocks
+    // in memory only (a block file would carry one scenario's blocks into the next run), no
+    // audit lines (they would go to stdout and bury the table or break `--json`).
+    raw.store.kind = "memory".into();
+    raw.blocks.file = None;
+    raw.audit.sink = "off".into();
+    let mut config = Config::from_raw(raw, dir).map_err(|es| {
+        let list: Vec<String> = es.into_iter().map(|(k, m)| format!("{k}: {m}")).collect();
+        anyhow::anyhow!("config with the demo's upstream is invalid: {}", list.join("; "))
+    })?;
+    config.listen.tls = None;
+    config.listen.plain = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    config.listen.metrics = None;
+    config.listen.admin = None;
+    Ok(config)
+}
+
+/// Mint a dev token (`identity.dev_hs256`) for `actor`, valid for `ttl` from `now`.
+fn mint(config: &Config, actor: &Actor, ttl: Duration, now: Timestamp) -> anyhow::Result<String> {
+    let id = &config.raw.identity;
+    let acr = id.accepted_assurance.first().map_or("urn:etoegang:core:assurance-class:loa3", String::as_str);
+    crate::identity::mint_from_config(id, &actor.account, Some(&actor.org), acr, ttl, now)
+        .map_err(|e| anyhow::anyhow!("the demo mints tokens with identity.dev_hs256: {e}"))
+}
+
+/// Blocks the proxy triggered during a scenario. HOOK: the proxy exposes no count of blocks
+/// created (only `cvgate_blocks_active`, which forgets expired ones); when it does, read it from
+/// `running.shared` here. Until then the report counts the distinct blocks clients ran into.
+fn blocks_triggered(_running: &crate::server::Running) -> Option<u64> {
+    None
+}
+
+/// The most `buckets` (one scope's horizons) can let through over `span_ns`.
+pub fn bound(horizons: &[HorizonBudget], span_ns: u128) -> u64 {
+    horizons
+        .iter()
+        .map(|h| {
+            let extra = u128::from(h.budget) * span_ns / (u128::from(h.window_secs) * 1_000_000_000);
+            h.budget.saturating_add(u64::try_from(extra).unwrap_or(u64::MAX))
+        })
+        .min()
+        .unwrap_or(u64::MAX)
+}
+
+async fn run_plan(base: &Config, dir: &Path, plan: &Plan, bar: &ProgressBar) -> anyhow::Result<ScenarioReport> {
+    bar.set_message(plan.id);
+    let mock = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("binding the mock CV API")?;
+    let mock_addr = mock.local_addr()?;
+    let mock_stop = CancellationToken::new();
+    tokio::spawn(crate::mock_api::serve(mock, mock_stop.clone().cancelled_owned()));
+
+    let config = scenario_config(base, dir, mock_addr)?;
+    let first = plan.steps.first().context("empty scenario")?.at;
+    let last = plan.steps.last().context("empty scenario")?.at;
+    let clock = ManualClock::new(first);
+    let running = crate::server::start(config.clone(), None, clock.clone()).await?;
+    let dst = running.plain_addr.context("the plain listener did not start")?;
+
+    let ttl = Duration::from_secs(u64::try_from(last.duration_since(first).as_secs()).unwrap_or(0) + 86_400);
+    let mut bearers = Vec::with_capacity(plan.actors.len());
+    let mut conns = Vec::with_capacity(plan.actors.len());
+    for a in &plan.actors {
+        bearers.push(format!("Bearer {}", mint(&config, a, ttl, first)?));
+        conns.push(Conn { src: IpAddr::V4(a.ip), dst, tx: None });
+    }
+
+    let (mut attacker, mut legit) = (Tally::default(), Tally::default());
+    let (mut rejections, mut other_refusals) = (BTreeMap::new(), BTreeMap::new());
+    let mut first_stop = None;
+    let (mut blocks_seen, mut blocked_attacker_requests, mut blocked_legit_requests) = (BTreeSet::new(), 0, 0);
+    let (mut attack_first, mut attack_last) = (None::<Timestamp>, None::<Timestamp>);
+    for step in &plan.steps {
+        clock.set(step.at);
+        let actor = &plan.actors[step.actor];
+        let (status, body) = conns[step.actor].get(&step.fetch.path(), &bearers[step.actor]).await?;
+        let got = if status == StatusCode::OK { step.fetch.count(&body) } else { 0 };
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let (scope, horizon) = (v["scope"].as_str().unwrap_or("?"), v["horizon"].as_str().unwrap_or("?"));
+            *rejections.entry(format!("{scope}/{horizon}")).or_insert(0) += 1;
+            if first_stop.is_none() && !actor.legit {
+                first_stop = Some(Stop {
+                    scope: scope.to_string(),
+                    horizon: horizon.to_string(),
+                    at: local_string(step.at),
+                    after_cvs: attacker.delivered_cvs,
+                });
+            }
+        } else if status != StatusCode::OK {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let slug = v["type"]
+                .as_str()
+                .and_then(|t| t.strip_prefix("urn:cvgate:problem:"))
+                .map_or_else(|| format!("http-{}", status.as_u16()), str::to_string);
+            if slug == "blocked" {
+                *(if actor.legit { &mut blocked_legit_requests } else { &mut blocked_attacker_requests }) += 1;
+                let scope = v["scope"].as_str().unwrap_or("?").to_string();
+                let key = match scope.as_str() {
+                    "account" => actor.account.clone(),
+                    "org" => actor.org.clone(),
+                    _ => actor.ip.to_string(),
+                };
+                blocks_seen.insert((scope, key, v["until"].as_str().unwrap_or("").to_string()));
+            }
+            *other_refusals.entry(slug).or_insert(0) += 1;
+        }
+        let t = if actor.legit { &mut legit } else { &mut attacker };
+        t.requests += 1;
+        t.requested_cvs += step.fetch.cvs();
+        t.delivered_cvs += got;
+        t.refused_cvs += step.fetch.cvs().saturating_sub(got);
+        if !actor.legit {
+            attack_first.get_or_insert(step.at);
+            attack_last = Some(step.at);
+        }
+        bar.inc(1);
+    }
+
+    let span_ns = match (attack_first, attack_last) {
+        (Some(a), Some(b)) => u128::try_from(b.as_nanosecond() - a.as_nanosecond()).unwrap_or(0),
+        _ => 0,
+    };
+    let limit = plan.stops.map(|scope| {
+        let a = plan.actors.iter().find(|a| !a.legit).expect("an attack has an attacker");
+        let subject = Subject { account: Some(&a.account), org: Some(&a.org), ip: IpAddr::V4(a.ip), country: COUNTRY };
+        let horizons: Vec<HorizonBudget> = running
+            .shared
+            .quota
+            .buckets(&config.quota, &subject)
+            .into_iter()
+            .filter(|b| b.scope == scope)
+            .map(|b| HorizonBudget {
+                name: b.horizon.to_string(),
+                budget: b.capacity,
+                window_secs: b.window_ns / 1_000_000_000,
+            })
+            .collect();
+        Limit { scope: scope.as_str().to_string(), bound: bound(&horizons, span_ns), horizons }
+    });
+    let blocks = blocks_triggered(&running);
+    drop(conns); // closes the client connections, so the drain below does not wait for them
+    running.shutdown().await;
+    mock_stop.cancel();
+    Ok(ScenarioReport {
+        id: plan.id,
+        title: plan.title.clone(),
+        kind: plan.kind,
+        span_secs: (span_ns / 1_000_000_000) as u64,
+        attacker: (plan.kind == Kind::Attack).then_some(attacker),
+        legit,
+        limit,
+        first_stop,
+        rejections,
+        other_refusals,
+        blocks,
+        blocks_seen: blocks_seen.len() as u64,
+        blocked_attacker_requests,
+        blocked_legit_requests,
+    })
+}
+
+/// Run every scenario against the config at `path`.
+///
+/// # Errors
+/// The config does not load or has no `identity.dev_hs256`; a listener cannot bind; the proxy
+/// cannot be reached.
+pub async fn run(path: &Path, opts: &DemoOptions) -> anyhow::Result<DemoReport> {
+    let started = std::time::Instant::now();
+    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let plans = plans(opts.fast);
+    let total: u64 = plans.iter().map(|p| p.steps.len() as u64).sum();
+    let bar = if opts.progress && std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg:12} [{bar:40}] {pos}/{len} requests ({elapsed})")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut scenarios = Vec::with_capacity(plans.len());
+    for plan in &plans {
+        scenarios.push(run_plan(&config, &dir, plan, &bar).await.with_context(|| format!("scenario {}", plan.id))?);
+    }
+    bar.finish_and_clear();
+    Ok(DemoReport {
+        config: path.display().to_string(),
+        fast: opts.fast,
+        requests: total,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        scenarios,
+    })
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The report as a table for people.
+pub fn render(r: &DemoReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cvgate demo: {} scenarios, {} requests through the real proxy in {:.1} s (manual clock; config {})\n",
+        r.scenarios.len(),
+        thousands(r.requests),
+        r.elapsed_ms as f64 / 1000.0,
+        r.config
+    );
+    let _ = writeln!(
+        out,
+        "{:<42} {:>14} {:>14} {:>17}  {:<33} {:>6} {:>13}",
+        "scenario",
+        "without cvgate",
+        "through cvgate",
+        "bound (scope)",
+        "stopped by (first 429)",
+        "blocks",
+        "legit refused"
+    );
+    for s in &r.scenarios {
+        let t = s.headline();
+        let bound = s.limit.as_ref().map_or("-".to_string(), |l| format!("{} ({})", thousands(l.bound), l.scope));
+        let stop = s.first_stop.as_ref().map_or("-".to_string(), |f| format!("{}/{} {}", f.scope, f.horizon, f.at));
+        // The proxy's own count when it exposes one; else the distinct blocks clients ran into.
+        let blocks = s.blocks.unwrap_or(s.blocks_seen).to_string();
+        let _ = writeln!(
+            out,
+            "{:<42} {:>14} {:>14} {:>17}  {:<33} {:>6} {:>13}",
+            s.title,
+            thousands(t.requested_cvs),
+            thousands(t.delivered_cvs),
+            bound,
+            stop,
+            blocks,
+            thousands(s.legit.refused_cvs)
+        );
+    }
+    let _ = writeln!(out, "\nDetails:");
+    for s in &r.scenarios {
+        let mut parts = Vec::new();
+        if let Some(a) = &s.attacker {
+            parts.push(format!("attacker {} requests", thousands(a.requests)));
+        }
+        parts.push(format!(
+            "legit {} requests, {}/{} CVs",
+            thousands(s.legit.requests),
+            thousands(s.legit.delivered_cvs),
+            thousands(s.legit.requested_cvs)
+        ));
+        if !s.rejections.is_empty() {
+            let list: Vec<String> = s.rejections.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            parts.push(format!("429s: {}", list.join(", ")));
+        }
+        if !s.other_refusals.is_empty() {
+            let list: Vec<String> = s.other_refusals.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            parts.push(format!("other refusals: {}", list.join(", ")));
+        }
+        if let Some(l) = &s.limit {
+            let hs: Vec<String> = l
+                .horizons
+                .iter()
+                .map(|h| {
+                    format!(
+                        "{} {}/{}",
+                        h.name,
+                        thousands(h.budget),
+                        jiff::SignedDuration::from_secs(h.window_secs as i64)
+                    )
+                })
+                .collect();
+            parts.push(format!(
+                "{} budgets: {} over a {:.1} h span",
+                l.scope,
+                hs.join(", "),
+                s.span_secs as f64 / 3600.0
+            ));
+        }
+        let _ = writeln!(out, "  {:<11} {}", s.id, parts.join("; "));
+    }
+    let _ = writeln!(
+        out,
+        "\nA token bucket of budget B over window W refills continuously: over a span t it lets through at most\n\
+         B + B*t/W. \"bound\" is that figure for the scope meant to stop the attack (least over its horizons)."
+    );
+    out
+}
+
+/// `--serve`: the mock on the config's upstream address and the proxy on the config's own
+/// listeners, on the real clock, until Ctrl-C. Prints a ready-to-paste curl command.
+async fn serve(path: &Path, json: bool) -> anyhow::Result<()> {
+    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let up = config.upstream.authority.as_str();
+    let mock_addr: SocketAddr =
+        up.parse().ok().filter(|a: &SocketAddr| a.ip().is_loopback() && !config.upstream.https).with_context(|| {
+            format!("--serve runs the mock CV API at upstream.url, which must be http://<loopback ip>:<port>, not {up}")
+        })?;
+    let mock = TcpListener::bind(mock_addr).await.with_context(|| format!("binding the mock CV API on {mock_addr}"))?;
+    let mock_stop = CancellationToken::new();
+    tokio::spawn(crate::mock_api::serve(mock, mock_stop.clone().cancelled_owned()));
+    let clock: SharedClock = Arc::new(SystemClock);
+    let now = clock.now();
+    let running = crate::server::start(config.clone(), Some(path.to_path_buf()), clock).await?;
+    let actor = Actor { account: "demo-employer".into(), org: "12345678".into(), ip: Ipv4Addr::LOCALHOST, legit: true };
+    let token = mint(&config, &actor, Duration::from_secs(8 * 3600), now)?;
+    let url = match (running.plain_addr, running.tls_addr) {
+        (Some(a), _) => format!("http://{a}"),
+        (None, Some(a)) => format!("-k https://localhost:{}", a.port()),
+        (None, None) => anyhow::bail!("the config has no proxy listener"),
+    };
+    let mut msg = format!(
+        "\ncvgate and the mock CV API are up (mock on {mock_addr}); Ctrl-C stops them.\n\
+         Token for account demo-employer of KvK 12345678, valid 8 h (mint more with `cvgate token`):\n\n\
+         curl -si -H 'Authorization: Bearer {token}' '{url}/api/v1/cvs?query=kok&size=200'\n"
+    );
+    if let Some(ops) = running.ops_addr {
+        msg.push_str(&format!("curl -s http://{ops}/metrics | grep cvgate_quota\n"));
+    }
+    if let Some(c) = config.closure.decide("cv", None, None, now) {
+        msg.push_str(&format!(
+            "\nNote: the CV routes are closed now (window {}), until {}: expect 503 closed.\n",
+            c.window,
+            c.opens_at_rfc3339()
+        ));
+    }
+    // With --json, stdout carries only the report.
+    if json {
+        eprint!("{msg}");
+    } else {
+        print!("{msg}");
+    }
+    tokio::signal::ctrl_c().await?;
+    running.shutdown().await;
+    mock_stop.cancel();
+    Ok(())
+}
+
+/// `cvgate demo`: run the scenarios, print the table (or JSON), optionally keep serving.
+///
+/// # Errors
+/// See [`run`]; with `serve`, also when the configured ports are taken.
+pub async fn main(path: PathBuf, json: bool, serve_after: bool, fast: bool) -> anyhow::Result<()> {
+    let report = run(&path, &DemoOptions { fast, progress: !json }).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    if serve_after {
+        serve(&path, json).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_is_budget_plus_refill_least_over_horizons() {
+        let h = |name: &str, budget, window_secs| HorizonBudget { name: name.into(), budget, window_secs };
+        let hs = [h("hour", 1000, 3600), h("day", 2000, 86_400)];
+        assert_eq!(bound(&hs, 0), 1000);
+        // After 16 h: hour allows 1000 + 16000, day 2000 + 1333.
+        assert_eq!(bound(&hs, 16 * 3600 * 1_000_000_000), 3333);
+        assert_eq!(bound(&[], 5), u64::MAX);
+    }
+
+    #[test]
+    fn plans_stay_within_opening_hours_and_paging_depth() {
+        for fast in [true, false] {
+            for p in plans(fast) {
+                assert!(p.steps.windows(2).all(|w| w[0].at <= w[1].at), "{} sorted", p.id);
+                for s in &p.steps {
+                    let h = s.at.to_zoned(zone()).hour();
+                    assert!((7..23).contains(&h), "{} has a step at {}", p.id, local_string(s.at));
+                    if let Fetch::Search { page, size, .. } = &s.fetch {
+                        assert!(page * size <= PAGES_PER_QUERY * PAGE, "{}", p.id);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn may4_is_a_saturday_from_seven_to_eleven() {
+        let p = &plans(false)[0];
+        assert_eq!(p.steps.iter().filter(|s| !p.actors[s.actor].legit).count(), 750);
+        assert_eq!(local_string(p.steps[0].at), "Sat 04 May 07:00");
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(150_000), "150,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+}

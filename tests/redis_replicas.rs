@@ -1,0 +1,214 @@
+//! Many replicas, one Redis: two cvgate servers started in-process on the same private
+//! redis-server share one account's budget; Redis killed under load: each replica's failure
+//! policy holds from the first failing request, nobody waits long, and when Redis comes back
+//! on the same port the shared limiting resumes by itself.
+
+mod common;
+#[path = "common/redis.rs"]
+mod redis_server;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use redis_server::RedisServer;
+use tokio::time::Instant;
+
+/// `store:` for a replica of `replicas` on `url`; `policy` for every scope.
+fn store_yaml(url: &str, policy: &str, replicas: u64) -> String {
+    format!(
+        r#"store:
+  kind: redis
+  redis:
+    url: "{url}"
+    timeout: 250ms
+    key_prefix: "cvgate:{{quota}}:"
+    replicas: {replicas}
+    failure_policy: {{ default: {policy} }}
+    breaker: {{ failures: 3, probe_every: 300ms }}
+"#
+    )
+}
+
+/// One account's day budget; everything else generous (and the same on every replica).
+fn quota_yaml(account_day: u64) -> String {
+    format!(
+        r#"quota:
+  scopes:
+    account: {{ horizons: {{ day: {{ budget: {account_day}, window: 24h }} }} }}
+    org: {{ horizons: {{ day: {{ budget: 10000000, window: 24h }} }} }}
+    ip: {{ horizons: {{ day: {{ budget: 10000000, window: 24h }} }} }}
+"#
+    )
+}
+
+async fn replica(upstream: &str, redis_url: &str, policy: &str, account_day: u64) -> Proxy {
+    let (dir, cert) = cert_dir();
+    let extra = format!("{}{}{}", identity_yaml(&[]), quota_yaml(account_day), store_yaml(redis_url, policy, 2));
+    let yaml = test_yaml(upstream, dir.path(), &extra);
+    start_proxy_in(dir, cert, &yaml).await
+}
+
+/// One CV (`cv_get` costs 1); returns the status and whether it was `quota-unavailable`.
+async fn get_cv(s: &mut Sender, token: &str, id: u64) -> (u16, bool) {
+    let auth = bearer(token);
+    let r = s.send(get(&format!("/api/v1/cvs/{id}"), false, &[("authorization", &auth)])).await;
+    let status = r.status().as_u16();
+    let (_, body) = body_bytes(r).await;
+    (status, String::from_utf8_lossy(&body).contains("quota-unavailable"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_budget() {
+    const BUDGET: u64 = 300;
+    let redis = RedisServer::start();
+    let up = format!("http://{}", start_mock().await);
+    let a = replica(&up, &redis.url(), "fail_closed", BUDGET).await;
+    let b = replica(&up, &redis.url(), "fail_closed", BUDGET).await;
+    let token = token(&a, "acct-shared", "12345678"); // same dev key on both replicas
+    let started = Instant::now();
+    let evalsha_before = redis.calls("evalsha");
+
+    let mut clients = Vec::new();
+    for i in 0..64u64 {
+        let addr = if i % 2 == 0 { a.plain } else { b.plain };
+        let token = token.clone();
+        clients.push(tokio::spawn(async move {
+            let mut s = plain_connect(addr).await;
+            let (mut ok, mut unavailable) = (0u64, 0u64);
+            for n in 0..30 {
+                match get_cv(&mut s, &token, i * 100 + n).await {
+                    (200, _) => ok += 1,
+                    (429, _) => break,
+                    (503, true) => unavailable += 1,
+                    (st, _) => panic!("unexpected status {st}"),
+                }
+            }
+            (i % 2, ok, unavailable)
+        }));
+    }
+    let (mut per_replica, mut unavailable) = ([0u64; 2], 0);
+    for c in clients {
+        let (r, ok, u) = c.await.unwrap();
+        per_replica[r as usize] += ok;
+        unavailable += u;
+    }
+    let delivered = per_replica[0] + per_replica[1];
+    // Refill during the test: BUDGET per day, continuously.
+    let refill = (BUDGET as f64 * started.elapsed().as_secs_f64() / 86_400.0).ceil() as u64;
+    assert!(delivered <= BUDGET + refill, "{delivered} CVs delivered by two replicas, budget {BUDGET} (+{refill})");
+    assert!(per_replica[0] > 0 && per_replica[1] > 0, "both replicas served: {per_replica:?}");
+    // With Redis healthy nothing fails closed, so the whole budget is used.
+    assert_eq!(unavailable, 0);
+    assert!(delivered + refill >= BUDGET, "{delivered} of {BUDGET}");
+    // One script call per reservation (cv_get settles nothing: the reservation is the charge).
+    let requests = delivered + 64; // every client ends on one 429
+    let calls = redis.calls("evalsha") - evalsha_before;
+    assert!(calls <= requests + 4, "{calls} EVALSHA for {requests} requests");
+    a.running.shutdown().await;
+    b.running.shutdown().await;
+}
+
+#[derive(Debug)]
+struct Sample {
+    replica: usize,
+    start: Instant,
+    took: Duration,
+    status: u16,
+    unavailable: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_then_back() {
+    let mut redis = RedisServer::start();
+    let up = format!("http://{}", start_mock().await);
+    // Replica 0 fails closed, replica 1 fails open to its local share (budget ÷ 2).
+    let closed = replica(&up, &redis.url(), "fail_closed", 1_000_000).await;
+    let open = replica(&up, &redis.url(), "fail_open_local", 1_000_000).await;
+    let addrs = [closed.plain, open.plain];
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let mut clients = Vec::new();
+    for i in 0..16usize {
+        let replica = i % 2;
+        let token = token(&closed, &format!("acct-{i}"), "12345678");
+        let (addr, stop) = (addrs[replica], stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut s = plain_connect(addr).await;
+            let mut out = Vec::new();
+            for n in 0..2_000u64 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let start = Instant::now();
+                let (status, unavailable) = get_cv(&mut s, &token, n).await;
+                out.push(Sample { replica, start, took: start.elapsed(), status, unavailable });
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            out
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    redis.kill();
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut samples = Vec::new();
+    for c in clients {
+        samples.extend(c.await.unwrap());
+    }
+
+    let before = samples.iter().filter(|s| s.start + s.took < killed).count();
+    assert!(before > 0, "load ran before the kill");
+    for s in &samples {
+        assert!(s.took <= Duration::from_secs(2), "a request waited {:?}: {s:?}", s.took);
+    }
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.start >= killed).collect();
+    let closed_after: Vec<&&Sample> = after.iter().filter(|s| s.replica == 0).collect();
+    let open_after: Vec<&&Sample> = after.iter().filter(|s| s.replica == 1).collect();
+    assert!(!closed_after.is_empty() && !open_after.is_empty());
+    // Fail closed: from the first request after the kill, every answer is 503 quota-unavailable.
+    for s in &closed_after {
+        assert!(s.status == 503 && s.unavailable, "fail_closed replica answered {s:?} after the kill");
+    }
+    // Fail open to the local share: served (the share is far from spent), never a 503.
+    for s in &open_after {
+        assert_eq!(s.status, 200, "fail_open_local replica answered {s:?} after the kill");
+    }
+    // The breaker opened on both and the fallbacks were counted.
+    assert_eq!(metric(&closed, "cvgate_quota_store_breaker_open", &[]).await, 1.0);
+    assert_eq!(metric(&open, "cvgate_quota_store_breaker_open", &[]).await, 1.0);
+    assert!(metric(&closed, "cvgate_quota_store_fallback_total", &[("decision", "closed")]).await >= 1.0);
+    assert!(metric(&open, "cvgate_quota_store_fallback_total", &[("decision", "local")]).await >= 1.0);
+
+    // Redis back on the same port (empty): both replicas return to it without a restart.
+    redis.restart();
+    let token = token(&closed, "acct-after", "12345678");
+    let mut s = plain_connect(closed.plain).await;
+    let mut back = false;
+    for n in 0..100 {
+        if get_cv(&mut s, &token, n).await.0 == 200 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the fail_closed replica serves again within 10 s of Redis coming back");
+    let mut s = plain_connect(open.plain).await;
+    for n in 0..100 {
+        let _ = get_cv(&mut s, &token, n).await;
+        if metric(&open, "cvgate_quota_store_breaker_open", &[]).await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&open, "cvgate_quota_store_breaker_open", &[]).await, 0.0);
+    // Shared again: the account's bucket lives in the restarted Redis, charged by both replicas.
+    let keys: Vec<String> = redis.query(&["KEYS", "cvgate:{quota}:a:acct-after*"]);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let ttl: i64 = redis.query(&["PTTL", &keys[0]]);
+    assert!(ttl > 0 && ttl <= 86_400_000 + 1_000, "idle keys expire: PTTL {ttl}");
+    closed.running.shutdown().await;
+    open.running.shutdown().await;
+}
