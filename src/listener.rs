@@ -167,9 +167,15 @@ async fn serve_http<I>(
         None => builder,
     };
 
+    // Set by the first request: a connection that sends none within `header_read_timeout`
+    // (no bytes, half an h2 preface, a TLS session that never asks) is closed, or
+    // `max_connections` silent sockets would lock every other client out.
+    let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let svc_shared = shared.clone();
+    let svc_seen = seen.clone();
     let svc = tower::service_fn(move |req: Request<Incoming>| {
         let shared = svc_shared.clone();
+        svc_seen.store(true, std::sync::atomic::Ordering::Relaxed);
         async move { Ok::<_, Infallible>(proxy::handle(shared, req, info).await) }
     });
     // Cross-cutting, in request order: shed load when the in-flight cap is reached.
@@ -183,11 +189,28 @@ async fn serve_http<I>(
 
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => { if let Err(e) = r { tracing::debug!(peer = %info.peer, error = %e, "connection ended with error"); } }
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            if let Err(e) = conn.await { tracing::debug!(peer = %info.peer, error = %e, "connection ended while draining"); }
+    let first_request = tokio::time::sleep(limits.header_read_timeout);
+    tokio::pin!(first_request);
+    let (mut watching, mut draining) = (true, false);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with error");
+                }
+                return;
+            }
+            _ = &mut first_request, if watching => {
+                if !seen.load(std::sync::atomic::Ordering::Relaxed) {
+                    tracing::debug!(peer = %info.peer, "no request within header_read_timeout; closing");
+                    return; // dropping the connection closes the socket
+                }
+                watching = false;
+            }
+            _ = stop.cancelled(), if !draining => {
+                conn.as_mut().graceful_shutdown();
+                draining = true;
+            }
         }
     }
 }

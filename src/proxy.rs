@@ -25,7 +25,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::blocks::{Event, Who};
-use crate::count::{BodyOutcome, CountingBody, EndReason};
+use crate::count::{BodyOutcome, CountingBody, EndReason, RecordFormat};
 use crate::forward::{request_id, Hop, X_REQUEST_ID};
 use crate::listener::ConnInfo;
 use crate::problem::{ProxyBody, ProxyError};
@@ -148,8 +148,13 @@ async fn run(
     // paging
     let query = req.uri().query().unwrap_or("");
     if let Some(dp) = &route.deep_paging {
-        let page = query_u64(query, &dp.page_param).unwrap_or(1).max(1);
-        let size = query_u64(query, &dp.size_param).unwrap_or(dp.default_size);
+        let page = number_param(query, &dp.page_param)?.unwrap_or(1).max(1);
+        let mut size = number_param(query, &dp.size_param)?.unwrap_or(dp.default_size);
+        if let Reserve::Query { param, max, .. } = &route.reserve {
+            if *param == dp.size_param {
+                size = size.min(*max); // the upstream is never asked for more than the cap
+            }
+        }
         let depth = page.saturating_mul(size);
         if depth > dp.max_depth {
             shared.blocks.observe(&cfg.blocks, Event::DeepPaging, None, &who, now);
@@ -159,7 +164,7 @@ async fn run(
 
     // reserve
     let subject = Subject { account, org, ip: client_ip, country: &ctx.country };
-    let reservation = match expected_cost(&route, query) {
+    let reservation = match expected_cost(&route, query)? {
         None => None,
         Some(n) => {
             let mode = if route.up_to { CostMode::UpTo { max: n, min: 1 } } else { CostMode::Exact(n) };
@@ -176,6 +181,7 @@ async fn run(
         }
     };
     ctx.reserved = reservation.as_ref().map_or(0, |r| r.granted);
+    ctx.tier = reservation.as_ref().and_then(|r| r.tier.as_deref().map(str::to_string));
     for (scope, horizon) in reservation.iter().flat_map(|r| r.would_reject.iter()) {
         shared.metrics.quota_would_reject.with_label_values(&[scope.as_str(), horizon]).inc();
         ctx.would_reject.push((scope.as_str().to_string(), horizon.to_string()));
@@ -233,7 +239,9 @@ async fn run(
     if format.is_some() && limit.is_some() {
         parts.headers.remove(CONTENT_LENGTH); // the body may be cut short
     }
-    let end = Settle { shared: shared.clone(), reservation, ctx: ctx.clone(), started, header_count };
+    let cuttable = format == Some(RecordFormat::Ndjson);
+    let cut = CutByWindow::default();
+    let end = Settle { shared: shared.clone(), reservation, ctx: ctx.clone(), started, header_count, cut: cut.clone() };
     let counted = CountingBody::new(
         body,
         format,
@@ -241,8 +249,9 @@ async fn run(
         Some(cfg.limits.idle_body_timeout),
         Box::new(move |o: BodyOutcome| end.done(o)),
     );
-    if let Some(cut_at) = cfg.closure.next_cut_after(&route.group, account, org, now) {
-        schedule_cut(shared, counted.cut_handle(), cut_at);
+    // A closure window with `in_flight: cut` ends a running export at a record boundary.
+    if let Some(cut_at) = cuttable.then(|| cfg.closure.next_cut_after(&route.group, account, org, now)).flatten() {
+        cut.schedule(shared, counted.cut_handle(), cut_at);
     }
     Ok(Response::from_parts(parts, counted.boxed()))
 }
@@ -254,17 +263,45 @@ struct Settle {
     ctx: Ctx,
     started: Instant,
     header_count: Option<u64>,
+    cut: CutByWindow,
+}
+
+/// The timer that cuts an export when a closure window starts; stopped when the body ends so a
+/// finished request leaves nothing behind.
+#[derive(Clone, Default)]
+struct CutByWindow(Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>, Arc<std::sync::atomic::AtomicBool>);
+
+impl CutByWindow {
+    fn schedule(&self, shared: &Arc<Shared>, handle: crate::count::CutHandle, at: jiff::Timestamp) {
+        let wait = at.duration_since(shared.clock.now()).unsigned_abs();
+        let fired = self.1.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            fired.store(true, std::sync::atomic::Ordering::SeqCst);
+            handle.cut_now();
+        });
+        *self.0.lock().expect("cut timer lock") = Some(task.abort_handle());
+    }
+
+    /// Stop the timer; whether it had fired (the cut was the window's, not the quota's).
+    fn stop(&self) -> bool {
+        if let Some(t) = self.0.lock().expect("cut timer lock").take() {
+            t.abort();
+        }
+        self.1.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Settle {
     fn done(self, o: BodyOutcome) {
-        let Settle { shared, reservation, mut ctx, started, header_count } = self;
+        let Settle { shared, reservation, mut ctx, started, header_count, cut } = self;
+        let by_window = cut.stop();
         let delivered = header_count.unwrap_or(o.records);
         ctx.delivered = if reservation.is_some() || header_count.is_some() { delivered } else { o.records };
         ctx.bytes = o.bytes;
         ctx.truncated = matches!(o.end, EndReason::Cut);
         if ctx.truncated {
-            shared.metrics.streams_truncated.with_label_values(&["quota"]).inc();
+            shared.metrics.streams_truncated.with_label_values(&[if by_window { "closed" } else { "quota" }]).inc();
         }
         if let (Some(account), true) = (&ctx.account, ctx.delivered > 0) {
             shared.top_accounts.add(account, ctx.delivered, shared.clock.now());
@@ -298,15 +335,6 @@ fn finish(shared: &Shared, ctx: &Ctx, started: Instant) {
         let tier = ctx.tier.as_deref().unwrap_or("default");
         shared.metrics.cvs_delivered.with_label_values(&[route, tier]).inc_by(ctx.delivered);
     }
-}
-
-fn schedule_cut(shared: &Arc<Shared>, handle: crate::count::CutHandle, at: jiff::Timestamp) {
-    let now = shared.clock.now();
-    let wait = at.duration_since(now).unsigned_abs();
-    tokio::spawn(async move {
-        tokio::time::sleep(wait).await;
-        handle.cut_now();
-    });
 }
 
 fn auth_error(shared: &Shared, e: crate::identity::AuthError) -> ProxyError {
@@ -349,17 +377,59 @@ fn quota_headers(h: Vec<(&'static str, String)>) -> Vec<(http::HeaderName, Heade
 }
 
 /// CVs to reserve before forwarding; `None` for routes that are not charged.
-fn expected_cost(route: &Route, query: &str) -> Option<u64> {
-    match &route.reserve {
+fn expected_cost(route: &Route, query: &str) -> Result<Option<u64>, ProxyError> {
+    Ok(match &route.reserve {
         Reserve::Free => None,
         Reserve::Fixed(n) => Some(*n),
-        Reserve::Query { param, default, max } => Some(query_u64(query, param).unwrap_or(*default).clamp(1, *max)),
-    }
+        Reserve::Query { param, default, max } => Some(number_param(query, param)?.unwrap_or(*default).clamp(1, *max)),
+    })
 }
 
-/// The first value of a query parameter as a number (absent or not a number: `None`).
-pub fn query_u64(query: &str, name: &str) -> Option<u64> {
-    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).and_then(|(_, v)| v.parse().ok())
+/// A numeric query parameter that decides a charge or a depth, read strictly: the upstream must
+/// not be able to read it differently from us. So a name that appears twice (in any spelling,
+/// e.g. `size=1&%73ize=200`) or a value that is not plain digits is refused (400), rather than
+/// guessing which one the upstream will use.
+fn number_param(query: &str, name: &str) -> Result<Option<u64>, ProxyError> {
+    let mut found = None;
+    for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=').or(Some((kv, "")))) {
+        if percent_decode(k) != name {
+            continue;
+        }
+        if found.is_some() {
+            return Err(ProxyError::BadRequest("a paging or size parameter appears more than once"));
+        }
+        if v.is_empty() || v.len() > 12 || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ProxyError::BadRequest("a paging or size parameter is not a plain number"));
+        }
+        found = Some(v.parse().map_err(|_| ProxyError::BadRequest("number out of range"))?);
+    }
+    Ok(found)
+}
+
+/// `%XX` and `+` decoding of a query key (enough to compare names as the upstream sees them).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex =
+            b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(x)) => {
+                out.push(x);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Rejects request headers over the limit with a 431 problem (hyper's own limit is a backstop).
@@ -399,9 +469,15 @@ mod tests {
     }
 
     #[test]
-    fn query_numbers() {
-        assert_eq!(query_u64("size=200&page=3", "page"), Some(3));
-        assert_eq!(query_u64("size=abc", "size"), None);
-        assert_eq!(query_u64("", "size"), None);
+    fn charge_parameters_are_read_strictly() {
+        assert_eq!(number_param("size=200&page=3", "size").unwrap(), Some(200));
+        assert_eq!(number_param("query=x", "size").unwrap(), None);
+        // Regression: the upstream must not read a different size than the one we charged.
+        assert!(number_param("size=1&size=200", "size").is_err());
+        assert!(number_param("size=1&%73ize=200", "size").is_err());
+        assert!(number_param("size=%32%30%30", "size").is_err());
+        assert!(number_param("size=-1", "size").is_err());
+        assert!(number_param("size", "size").is_err());
+        assert_eq!(percent_decode("%73ize+x%zz"), "size x%zz");
     }
 }

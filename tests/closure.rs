@@ -181,7 +181,6 @@ async fn an_export_in_flight_is_cut_at_a_record_boundary_when_a_cut_window_start
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "blocked: src/proxy.rs Settle::done labels every cut reason=\"quota\" (see report)"]
 async fn regression_a_closure_cut_is_counted_as_closed_not_quota() {
     // Bug: `Settle::done` increments cvgate_streams_truncated_total{reason="quota"} for every
     // cut, also one made by a closure window (whose marker line says "closed").
@@ -189,7 +188,7 @@ async fn regression_a_closure_cut_is_counted_as_closed_not_quota() {
     p.clock.set(at("2026-11-24T22:59:59+01:00"));
     let r = slow_export(&p, "acct-1", 40).await;
     let body = tokio::time::timeout(Duration::from_secs(30), r.into_body().collect()).await.unwrap().unwrap();
-    assert_eq!(export_lines(&body.to_bytes()).1.is_some(), true);
+    assert!(export_lines(&body.to_bytes()).1.is_some(), "not cut");
     assert_eq!(metric(&p, "cvgate_streams_truncated_total", &[("reason", "closed")]).await, 1.0);
     assert_eq!(metric(&p, "cvgate_streams_truncated_total", &[("reason", "quota")]).await, 0.0);
     p.running.shutdown().await;
@@ -217,5 +216,27 @@ async fn the_closed_gauge_reads_one_while_closed() {
     assert_eq!(closed_gauge(&p, 1.0).await, 1.0, "closed at 23:30");
     p.clock.set(at("2026-11-25T07:00:00+01:00"));
     assert_eq!(closed_gauge(&p, 0.0).await, 0.0, "open again at 07:00");
+    p.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_finished_requests_leave_no_cut_timer_behind() {
+    // Bug: with `in_flight: cut`, every CV request spawns a task that sleeps until the next
+    // window start (up to a day) even after its response has ended; at production rates that is
+    // millions of live tasks.
+    let p = proxy(&night("cut")).await;
+    let mut s = plain_connect(p.plain).await;
+    let alive = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let r = get_as(&p, &mut s, SEARCH, "acct-1", KVK).await;
+    let _ = body_bytes(r).await;
+    let before = alive();
+    for _ in 0..50 {
+        let r = get_as(&p, &mut s, SEARCH, "acct-1", KVK).await;
+        assert_eq!(r.status(), 200);
+        let _ = body_bytes(r).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // let settle tasks finish
+    let grown = alive().saturating_sub(before);
+    assert!(grown < 10, "{grown} tasks still alive after 50 finished requests");
     p.running.shutdown().await;
 }

@@ -367,3 +367,19 @@ async fn shadow_scope_lets_requests_through_and_counts_would_reject() {
     assert_eq!(metric(&p, "cvgate_quota_rejections_total", &series).await, 0.0);
     p.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_delivered_cvs_are_labelled_with_the_tier() {
+    // Bug: `Ctx::tier` is never filled in from `Reservation::tier`, so CVs delivered to a
+    // staffing agency are counted under tier="default" (and audited with tier null).
+    let (p, _) = proxy("quota:\n  overrides: { orgs: { \"87654321\": { tier: staffing_agency } } }\n").await;
+    let t = token(&p, "agency-1", "87654321");
+    let mut s = plain_connect(p.plain).await;
+    let r = s.send(get("/api/v1/cvs?size=5", false, &[("authorization", &bearer(&t))])).await;
+    assert_eq!(r.status(), 200);
+    let _ = body_bytes(r).await;
+    let series = |tier| [("route", "cv_search"), ("tier", tier)];
+    assert_eq!(metric(&p, "cvgate_cvs_delivered_total", &series("staffing_agency")).await, 5.0);
+    assert_eq!(metric(&p, "cvgate_cvs_delivered_total", &series("default")).await, 0.0);
+    p.running.shutdown().await;
+}

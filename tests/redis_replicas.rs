@@ -50,10 +50,12 @@ async fn replica(upstream: &str, redis_url: &str, policy: &str, account_day: u64
     start_proxy_in(dir, cert, &yaml).await
 }
 
-/// One CV (`cv_get` costs 1); returns the status and whether it was `quota-unavailable`.
+/// One CV (a search for one result: reserved 1, counted 1); returns the status and whether it
+/// was `quota-unavailable`. (Not `cv_get`: its reservation is refunded at settle today, see the
+/// issue-7 report.)
 async fn get_cv(s: &mut Sender, token: &str, id: u64) -> (u16, bool) {
     let auth = bearer(token);
-    let r = s.send(get(&format!("/api/v1/cvs/{id}"), false, &[("authorization", &auth)])).await;
+    let r = s.send(get(&format!("/api/v1/cvs?size=1&page={}", id % 1_000 + 1), false, &[("authorization", &auth)])).await;
     let status = r.status().as_u16();
     let (_, body) = body_bytes(r).await;
     (status, String::from_utf8_lossy(&body).contains("quota-unavailable"))
@@ -80,7 +82,8 @@ async fn two_replicas_share_one_budget() {
             for n in 0..30 {
                 match get_cv(&mut s, &token, i * 100 + n).await {
                     (200, _) => ok += 1,
-                    (429, _) => break,
+                    // 403: the blocks module's automatic block after repeated 429s.
+                    (429 | 403, _) => break,
                     (503, true) => unavailable += 1,
                     (st, _) => panic!("unexpected status {st}"),
                 }
@@ -102,12 +105,21 @@ async fn two_replicas_share_one_budget() {
     // With Redis healthy nothing fails closed, so the whole budget is used.
     assert_eq!(unavailable, 0);
     assert!(delivered + refill >= BUDGET, "{delivered} of {BUDGET}");
-    // One script call per reservation (cv_get settles nothing: the reservation is the charge).
-    let requests = delivered + 64; // every client ends on one 429
+    // One script call per request (one CV reserved, one delivered: nothing to settle).
+    let requests = delivered + 64; // every client ends on one 429 or 403
     let calls = redis.calls("evalsha") - evalsha_before;
     assert!(calls <= requests + 4, "{calls} EVALSHA for {requests} requests");
     a.running.shutdown().await;
     b.running.shutdown().await;
+}
+
+/// `cvgate_quota_store_fallback_total{decision}`, summed over reasons.
+async fn fallbacks(p: &Proxy, decision: &str) -> f64 {
+    let text = metrics_text(p.ops).await;
+    ["error", "timeout", "breaker_open"]
+        .iter()
+        .map(|r| metric_value(&text, "cvgate_quota_store_fallback_total", &[("decision", decision), ("reason", r)]))
+        .sum()
 }
 
 #[derive(Debug)]
@@ -179,8 +191,9 @@ async fn redis_killed_under_load_then_back() {
     // The breaker opened on both and the fallbacks were counted.
     assert_eq!(metric(&closed, "cvgate_quota_store_breaker_open", &[]).await, 1.0);
     assert_eq!(metric(&open, "cvgate_quota_store_breaker_open", &[]).await, 1.0);
-    assert!(metric(&closed, "cvgate_quota_store_fallback_total", &[("decision", "closed")]).await >= 1.0);
-    assert!(metric(&open, "cvgate_quota_store_fallback_total", &[("decision", "local")]).await >= 1.0);
+    assert!(fallbacks(&closed, "closed").await >= 1.0);
+    assert!(fallbacks(&open, "local").await >= 1.0);
+    assert_eq!(fallbacks(&open, "closed").await, 0.0);
 
     // Redis back on the same port (empty): both replicas return to it without a restart.
     redis.restart();
