@@ -43,7 +43,13 @@ async fn load(p: &Proxy, clients: usize, secs: u64) -> (f64, u64) {
             let mut s = plain_connect(addr).await;
             let mut n = 0u64;
             while Instant::now() < end {
-                let r = s.send(get(&format!("/api/v1/cvs?size=1&page={}", n % 1_000 + 1), false, &[("authorization", &auth)])).await;
+                let r = s
+                    .send(get(
+                        &format!("/api/v1/cvs?size=1&page={}", n % 1_000 + 1),
+                        false,
+                        &[("authorization", &auth)],
+                    ))
+                    .await;
                 assert_eq!(r.status(), 200);
                 let _ = body_bytes(r).await;
                 n += 1;

@@ -621,6 +621,16 @@ fn thousands(n: u64) -> String {
     out
 }
 
+/// `86400` → `24h`, `604800` → `7d`: windows as config.yaml writes them.
+fn window(secs: u64) -> String {
+    match secs {
+        s if s >= 172_800 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// The report as a table for people.
 pub fn render(r: &DemoReport) -> String {
     use std::fmt::Write as _;
@@ -686,14 +696,7 @@ pub fn render(r: &DemoReport) -> String {
             let hs: Vec<String> = l
                 .horizons
                 .iter()
-                .map(|h| {
-                    format!(
-                        "{} {}/{}",
-                        h.name,
-                        thousands(h.budget),
-                        jiff::SignedDuration::from_secs(h.window_secs as i64)
-                    )
-                })
+                .map(|h| format!("{} {}/{}", h.name, thousands(h.budget), window(h.window_secs)))
                 .collect();
             parts.push(format!(
                 "{} budgets: {} over a {:.1} h span",
@@ -821,5 +824,9 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(150_000), "150,000");
         assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(
+            [window(60), window(3600), window(86_400), window(604_800), window(90)],
+            ["1m", "1h", "24h", "7d", "90s"]
+        );
     }
 }

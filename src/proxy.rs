@@ -93,6 +93,12 @@ async fn run(
     let cfg = &rt.config;
     let started = Instant::now(); // the audit line's duration covers the whole request
 
+    // who is asking, from where (before any answer, so every audit line has the client IP)
+    let peer = conn.peer.ip();
+    let client_ip = rt.identifier.client_ip(req.headers(), peer);
+    ctx.client_ip = Some(client_ip);
+    ctx.country = cfg.geo.locate(req.headers_mut(), cfg.identity.is_trusted_proxy(peer), client_ip);
+
     // check
     check_headers(&req, cfg.limits.max_header_bytes)?;
     let path = req.uri().path();
@@ -111,17 +117,13 @@ async fn run(
     ctx.audited = route.is_charged();
 
     // identify (strips gateway headers from untrusted peers before anything else reads them)
-    let peer = conn.peer.ip();
     let identity = rt.identifier.identify(req.headers_mut(), peer).map_err(|e| auth_error(shared, e))?;
-    if route.access == Access::Employer {
-        rt.identifier.require_employer(identity.as_ref()).map_err(|e| auth_error(shared, e))?;
-    }
-    let client_ip = rt.identifier.client_ip(req.headers(), peer);
-    ctx.client_ip = Some(client_ip);
-    ctx.country = cfg.geo.locate(req.headers_mut(), cfg.identity.is_trusted_proxy(peer), client_ip);
     if let Some(id) = &identity {
         ctx.account = Some(id.account.clone());
         ctx.org = id.org.clone();
+    }
+    if route.access == Access::Employer {
+        rt.identifier.require_employer(identity.as_ref()).map_err(|e| auth_error(shared, e))?;
     }
     let account = identity.as_ref().map(|i| i.account.as_str());
     let org = identity.as_ref().and_then(|i| i.org.as_deref());

@@ -55,7 +55,8 @@ async fn replica(upstream: &str, redis_url: &str, policy: &str, account_day: u64
 /// issue-7 report.)
 async fn get_cv(s: &mut Sender, token: &str, id: u64) -> (u16, bool) {
     let auth = bearer(token);
-    let r = s.send(get(&format!("/api/v1/cvs?size=1&page={}", id % 1_000 + 1), false, &[("authorization", &auth)])).await;
+    let r =
+        s.send(get(&format!("/api/v1/cvs?size=1&page={}", id % 1_000 + 1), false, &[("authorization", &auth)])).await;
     let status = r.status().as_u16();
     let (_, body) = body_bytes(r).await;
     (status, String::from_utf8_lossy(&body).contains("quota-unavailable"))

@@ -67,7 +67,10 @@ limits:
   idle_body_timeout: 5s
   shutdown_grace: 10s
 {extra}
+{audit}
 "#,
+        // Audit lines go to stdout by default; tests that read them configure `audit:` themselves.
+        audit = if extra.contains("audit:") { "" } else { "audit:\n  sink: \"off\"\n" },
         cert = dir.join("cert.pem").display(),
         key = dir.join("key.pem").display(),
     )
