@@ -81,8 +81,9 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Run the CLI; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo starts a proxy per scenario: their info lines would bury the table.
-    init_logging(if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" });
+    // The demo starts a proxy per scenario: their info lines (and the block warnings the replayed
+    // attacks are meant to trigger) would bury the table; its report shows them.
+    init_logging(if matches!(cli.command, Command::Demo { .. }) { "error" } else { "info" });
     match cli.command {
         Command::Demo { config, json, serve, fast } => {
             match runtime().block_on(crate::demo::main(config, json, serve, fast)) {

@@ -223,7 +223,8 @@ async fn run(
     let success = parts.status.is_success();
     let (format, limit, header_count) = match &route.count {
         _ if !success => (None, None, Some(0)),
-        Count::Reserved => (None, None, None),
+        // No count in the response: the reservation is the charge (a refund only on failure, above).
+        Count::Reserved => (None, None, Some(ctx.reserved)),
         Count::Header(h) => (
             None,
             None,

@@ -383,3 +383,21 @@ async fn regression_delivered_cvs_are_labelled_with_the_tier() {
     assert_eq!(metric(&p, "cvgate_cvs_delivered_total", &series("default")).await, 0.0);
     p.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_single_cv_gets_are_charged_their_fixed_cost() {
+    // Bug: a route without `count` (cv_get, fixed cost 1) settled to the body's record count
+    // (0, nothing is counted), so every GET /api/v1/cvs/{id} was refunded and never ran out.
+    let (p, _) = proxy(&quota(&day(3), &day(1000), &day(1000))).await;
+    let t = token(&p, "acct-reader", "12345678");
+    let (_, mut s) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;
+    for id in 1..=3 {
+        let r = s.send(get(&format!("/api/v1/cvs/{id}"), true, &[("authorization", &bearer(&t))])).await;
+        assert_eq!(r.status(), 200);
+        let _ = body_bytes(r).await;
+    }
+    assert_eq!(settled_remaining(&p, "acct-reader", Scope::Account, 0).await, 0);
+    let r = s.send(get("/api/v1/cvs/4", true, &[("authorization", &bearer(&t))])).await;
+    assert_eq!(r.status(), 429);
+    p.running.shutdown().await;
+}
