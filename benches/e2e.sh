@@ -22,7 +22,7 @@ CONNS=${CONNS:-32}
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 EXPORT_MIB=${EXPORT_MIB:-1024}
-# A search page of 20 CVs (~11 KB of JSON): counted by the proxy record by record.
+# A search page of 20 CVs (~7.5 KB of JSON): counted by the proxy record by record.
 URL_PATH='/api/v1/cvs?query=bench&size=20'
 
 log() { echo "e2e: $*" >&2; }
@@ -236,7 +236,7 @@ cat <<EOF
 Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), Linux $(uname -r),
 $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo); load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg).
 Proxy pinned to CPU $PROXY_CPU; wrk/h2load and the mock upstream on CPU $LOAD_CPU. wrk -t1 -c$CONNS -d${DURATION}s,
-h2load -t1 -c$CONNS -m10 -D$DURATION; request \`GET $URL_PATH\` (20 CVs, ~11 KB JSON).
+h2load -t1 -c$CONNS -m10 -D$DURATION; request \`GET $URL_PATH\` (20 CVs, ~7.5 KB of JSON).
 
 ### Plain HTTP/1.1
 

@@ -132,7 +132,7 @@ async fn add_block(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBod
         created: now,
         until,
     };
-    match shared.blocks.add(b, now) {
+    match shared.block(b) {
         Ok(b) => reply(StatusCode::CREATED, json!(b)),
         Err(e) => problem(StatusCode::UNPROCESSABLE_ENTITY, "block", e.to_string()),
     }
@@ -168,7 +168,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
                 return problem(StatusCode::NOT_FOUND, "bad-scope", "scope must be account, org or ip");
             };
             let key = if scope == BlockScope::Ip { key.replace('_', "/") } else { key.to_string() };
-            match shared.blocks.remove(scope, &key, now) {
+            match shared.unblock(scope, &key) {
                 Ok(true) => reply(StatusCode::OK, json!({"removed": true})),
                 Ok(false) => problem(StatusCode::NOT_FOUND, "no-block", "no such block"),
                 Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, "persist", e.to_string()),
@@ -182,7 +182,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
             if !shared.runtime().config.routes.groups().iter().any(|g| &**g == *group) {
                 return problem(StatusCode::NOT_FOUND, "no-group", format!("no route has group {group:?}"));
             }
-            shared.set_paused(group, m == Method::POST);
+            shared.pause(group, m == Method::POST);
             reply(StatusCode::OK, json!({"group": group, "paused": m == Method::POST}))
         }
         (Method::POST, ["v1", "reload"]) => match shared.reload() {

@@ -344,6 +344,40 @@ impl Blocks {
         Ok(b)
     }
 
+    /// Replace the list with `shared` (the replicas' common list, from Redis), persisting when
+    /// it changed. Expired entries are dropped.
+    pub fn replace(&self, mut shared: Vec<Block>, now: Timestamp) -> anyhow::Result<()> {
+        // Blocks made here in the last seconds may not have reached Redis yet: keep them.
+        let recent = jiff::SignedDuration::from_secs(5);
+        shared.extend(
+            self.state
+                .read()
+                .expect("blocks lock")
+                .blocks
+                .iter()
+                .filter(|b| now.duration_since(b.created) < recent)
+                .cloned(),
+        );
+        shared.retain(|b| b.active(now));
+        shared.sort_by(|a, b| (a.scope, &a.key).cmp(&(b.scope, &b.key)));
+        shared.dedup_by(|a, b| a.scope == b.scope && a.key == b.key);
+        let changed = {
+            let mut st = self.state.write().expect("blocks lock");
+            let mut current: Vec<Block> = st.blocks.iter().filter(|b| b.active(now)).cloned().collect();
+            current.sort_by(|a, b| (a.scope, &a.key).cmp(&(b.scope, &b.key)));
+            if current == shared {
+                false
+            } else {
+                st.blocks = shared;
+                true
+            }
+        };
+        if changed {
+            self.persist(now)?;
+        }
+        Ok(())
+    }
+
     /// Remove a block; `false` when there was none.
     pub fn remove(&self, scope: BlockScope, key: &str, now: Timestamp) -> anyhow::Result<bool> {
         let key = if scope == BlockScope::Ip {

@@ -74,6 +74,7 @@ pub async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
         for (window, closed) in rt.config.closure.states(now) {
             shared.metrics.closed.with_label_values(&[window.as_str()]).set(i64::from(closed));
         }
+        shared.sync_flags().await;
         for (scope, n) in shared.blocks.counts(now) {
             shared.metrics.blocks_active.with_label_values(&[scope.as_str()]).set(n);
         }

@@ -159,7 +159,7 @@ async fn run(
         }
         let depth = page.saturating_mul(size);
         if depth > dp.max_depth {
-            shared.blocks.observe(&cfg.blocks, Event::DeepPaging, None, &who, now);
+            shared.share_blocks(shared.blocks.observe(&cfg.blocks, Event::DeepPaging, None, &who, now));
             return Err(ProxyError::TooDeep { depth, max_depth: dp.max_depth });
         }
     }
@@ -175,7 +175,13 @@ async fn run(
                 Err(rej) => {
                     let e = rejection(shared, rej);
                     if let ProxyError::QuotaExceeded { scope, horizon, .. } = &e {
-                        shared.blocks.observe(&cfg.blocks, Event::Quota, Some((scope, horizon)), &who, now);
+                        shared.share_blocks(shared.blocks.observe(
+                            &cfg.blocks,
+                            Event::Quota,
+                            Some((scope, horizon)),
+                            &who,
+                            now,
+                        ));
                     }
                     return Err(e);
                 }

@@ -61,6 +61,8 @@ pub struct Shared {
     pub blocks: Arc<crate::blocks::Blocks>,
     /// CVs per account in the current hour, for the bounded top-N gauge.
     pub top_accounts: crate::metrics::TopAccounts,
+    /// With the Redis store: blocks and pauses shared by every replica (see [`Shared::sync_flags`]).
+    pub flags: Option<Arc<dyn crate::quota::redis::SharedFlags>>,
     /// The config file, for reloads.
     pub config_path: Option<PathBuf>,
 }
@@ -80,6 +82,83 @@ impl Shared {
             p.remove(group);
         }
         self.metrics.paused.with_label_values(&[group]).set(i64::from(paused));
+    }
+
+    /// Pause or resume a route group on every replica (through Redis when configured).
+    pub fn pause(&self, group: &str, paused: bool) {
+        self.set_paused(group, paused);
+        self.push_flag(PAUSE_FLAGS, group.to_string(), paused);
+    }
+
+    /// Block on every replica: here at once, and through Redis (when configured) for the others.
+    pub fn block(&self, b: crate::blocks::Block) -> anyhow::Result<crate::blocks::Block> {
+        let b = self.blocks.add(b, self.clock.now())?;
+        self.push_flag(BLOCK_FLAGS, block_flag(&b), true);
+        Ok(b)
+    }
+
+    /// Unblock on every replica; `false` when there was no such block here.
+    pub fn unblock(&self, scope: crate::blocks::BlockScope, key: &str) -> anyhow::Result<bool> {
+        let removed = self.blocks.remove(scope, key, self.clock.now())?;
+        if let Some(flags) = self.flags.clone() {
+            let prefix = format!("{}|{key}|", scope.as_str());
+            let metrics = self.metrics.store_errors.clone();
+            tokio::spawn(async move {
+                let members = flags.members(BLOCK_FLAGS).await.unwrap_or_default();
+                for m in members.iter().filter(|m| m.starts_with(&prefix)) {
+                    if flags.set(BLOCK_FLAGS, m, false).await.is_err() {
+                        metrics.with_label_values(&["flags"]).inc();
+                    }
+                }
+            });
+        }
+        Ok(removed)
+    }
+
+    /// Blocks made here by a rule, shared with the other replicas.
+    pub fn share_blocks(&self, made: Vec<crate::blocks::Block>) {
+        for b in made {
+            self.push_flag(BLOCK_FLAGS, block_flag(&b), true);
+        }
+    }
+
+    fn push_flag(&self, kind: &'static str, name: String, on: bool) {
+        if let Some(flags) = self.flags.clone() {
+            let metrics = self.metrics.store_errors.clone();
+            tokio::spawn(async move {
+                if let Err(e) = flags.set(kind, &name, on).await {
+                    metrics.with_label_values(&["flags"]).inc();
+                    tracing::warn!(error = %e, kind, "could not share a block/pause through Redis");
+                }
+            });
+        }
+    }
+
+    /// Housekeeping, once a second with the Redis store: take the shared blocks and pauses as
+    /// they are in Redis (a block or pause made on any replica applies here within a second, and
+    /// survives a restart of every replica). When Redis cannot be read, the local state stays.
+    pub async fn sync_flags(&self) {
+        let Some(flags) = &self.flags else { return };
+        if let Ok(members) = flags.members(BLOCK_FLAGS).await {
+            let shared: Vec<crate::blocks::Block> = members
+                .iter()
+                .filter_map(|m| m.splitn(3, '|').nth(2))
+                .filter_map(|j| serde_json::from_str(j).ok())
+                .collect();
+            if let Err(e) = self.blocks.replace(shared, self.clock.now()) {
+                tracing::warn!(error = %e, "could not persist shared blocks");
+            }
+        }
+        if let Ok(groups) = flags.members(PAUSE_FLAGS).await {
+            let now: BTreeSet<String> = groups.into_iter().collect();
+            let before = self.paused.read().expect("pause lock").clone();
+            for g in before.difference(&now) {
+                self.set_paused(g, false);
+            }
+            for g in now.difference(&before) {
+                self.set_paused(g, true);
+            }
+        }
     }
 
     pub fn is_paused(&self, group: &str) -> bool {
@@ -117,6 +196,15 @@ impl Shared {
         self.runtime.store(Arc::new(rt));
         Ok(())
     }
+}
+
+/// Redis flag kinds for shared blocks and pauses.
+const BLOCK_FLAGS: &str = "blocks";
+const PAUSE_FLAGS: &str = "pauses";
+
+/// A block as a shared flag: `scope|key|json`, so an unblock can find it by prefix.
+fn block_flag(b: &crate::blocks::Block) -> String {
+    format!("{}|{}|{}", b.scope.as_str(), b.key, serde_json::to_string(b).unwrap_or_default())
 }
 
 /// A started proxy.
@@ -162,8 +250,9 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
     let limits = config.limits.clone();
     let metrics = Metrics::new();
     // Memory by default; Redis behind the breaker and failure policy with `store.kind: redis`.
-    let store = crate::quota::build_store(&config.store, clock.clone(), config.quota.max_tracked_keys(), &metrics)
-        .context("building the quota store")?;
+    let (store, flags) =
+        crate::quota::build_store(&config.store, clock.clone(), config.quota.max_tracked_keys(), &metrics)
+            .context("building the quota store")?;
     let audit = crate::audit::AuditLog::start(&config.audit, metrics.audit_dropped.clone())?;
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(Runtime::build(config.clone(), &clock)?),
@@ -175,11 +264,12 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         certs: certs.clone(),
         blocks: crate::blocks::Blocks::open(config.blocks.file.clone())?,
         top_accounts: crate::metrics::TopAccounts::default(),
+        flags,
         config_path,
         clock,
     });
     for g in &config.paused_groups {
-        shared.set_paused(g, true);
+        shared.pause(g, true);
     }
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use cvgate::blocks::{BlockScope, Event};
 use cvgate::config::Config;
 use cvgate::demo::{DemoOptions, DemoReport, HorizonBudget, ScenarioReport};
 use cvgate::quota::Scope;
@@ -88,7 +89,20 @@ async fn demo_attacks_stay_within_budgets_and_legit_users_are_never_refused() {
     let acct = horizons(&config, Scope::Account);
     let day = day_budget(&acct);
     assert!(may4.span_secs < 86_400);
-    assert!(may4.attacker.as_ref().unwrap().delivered_cvs <= day + day * may4.span_secs / 86_400);
+    let may4_cvs = may4.attacker.as_ref().unwrap().delivered_cvs;
+    assert!(may4_cvs <= day + day * may4.span_secs / 86_400);
+    // With a rule that blocks an account at its first day-budget refusal (config.yaml has one),
+    // the refill after that refusal never reaches the client: no more than the day budget leaks.
+    let blocked_at_day_budget = config.blocks.rules.iter().any(|r| {
+        r.on == Event::Quota
+            && r.scope.as_deref() == Some("account")
+            && r.horizon.as_deref() == Some("day")
+            && r.threshold == 1
+            && r.block == BlockScope::Account
+    });
+    if blocked_at_day_budget {
+        assert!(may4_cvs <= day, "4 May: {may4_cvs} CVs leaked, day budget {day}");
+    }
     assert_eq!(may4.first_stop.as_ref().unwrap().scope, "account");
 
     // Spread over a week, the account still gets no more than its week horizon allows.

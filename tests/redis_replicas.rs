@@ -51,8 +51,7 @@ async fn replica(upstream: &str, redis_url: &str, policy: &str, account_day: u64
 }
 
 /// One CV (a search for one result: reserved 1, counted 1); returns the status and whether it
-/// was `quota-unavailable`. (Not `cv_get`: its reservation is refunded at settle today, see the
-/// issue-7 report.)
+/// was `quota-unavailable`.
 async fn get_cv(s: &mut Sender, token: &str, id: u64) -> (u16, bool) {
     let auth = bearer(token);
     let r =
@@ -225,4 +224,59 @@ async fn redis_killed_under_load_then_back() {
     assert!(ttl > 0 && ttl <= 86_400_000 + 1_000, "idle keys expire: PTTL {ttl}");
     closed.running.shutdown().await;
     open.running.shutdown().await;
+}
+
+/// Status of one search by `token` on replica `p`, polled until it is `want` or 5 s pass.
+async fn status_becomes(p: &Proxy, token: &str, want: u16) -> u16 {
+    let mut last = 0;
+    for _ in 0..50 {
+        let mut s = plain_connect(p.plain).await;
+        last = get_cv(&mut s, token, 1).await.0;
+        if last == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_and_pauses_made_on_one_replica_apply_on_all_and_survive_a_restart_of_all() {
+    let redis = RedisServer::start();
+    let mock = format!("http://{}", start_mock().await);
+    let a = replica(&mock, &redis.url(), "fail_closed", 1000).await;
+    let b = replica(&mock, &redis.url(), "fail_closed", 1000).await;
+    let tok = token(&a, "acct-shared", "12345678");
+    assert_eq!(status_becomes(&b, &tok, 200).await, 200);
+
+    // A block made on replica A reaches replica B (housekeeping syncs once a second).
+    let now = cvgate::clock::Clock::now(&*a.clock);
+    a.running
+        .shared
+        .block(cvgate::blocks::Block {
+            scope: cvgate::blocks::BlockScope::Account,
+            key: "acct-shared".into(),
+            reason: "test".into(),
+            source: "manual".into(),
+            created: now,
+            until: None,
+        })
+        .unwrap();
+    assert_eq!(status_becomes(&b, &tok, 403).await, 403, "block did not reach replica B");
+
+    // A pause made on replica B reaches replica A.
+    b.running.shared.pause("cv", true);
+    let other = token(&a, "acct-other", "12345678");
+    assert_eq!(status_becomes(&a, &other, 503).await, 503, "pause did not reach replica A");
+
+    // Restart both replicas (fresh processes' state, fresh block files): Redis still has both.
+    a.running.shutdown().await;
+    b.running.shutdown().await;
+    let c = replica(&mock, &redis.url(), "fail_closed", 1000).await;
+    assert_eq!(status_becomes(&c, &other, 503).await, 503, "pause lost across a restart of every replica");
+    c.running.shared.pause("cv", false);
+    assert_eq!(status_becomes(&c, &tok, 403).await, 403, "block lost across a restart of every replica");
+    assert!(c.running.shared.unblock(cvgate::blocks::BlockScope::Account, "acct-shared").unwrap());
+    assert_eq!(status_becomes(&c, &tok, 200).await, 200);
+    c.running.shutdown().await;
 }

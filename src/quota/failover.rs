@@ -229,7 +229,8 @@ fn has_hash_tag(prefix: &str) -> bool {
     prefix.find('{').is_some_and(|open| prefix[open + 1..].find('}').is_some_and(|len| len > 0))
 }
 
-/// The store the config asks for: the memory store, or Redis behind the breaker and policy.
+/// The store the config asks for: the memory store, or Redis behind the breaker and policy; with
+/// Redis also the shared flags through which blocks and pauses reach every replica.
 ///
 /// # Errors
 /// When the Redis client cannot be built (the URL was validated, so hardly ever).
@@ -238,13 +239,14 @@ pub fn build_store(
     clock: SharedClock,
     max_tracked_keys: usize,
     metrics: &Metrics,
-) -> Result<Arc<dyn QuotaStore>, StoreError> {
+) -> Result<(Arc<dyn QuotaStore>, Option<Arc<dyn super::redis::SharedFlags>>), StoreError> {
     Ok(match config {
-        StoreConfig::Memory => Arc::new(MemoryStore::new(clock, max_tracked_keys)),
+        StoreConfig::Memory => (Arc::new(MemoryStore::new(clock, max_tracked_keys)), None),
         StoreConfig::Redis(c) => {
             let remote = Arc::new(RedisStore::new(&c.settings)?);
             let local = MemoryStore::new(clock, max_tracked_keys);
-            Arc::new(FailoverStore::new(remote, local, c, FailoverMetrics::from(metrics)))
+            let flags: Arc<dyn super::redis::SharedFlags> = remote.clone();
+            (Arc::new(FailoverStore::new(remote, local, c, FailoverMetrics::from(metrics))), Some(flags))
         }
     })
 }
