@@ -229,6 +229,9 @@ fn has_hash_tag(prefix: &str) -> bool {
     prefix.find('{').is_some_and(|open| prefix[open + 1..].find('}').is_some_and(|len| len > 0))
 }
 
+/// Handle to the flags every replica shares (blocks, pauses), when the store is Redis.
+pub type SharedFlagsHandle = Arc<dyn super::redis::SharedFlags>;
+
 /// The store the config asks for: the memory store, or Redis behind the breaker and policy; with
 /// Redis also the shared flags through which blocks and pauses reach every replica.
 ///
@@ -239,7 +242,7 @@ pub fn build_store(
     clock: SharedClock,
     max_tracked_keys: usize,
     metrics: &Metrics,
-) -> Result<(Arc<dyn QuotaStore>, Option<Arc<dyn super::redis::SharedFlags>>), StoreError> {
+) -> Result<(Arc<dyn QuotaStore>, Option<SharedFlagsHandle>), StoreError> {
     Ok(match config {
         StoreConfig::Memory => (Arc::new(MemoryStore::new(clock, max_tracked_keys)), None),
         StoreConfig::Redis(c) => {
