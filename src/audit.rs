@@ -404,8 +404,8 @@ impl AuditLog {
     }
 }
 
-/// The writer thread: serialise, write, flush whenever the queue runs empty (so a quiet proxy
-/// has everything on disk within one line's latency, and a busy one writes in large blocks).
+/// The writer thread: serialise, write, flush whenever the queue stays empty for 2 ms (so a
+/// quiet proxy has everything on disk within milliseconds, and a busy one writes in batches).
 /// Ends when the [`AuditLog`] is dropped, after writing what was queued.
 fn write_loop(rx: Receiver<Msg>, mut sink: Box<dyn LineSink>, tz: TimeZone) {
     let mut buf = Vec::with_capacity(1024);
@@ -424,10 +424,20 @@ fn write_loop(rx: Receiver<Msg>, mut sink: Box<dyn LineSink>, tz: TimeZone) {
         let msg = match rx.try_recv() {
             Ok(m) => m,
             Err(TryRecvError::Empty) => {
-                report(sink.flush(), &mut failing);
-                match rx.recv() {
+                // Give producers a moment to queue more before parking: under load the writer
+                // then drains batches and senders rarely have to wake it (a futex wake and two
+                // context switches per line were ~7 µs/request in docs/BENCHMARKS.md's profile).
+                std::thread::sleep(Duration::from_millis(2));
+                match rx.try_recv() {
                     Ok(m) => m,
-                    Err(_) => break,
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => {
+                        report(sink.flush(), &mut failing);
+                        match rx.recv() {
+                            Ok(m) => m,
+                            Err(_) => break,
+                        }
+                    }
                 }
             }
             Err(TryRecvError::Disconnected) => break,
