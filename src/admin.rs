@@ -23,7 +23,6 @@ use std::sync::Arc;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -208,19 +207,9 @@ pub async fn serve(l: TcpListener, shared: Arc<Shared>, stop: CancellationToken)
     if shared.runtime().config.admin_token.is_none() {
         tracing::warn!("admin API has no token (admin.token / admin.token_env): every admin request is refused");
     }
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = l.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
-        };
-        let (b, shared) = (builder.clone(), shared.clone());
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(shared, req).await) }
-            });
-            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
-        });
-    }
+    crate::ops::serve_local(l, stop, move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(route(shared, req).await) }
+    })
+    .await;
 }

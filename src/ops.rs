@@ -47,16 +47,24 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
 
 /// Serve the ops endpoints until `stop`.
 pub async fn serve(l: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    serve_local(l, stop, move |req| handle(shared.clone(), req)).await;
+}
+
+/// Accept loop of the small local HTTP ports (ops, admin): every request goes to `handler`.
+pub async fn serve_local<F, Fut>(l: TcpListener, stop: CancellationToken, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+{
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
             r = l.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
         };
-        let (b, shared) = (builder.clone(), shared.clone());
+        let (b, handler) = (builder.clone(), handler.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(shared.clone(), req));
-            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+            let _ = b.serve_connection(TokioIo::new(stream), hyper::service::service_fn(handler)).await;
         });
     }
 }

@@ -170,6 +170,11 @@ impl Sender {
 /// TLS client connection that trusts only `cert_pem`, offering `alpn`. Returns the
 /// negotiated ALPN protocol and a sender speaking it.
 pub async fn tls_connect(addr: SocketAddr, cert_pem: &str, alpn: &[&[u8]]) -> (Option<Vec<u8>>, Sender) {
+    tls_handshake(TcpStream::connect(addr).await.unwrap(), cert_pem, alpn).await
+}
+
+/// TLS (trusting only `cert_pem`, offering `alpn`) and HTTP handshakes on an open TCP stream.
+async fn tls_handshake(tcp: TcpStream, cert_pem: &str, alpn: &[&[u8]]) -> (Option<Vec<u8>>, Sender) {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()).unwrap();
@@ -180,7 +185,6 @@ pub async fn tls_connect(addr: SocketAddr, cert_pem: &str, alpn: &[&[u8]]) -> (O
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
     let negotiated = tls.get_ref().1.alpn_protocol().map(|a| a.to_vec());
@@ -199,7 +203,11 @@ pub async fn tls_connect(addr: SocketAddr, cert_pem: &str, alpn: &[&[u8]]) -> (O
 
 /// Plain HTTP/1.1 client connection.
 pub async fn plain_connect(addr: SocketAddr) -> Sender {
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    h1_handshake(TcpStream::connect(addr).await.unwrap()).await
+}
+
+/// HTTP/1.1 handshake on an open TCP stream.
+async fn h1_handshake(tcp: TcpStream) -> Sender {
     let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
     tokio::spawn(conn);
     Sender::H1(s)
@@ -261,10 +269,7 @@ pub async fn tcp_from(addr: SocketAddr, src: std::net::IpAddr) -> TcpStream {
 
 /// Plain HTTP/1.1 client connection from source address `src`.
 pub async fn plain_connect_from(addr: SocketAddr, src: std::net::IpAddr) -> Sender {
-    let tcp = tcp_from(addr, src).await;
-    let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(conn);
-    Sender::H1(s)
+    h1_handshake(tcp_from(addr, src).await).await
 }
 
 /// [`tls_connect`] from source address `src`.
@@ -274,31 +279,7 @@ pub async fn tls_connect_from(
     alpn: &[&[u8]],
     src: std::net::IpAddr,
 ) -> (Option<Vec<u8>>, Sender) {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(cvgate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = tcp_from(addr, src).await;
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
-    let negotiated = tls.get_ref().1.alpn_protocol().map(|a| a.to_vec());
-    let io = TokioIo::new(tls);
-    let sender = if negotiated.as_deref() == Some(b"h2") {
-        let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
-        tokio::spawn(conn);
-        Sender::H2(s)
-    } else {
-        let (s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(conn);
-        Sender::H1(s)
-    };
-    (negotiated, sender)
+    tls_handshake(tcp_from(addr, src).await, cert_pem, alpn).await
 }
 
 /// The text of `GET http://{ops}/metrics`.
