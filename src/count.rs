@@ -98,6 +98,26 @@ struct JsonState {
     elem_open: bool,
 }
 
+/// Bit masks of one 64-byte block: quotes, backslashes, `{`/`[`, `}`/`]` (bit j = byte j), 16
+/// bytes per vector compare (`wide`: SSE2 on x86_64, NEON on aarch64, scalar elsewhere).
+fn masks(block: &[u8; 64]) -> (u64, u64, u64, u64) {
+    use wide::u8x16;
+    let (q, bs, lower) = (u8x16::splat(b'"'), u8x16::splat(b'\\'), u8x16::splat(0x20));
+    // `{` = `[` | 0x20 and `}` = `]` | 0x20: one compare each after setting bit 5.
+    let (open, close) = (u8x16::splat(b'{'), u8x16::splat(b'}'));
+    let mut m = (0u64, 0u64, 0u64, 0u64);
+    for (k, lane) in block.chunks_exact(16).enumerate() {
+        let v = u8x16::new(lane.try_into().expect("16 bytes"));
+        let folded = v | lower;
+        let bits = |x: u8x16| u64::from(x.move_mask() as u16) << (16 * k);
+        m.0 |= bits(v.cmp_eq(q));
+        m.1 |= bits(v.cmp_eq(bs));
+        m.2 |= bits(folded.cmp_eq(open));
+        m.3 |= bits(folded.cmp_eq(close));
+    }
+    m
+}
+
 const fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
@@ -152,7 +172,7 @@ impl LineState {
         while i < chunk.len() {
             if self.in_record {
                 // Inside a record only the newline matters: skip to it.
-                match chunk[i..].iter().position(|&b| b == b'\n') {
+                match memchr::memchr(b'\n', &chunk[i..]) {
                     Some(p) => {
                         i += p + 1;
                         self.in_record = false;
@@ -185,6 +205,11 @@ impl JsonState {
     fn feed(&mut self, count: &mut u64, chunk: &[u8]) -> usize {
         let mut i = 0;
         while i < chunk.len() {
+            if self.depth >= 3 {
+                // Deep inside an element: only depth matters until it is back at 2.
+                i = self.skip_deep(chunk, i);
+                continue;
+            }
             if self.in_string {
                 if self.escape {
                     self.escape = false;
@@ -207,8 +232,8 @@ impl JsonState {
                         _ => self.key = Some(if field.get(pos) == Some(&b) { pos + 1 } else { usize::MAX }),
                     }
                 } else {
-                    // Fast path through string contents: most of a CV is here.
-                    match chunk[i..].iter().position(|&b| b == b'"' || b == b'\\') {
+                    // Fast path through string contents: most of a CV is here (SIMD search).
+                    match memchr::memchr2(b'"', b'\\', &chunk[i..]) {
                         Some(p) => {
                             i += p + 1;
                             if chunk[i - 1] == b'"' {
@@ -266,6 +291,92 @@ impl JsonState {
             }
         }
         chunk.len()
+    }
+
+    /// Below depth 2 (inside an element of the target array, or inside any nested value) only
+    /// strings and brackets change anything: numbers, literals, `,` and `:` matter to nobody.
+    /// Returns where depth came back to 2, or the chunk's end. This is most of the counting work:
+    /// a CV is many short strings, so it is done 64 bytes at a time with bit masks (the stage-1
+    /// technique of simdjson, in portable code that the compiler vectorises), and byte by byte
+    /// only for a chunk's last <64 bytes. Down here a backslash escapes the next byte whether or
+    /// not it is in a string (outside one it is invalid JSON anyway): both paths agree on that,
+    /// so any split of a stream still gives the same result.
+    fn skip_deep(&mut self, chunk: &[u8], mut i: usize) -> usize {
+        while let Some(block) = chunk.get(i..i + 64) {
+            let block: &[u8; 64] = block.try_into().expect("64 bytes");
+            match self.deep_block(block) {
+                Some(end) => return i + end,
+                None => i += 64,
+            }
+        }
+        let n = chunk.len();
+        while i < n {
+            let b = chunk[i];
+            i += 1;
+            if self.escape {
+                self.escape = false;
+            } else if b == b'\\' {
+                self.escape = true;
+            } else if self.in_string {
+                self.in_string = b != b'"';
+            } else {
+                match b {
+                    b'"' => self.in_string = true,
+                    b'{' | b'[' => self.depth += 1,
+                    b'}' | b']' => {
+                        self.depth -= 1; // depth >= 3 here
+                        if self.depth < 3 {
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        i
+    }
+
+    /// One 64-byte block of [`skip_deep`]: `Some(offset after the bracket)` where depth comes
+    /// back to 2, else `None` with the string/escape state carried to the next block.
+    fn deep_block(&mut self, block: &[u8; 64]) -> Option<usize> {
+        const EVEN: u64 = 0x5555_5555_5555_5555;
+        let (quote, backslash, open, close) = masks(block);
+        // Bytes escaped by an odd run of backslashes (runs may start in an earlier block).
+        let carry_in = u64::from(self.escape);
+        let backslash = backslash & !carry_in;
+        let follows = (backslash << 1) | carry_in;
+        let odd_starts = backslash & !EVEN & !follows;
+        let seq_even = odd_starts.wrapping_add(backslash);
+        let escaped = (EVEN ^ (seq_even << 1)) & follows;
+        // Inside strings: prefix XOR of the unescaped quotes, flipped when a string was open.
+        let quotes = quote & !escaped;
+        let mut inside = quotes;
+        for shift in [1, 2, 4, 8, 16, 32] {
+            inside ^= inside << shift;
+        }
+        if self.in_string {
+            inside = !inside;
+        }
+        let live = !inside & !escaped;
+        let mut brackets = (open | close) & live;
+        while brackets != 0 {
+            let at = brackets.trailing_zeros() as usize;
+            brackets &= brackets - 1;
+            if open >> at & 1 == 1 {
+                self.depth += 1;
+            } else {
+                self.depth -= 1;
+                if self.depth < 3 {
+                    // A live bracket: neither in a string nor escaped.
+                    (self.in_string, self.escape) = (false, false);
+                    return Some(at + 1);
+                }
+            }
+        }
+        self.in_string = inside >> 63 == 1;
+        // The next block's first byte is escaped when this one ends in an unescaped backslash.
+        self.escape = (backslash & !escaped) >> 63 == 1;
+        None
     }
 
     /// A value begins at the current depth (called before the depth changes).
@@ -647,7 +758,8 @@ mod tests {
     }
 
     fn text() -> impl Strategy<Value = String> {
-        "[a-z \\[\\]{},:\"\\\\]{0,10}"
+        // Up to 80 bytes, so that strings and escape runs straddle the 64-byte blocks.
+        "[a-z \\[\\]{},:\"\\\\]{0,80}"
     }
 
     proptest! {
@@ -678,6 +790,21 @@ mod tests {
                 }
                 _ => prop_assert_eq!(whole, (n, None)),
             }
+        }
+
+        /// Invalid JSON too: deep garbage (quotes, backslash runs, brackets) gives the same count
+        /// whether its bytes go through the 64-byte block path or the byte-by-byte tail.
+        #[test]
+        fn json_garbage_any_split_same_result(
+            garbage in prop::collection::vec(prop::sample::select(b"{}[]\\\"a ,:".to_vec()), 0..400),
+            depth in 0..4usize,
+            splits in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut body = b"{\"results\":[".to_vec();
+            body.extend(std::iter::repeat_n(b'[', depth));
+            body.extend(&garbage);
+            let whole = run(&results(), &body, &[], None);
+            prop_assert_eq!(whole, run(&results(), &body, &splits, None));
         }
 
         #[test]
