@@ -3,8 +3,9 @@
 #
 # Starts the mock CV API and `cvgate serve` with the repo's config.yaml (ports moved to free
 # ones), behind a certificate signed by a throw-away local CA that testssl is told to trust
-# (`--add-ca`), so that the findings are about cvgate's TLS, not about a self-signed test
-# certificate. Runs the audit once per key type (ECDSA P-256 and RSA 2048), writes testssl's
+# (`--add-ca`), so that the findings are about cvgate's TLS, not about a test certificate: it is
+# valid for 398 days and names CRL and OCSP locations, as a public CA's certificate would (testssl
+# rates a short validity or no revocation info HIGH, which says nothing about the listener). Runs the audit once per key type (ECDSA P-256 and RSA 2048), writes testssl's
 # JSON and log to a temp dir, prints a Markdown summary (paste into docs/tls-audit.md) and exits
 # non-zero when any finding is HIGH or CRITICAL.
 #
@@ -46,14 +47,15 @@ wait_port() {
 }
 
 # --- a local CA and one server certificate per key type ------------------------------------------
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=cvgate audit CA" \
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 -subj "/CN=cvgate audit CA" \
   -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
 server_cert() { # name, openssl -newkey argument(s)
   local name=$1; shift
   openssl req -new -nodes "$@" -subj /CN=localhost -keyout "$WORK/$name.key" -out "$WORK/$name.csr" 2>/dev/null
-  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n' \
-    >"$WORK/$name.ext"
-  openssl x509 -req -in "$WORK/$name.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial -days 2 \
+  printf '%s\n' 'subjectAltName=DNS:localhost,IP:127.0.0.1' 'extendedKeyUsage=serverAuth' \
+    'keyUsage=digitalSignature,keyEncipherment' 'crlDistributionPoints=URI:http://ca.invalid/audit.crl' \
+    'authorityInfoAccess=OCSP;URI:http://ocsp.ca.invalid' >"$WORK/$name.ext"
+  openssl x509 -req -in "$WORK/$name.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" -CAcreateserial -days 398 \
     -extfile "$WORK/$name.ext" -out "$WORK/$name.crt" 2>/dev/null
   cat "$WORK/$name.crt" "$WORK/ca.pem" >"$WORK/$name.chain.pem"
 }
@@ -100,7 +102,7 @@ EOF
 status=0
 echo "# TLS audit (testssl.sh), $(date -u '+%Y-%m-%d %H:%M') UTC"
 echo
-echo "$("$TESTSSL" --version 2>/dev/null | grep -m1 -o 'testssl[^ ]* *[0-9.]*[^ ]*' || echo testssl.sh) with $(openssl version), against \`cvgate serve\` ($("$BIN" --version)) and the repo's config.yaml (TLS 1.2 + 1.3, rustls defaults), on 127.0.0.1. Reproduce: \`scripts/tls-audit.sh\`."
+echo "testssl.sh $(dpkg-query -W -f '${Version}' testssl.sh 2>/dev/null || echo '(version unknown)') with $(openssl version | cut -d' ' -f1-2), against \`cvgate serve\` ($("$BIN" --version)) and the repo's config.yaml (TLS 1.2 + 1.3, rustls defaults), on 127.0.0.1. Reproduce: \`scripts/tls-audit.sh\`."
 echo
 for kind in ecdsa rsa; do
   TLS_PORT=$(free_port); METRICS_PORT=$(free_port)

@@ -104,6 +104,32 @@ impl Default for RawBlocks {
                     block: "account".into(),
                     duration: "24h".into(),
                 },
+                // The same at the organisation and IP-prefix scopes: buckets refill continuously
+                // (a budget is a rate, up to B + B·t/W over a span t), so without these an evasion
+                // spread over 30 accounts or 30 organisations keeps drawing the refill after its
+                // day budget is spent. Blocking the org (all its accounts) or the /24 (everyone
+                // behind it, who shares that budget anyway) at the first day refusal makes the day
+                // budget a cap. Ops who prefer a trickle over a hard stop remove these rules.
+                RawRule {
+                    name: "org-day-budget-exhausted".into(),
+                    on: "quota".into(),
+                    scope: Some("org".into()),
+                    horizon: Some("day".into()),
+                    threshold: 1,
+                    within: "24h".into(),
+                    block: "org".into(),
+                    duration: "24h".into(),
+                },
+                RawRule {
+                    name: "ip-day-budget-exhausted".into(),
+                    on: "quota".into(),
+                    scope: Some("ip".into()),
+                    horizon: Some("day".into()),
+                    threshold: 1,
+                    within: "24h".into(),
+                    block: "ip".into(),
+                    duration: "24h".into(),
+                },
                 RawRule {
                     name: "deep-paging".into(),
                     on: "deep_paging".into(),
@@ -422,11 +448,13 @@ impl Blocks {
                 BlockScope::Ip => Some(who.ip_prefix.to_string()),
             };
             let Some(key) = key else { continue };
+            // Held until the block is added: concurrent rejections of one subject (on several
+            // runtime threads) then make one block, not one per request with escalated offences.
+            let mut ev = self.events.lock().expect("block events lock");
             if self.check(who, now).is_some_and(|b| b.scope == rule.block) {
                 continue; // already blocked; don't extend on every rejected retry
             }
             let hit = {
-                let mut ev = self.events.lock().expect("block events lock");
                 let q = ev.entry((rule.name.clone(), key.clone())).or_default();
                 let horizon = now - jiff::SignedDuration::try_from(rule.within).unwrap_or_default();
                 while q.front().is_some_and(|t| *t < horizon) {
@@ -464,6 +492,7 @@ impl Blocks {
                 Ok(b) => made.push(b),
                 Err(e) => tracing::error!(error = %e, "automatic block not persisted"),
             }
+            drop(ev);
         }
         made
     }
@@ -553,6 +582,13 @@ mod tests {
         // A quota rejection on another horizon does not trigger the day rule.
         let w2 = who("acct-2", "12345678", "203.0.113.5");
         assert!(b.observe(&cfg, Event::Quota, Some(("account", "hour")), &w2, now).is_empty());
+        // The org and ip day rules block the whole organisation and the client's /24.
+        let made = b.observe(&cfg, Event::Quota, Some(("org", "day")), &w2, now);
+        assert_eq!((made.len(), made[0].scope, made[0].key.as_str()), (1, BlockScope::Org, "12345678"));
+        let w3 = who("acct-3", "99999999", "198.51.100.7");
+        let made = b.observe(&cfg, Event::Quota, Some(("ip", "day")), &w3, now);
+        assert_eq!((made.len(), made[0].scope, made[0].key.as_str()), (1, BlockScope::Ip, "198.51.100.0/24"));
+        assert!(b.check(&who("acct-4", "11111111", "198.51.100.200"), now).is_some(), "the /24 is blocked");
     }
 
     #[test]

@@ -511,7 +511,8 @@ async fn run_plan(base: &Config, dir: &Path, plan: &Plan, bar: &ProgressBar) -> 
                 let key = match scope.as_str() {
                     "account" => actor.account.clone(),
                     "org" => actor.org.clone(),
-                    _ => actor.ip.to_string(),
+                    // An ip block covers the client's prefix, as the quota scope cuts it.
+                    _ => crate::identity::ip_prefix(actor.ip.into(), 24, 56).to_string(),
                 };
                 blocks_seen.insert((scope, key, v["until"].as_str().unwrap_or("").to_string()));
             }

@@ -79,6 +79,10 @@ pub fn server_config(certs: Arc<dyn ResolvesServerCert>) -> anyhow::Result<Arc<r
         .with_no_client_auth()
         .with_cert_resolver(certs);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Choose by the server's order (ring's: AES-256-GCM, AES-128-GCM, ChaCha20; ECDHE only),
+    // not the client's: every suite offered is strong, but auditors (testssl.sh rates a missing
+    // server order HIGH) and ops expect the server to decide.
+    cfg.ignore_client_order = true;
     Ok(Arc::new(cfg))
 }
 

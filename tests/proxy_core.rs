@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -274,4 +275,43 @@ fn check_config_prints_every_error() {
         .output()
         .unwrap();
     assert!(ok.status.success(), "config.yaml invalid: {}", String::from_utf8_lossy(&ok.stderr));
+}
+
+/// The listener decides the cipher suite (testssl.sh: "cipher order"): a client that prefers
+/// ChaCha20 still gets AES-256-GCM, over TLS 1.3 and over TLS 1.2; TLS 1.2 uses ECDHE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_chooses_the_cipher_suite() {
+    use rustls::crypto::ring::cipher_suite as cs;
+    use rustls_pki_types::pem::PemObject;
+    let mock = start_mock().await;
+    let p = start_proxy(&format!("http://{mock}"), "").await;
+    let cases = [
+        (&rustls::version::TLS13, vec![cs::TLS13_CHACHA20_POLY1305_SHA256, cs::TLS13_AES_256_GCM_SHA384]),
+        (
+            &rustls::version::TLS12,
+            vec![cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384],
+        ),
+    ];
+    for (version, suites) in cases {
+        let provider =
+            rustls::crypto::CryptoProvider { cipher_suites: suites, ..rustls::crypto::ring::default_provider() };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls_pki_types::CertificateDer::from_pem_slice(p.cert_pem.as_bytes()).unwrap()).unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(p.tls).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap();
+        let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+        let want = if *version == rustls::version::TLS13 {
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+        } else {
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        };
+        assert_eq!(suite, want, "{version:?}: the client preferred ChaCha20");
+    }
+    p.running.shutdown().await;
 }
