@@ -83,7 +83,7 @@ for k in order:
 print()
 pick = {"SSLv2", "SSLv3", "TLS1", "TLS1_1", "TLS1_2", "TLS1_3", "cipherlist_NULL", "cipherlist_aNULL",
         "cipherlist_EXPORT", "cipherlist_LOW", "cipherlist_3DES_IDEA", "cipherlist_AVERAGE",
-        "cipherlist_STRONG", "FS", "ALPN_HTTP2", "ALPN", "cert_keySize", "cert_chain_of_trust",
+        "cipherlist_STRONG", "PFS", "PFS_ECDHE_curves", "cipherorder_TLSv1_2", "cipherorder_TLSv1_3", "ALPN_HTTP2", "ALPN", "cert_keySize", "cert_chain_of_trust",
         "overall_grade", "secure_renego", "secure_client_renego", "heartbleed", "ROBOT", "CRIME_TLS",
         "BREACH", "POODLE_SSL", "fallback_SCSV", "SWEET32", "FREAK", "LOGJAM", "BEAST", "LUCKY13", "RC4",
         "DROWN", "HSTS", "TLS_session_ticket", "cipher_order", "protocol_negotiated", "cipher_negotiated"}

@@ -1,9 +1,10 @@
 //! Listeners: accept TCP, terminate TLS, speak HTTP/1.1 or HTTP/2, drain on shutdown.
 //!
 //! Owns the connection-level limits: the connection cap (excess connections are closed at
-//! once), the TLS handshake and header-read timeouts (slowloris), hyper's header buffer limits,
-//! HTTP/2 stream limits, and graceful drain: on shutdown every connection is told to finish its
-//! in-flight requests and close; the server waits up to the grace period, then drops the rest.
+//! once), the TLS handshake and header-read timeouts (slowloris), the idle timeout, hyper's
+//! header buffer limits, HTTP/2 stream limits, and graceful drain: on shutdown every connection
+//! is told to finish its in-flight requests and close; the server waits up to the grace period,
+//! then drops the rest.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -167,16 +168,22 @@ async fn serve_http<I>(
         None => builder,
     };
 
-    // Set by the first request: a connection that sends none within `header_read_timeout`
-    // (no bytes, half an h2 preface, a TLS session that never asks) is closed, or
-    // `max_connections` silent sockets would lock every other client out.
-    let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Requests in flight and the last time one started or ended, for the two connection
+    // deadlines below: no first request within `header_read_timeout` (no bytes, half an h2
+    // preface, a TLS session that never asks) closes the connection, or `max_connections` silent
+    // sockets would lock every other client out; and no request in flight for `idle_timeout`
+    // closes it gracefully (an h2 client's pings would otherwise hold it forever).
+    let activity = Arc::new(Activity::new());
     let svc_shared = shared.clone();
-    let svc_seen = seen.clone();
+    let svc_activity = activity.clone();
     let svc = tower::service_fn(move |req: Request<Incoming>| {
         let shared = svc_shared.clone();
-        svc_seen.store(true, std::sync::atomic::Ordering::Relaxed);
-        async move { Ok::<_, Infallible>(proxy::handle(shared, req, info).await) }
+        let busy = svc_activity.begin();
+        async move {
+            let resp = proxy::handle(shared, req, info).await;
+            drop(busy); // the body may still stream: a graceful close lets it finish
+            Ok::<_, Infallible>(resp)
+        }
     });
     // Cross-cutting, in request order: shed load when the in-flight cap is reached.
     let svc = ServiceBuilder::new()
@@ -189,9 +196,9 @@ async fn serve_http<I>(
 
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
-    let first_request = tokio::time::sleep(limits.header_read_timeout);
-    tokio::pin!(first_request);
-    let (mut watching, mut draining) = (true, false);
+    let deadline = tokio::time::sleep(limits.header_read_timeout);
+    tokio::pin!(deadline);
+    let mut draining = false;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -200,17 +207,73 @@ async fn serve_http<I>(
                 }
                 return;
             }
-            _ = &mut first_request, if watching => {
-                if !seen.load(std::sync::atomic::Ordering::Relaxed) {
-                    tracing::debug!(peer = %info.peer, "no request within header_read_timeout; closing");
-                    return; // dropping the connection closes the socket
+            _ = &mut deadline, if !draining => {
+                let now = tokio::time::Instant::now();
+                match activity.idle_since() {
+                    None if activity.served() == 0 => {
+                        tracing::debug!(peer = %info.peer, "no request within header_read_timeout; closing");
+                        return; // dropping the connection closes the socket
+                    }
+                    Some(since) if now >= since + limits.idle_timeout => {
+                        tracing::debug!(peer = %info.peer, "idle for idle_timeout; closing");
+                        conn.as_mut().graceful_shutdown();
+                        draining = true;
+                    }
+                    Some(since) => deadline.as_mut().reset(since + limits.idle_timeout),
+                    None => deadline.as_mut().reset(now + limits.idle_timeout), // a request in flight
                 }
-                watching = false;
             }
             _ = stop.cancelled(), if !draining => {
                 conn.as_mut().graceful_shutdown();
                 draining = true;
             }
+        }
+    }
+}
+
+/// Requests in flight on one connection and when it last became idle.
+struct Activity {
+    state: std::sync::Mutex<(usize, Option<tokio::time::Instant>)>,
+    served: std::sync::atomic::AtomicU64,
+}
+
+/// Marks one request in flight until dropped.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        Self { state: std::sync::Mutex::new((0, None)), served: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.state.lock().expect("activity lock").0 += 1;
+        Busy(self.clone())
+    }
+
+    /// Requests started on this connection so far.
+    fn served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// When the connection last became idle; `None` while a request is in flight or before the
+    /// first one.
+    fn idle_since(&self) -> Option<tokio::time::Instant> {
+        let st = self.state.lock().expect("activity lock");
+        if st.0 == 0 {
+            st.1
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut st = self.0.state.lock().expect("activity lock");
+        st.0 -= 1;
+        if st.0 == 0 {
+            st.1 = Some(tokio::time::Instant::now());
         }
     }
 }

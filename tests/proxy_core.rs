@@ -315,3 +315,39 @@ async fn the_server_chooses_the_cipher_suite() {
     }
     p.running.shutdown().await;
 }
+
+/// `limits.idle_timeout`: an HTTP/2 connection with no request in flight is closed (GOAWAY) once
+/// it has been idle that long, even though its client answers keep-alive pings; a connection
+/// that keeps asking stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2_connections_are_closed_after_the_idle_timeout() {
+    let mock = start_mock().await;
+    let (dir, cert) = cert_dir();
+    let yaml = test_yaml(&format!("http://{mock}"), dir.path(), &identity_yaml(&[]))
+        .replace("  shutdown_grace: 10s", "  shutdown_grace: 10s\n  idle_timeout: 2s");
+    let p = start_proxy_in(dir, cert, &yaml).await;
+    let (_, mut idle) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;
+    let (_, mut busy) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;
+    let closed = |s: &Sender| match s {
+        Sender::H2(s) => s.is_closed(),
+        Sender::H1(s) => s.is_closed(),
+    };
+    let started = tokio::time::Instant::now();
+    for s in [&mut idle, &mut busy] {
+        assert_eq!(s.send(get("/api/v1/vacancies/1", true, &[])).await.status(), 200);
+    }
+    // The busy connection asks every 500 ms for 4 s; the idle one never again.
+    let mut idle_closed_after = None;
+    while started.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = busy.send(get("/api/v1/vacancies/2", true, &[])).await;
+        assert_eq!(r.status(), 200, "the busy connection is served");
+        if idle_closed_after.is_none() && closed(&idle) {
+            idle_closed_after = Some(started.elapsed());
+        }
+    }
+    let after = idle_closed_after.expect("the idle connection was closed");
+    assert!(after >= Duration::from_millis(1900), "closed after {after:?}, before the idle timeout");
+    assert!(!closed(&busy), "a connection in use is not idle");
+    p.running.shutdown().await;
+}

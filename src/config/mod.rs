@@ -130,6 +130,8 @@ pub struct Upstream {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (gracefully: GOAWAY on h2).
+    pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub idle_body_timeout: Duration,
     pub max_connections: usize,
@@ -261,6 +263,7 @@ impl Config {
         let lr = &raw.limits;
         let limits = Limits {
             header_read_timeout: e.duration("limits.header_read_timeout", &lr.header_read_timeout),
+            idle_timeout: e.duration("limits.idle_timeout", &lr.idle_timeout),
             max_header_bytes: lr.max_header_bytes,
             idle_body_timeout: e.duration("limits.idle_body_timeout", &lr.idle_body_timeout),
             max_connections: lr.max_connections,
@@ -279,6 +282,9 @@ impl Config {
         }
         if limits.header_read_timeout.is_zero() {
             e.push("limits.header_read_timeout", "must be greater than 0");
+        }
+        if limits.idle_timeout.is_zero() {
+            e.push("limits.idle_timeout", "must be greater than 0");
         }
 
         // identity (reads the JWKS file it names)

@@ -142,6 +142,7 @@ impl Default for RawUpstream {
 #[serde(default)]
 pub struct RawLimits {
     pub header_read_timeout: String,
+    pub idle_timeout: String,
     pub max_header_bytes: usize,
     pub idle_body_timeout: String,
     pub max_connections: usize,
@@ -154,6 +155,7 @@ impl Default for RawLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: "10s".into(),
+            idle_timeout: "60s".into(),
             max_header_bytes: 16 * 1024,
             idle_body_timeout: "30s".into(),
             max_connections: 10_000,
