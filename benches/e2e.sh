@@ -26,6 +26,7 @@ EXPORT_MIB=${EXPORT_MIB:-1024}
 URL_PATH='/api/v1/cvs?query=bench&size=20'
 
 log() { echo "e2e: $*" >&2; }
+. scripts/lib.sh
 
 # --- tools --------------------------------------------------------------------------------------
 need=()
@@ -35,20 +36,7 @@ command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]}"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  # Debian's nginx package starts a system nginx on port 80 unless policy-rc.d says no.
-  made_policy=""
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-    $SUDO chmod +x /usr/sbin/policy-rc.d
-    made_policy=1
-  fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  [ -n "$made_policy" ] && $SUDO rm -f /usr/sbin/policy-rc.d
-fi
+apt_install "${need[@]}"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 log "cargo build --release"
@@ -57,19 +45,8 @@ BIN="${CARGO_TARGET_DIR:-target}/release/cvgate"
 
 # --- scratch dir, processes, cleanup ------------------------------------------------------------
 WORK=$(mktemp -d /tmp/cvgate-e2e.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  log "logs and configs kept in $WORK"
-}
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # port: up to 10 s
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-  log "nothing listens on port $1"; return 1
-}
 # utime+stime of a process, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)

@@ -9,15 +9,12 @@
 # Knobs: DURATION=600 IDLE=10000
 set -euo pipefail
 cd "$(dirname "$0")/.."
+log() { echo "soak: $*" >&2; }
+. scripts/lib.sh
 need=()
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "soak: installing ${need[*]}" >&2
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+apt_install "${need[@]}"
 echo "soak: cargo build --release" >&2
 cargo build --release --quiet
 # 10,000 idle sockets on each side need more than the usual 1024 fds (root may raise the hard limit).

@@ -4,13 +4,10 @@
 # and prometheus: the monitoring tests), then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+log() { echo "test.sh: $*" >&2; }
+. scripts/lib.sh
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "test.sh: installing ${need[*]}"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+apt_install "${need[@]}"
 cargo test "$@"

@@ -14,17 +14,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { echo "tls-audit: $*" >&2; }
+. scripts/lib.sh
 
 need=()
 command -v testssl >/dev/null 2>&1 || command -v testssl.sh >/dev/null 2>&1 || need+=(testssl.sh)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]}"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+apt_install "${need[@]}"
 TESTSSL=$(command -v testssl || command -v testssl.sh)
 
 log "cargo build --release"
@@ -32,19 +28,7 @@ cargo build --release --quiet
 BIN="${CARGO_TARGET_DIR:-target}/release/cvgate"
 
 WORK=$(mktemp -d /tmp/cvgate-tls-audit.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  log "reports kept in $WORK"
-}
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-  log "nothing listens on port $1"; return 1
-}
 
 # --- a local CA and one server certificate per key type ------------------------------------------
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 -subj "/CN=cvgate audit CA" \
