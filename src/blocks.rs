@@ -448,8 +448,9 @@ impl Blocks {
                 BlockScope::Ip => Some(who.ip_prefix.to_string()),
             };
             let Some(key) = key else { continue };
-            // Held until the block is added: concurrent rejections of one subject (on several
-            // runtime threads) then make one block, not one per request with escalated offences.
+            // Held to the end of this rule (the block added): concurrent rejections of one subject
+            // on several runtime threads then make one block, not one per request with escalated
+            // offences.
             let mut ev = self.events.lock().expect("block events lock");
             if self.check(who, now).is_some_and(|b| b.scope == rule.block) {
                 continue; // already blocked; don't extend on every rejected retry
@@ -492,7 +493,6 @@ impl Blocks {
                 Ok(b) => made.push(b),
                 Err(e) => tracing::error!(error = %e, "automatic block not persisted"),
             }
-            drop(ev);
         }
         made
     }

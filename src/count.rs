@@ -297,8 +297,8 @@ impl JsonState {
     /// strings and brackets change anything: numbers, literals, `,` and `:` matter to nobody.
     /// Returns where depth came back to 2, or the chunk's end. This is most of the counting work:
     /// a CV is many short strings, so it is done 64 bytes at a time with bit masks (the stage-1
-    /// technique of simdjson, in portable code that the compiler vectorises), and byte by byte
-    /// only for a chunk's last <64 bytes. Down here a backslash escapes the next byte whether or
+    /// technique of simdjson, vector compares from `wide` in [`masks`]), and byte by byte only
+    /// for a chunk's last <64 bytes. Down here a backslash escapes the next byte whether or
     /// not it is in a string (outside one it is invalid JSON anyway): both paths agree on that,
     /// so any split of a stream still gives the same result.
     fn skip_deep(&mut self, chunk: &[u8], mut i: usize) -> usize {

@@ -512,7 +512,7 @@ async fn run_plan(base: &Config, dir: &Path, plan: &Plan, bar: &ProgressBar) -> 
                     "account" => actor.account.clone(),
                     "org" => actor.org.clone(),
                     // An ip block covers the client's prefix, as the quota scope cuts it.
-                    _ => crate::identity::ip_prefix(actor.ip.into(), 24, 56).to_string(),
+                    _ => crate::quota::ip_prefix(&base.quota, actor.ip.into()).to_string(),
                 };
                 blocks_seen.insert((scope, key, v["until"].as_str().unwrap_or("").to_string()));
             }

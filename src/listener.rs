@@ -173,7 +173,7 @@ async fn serve_http<I>(
     // preface, a TLS session that never asks) closes the connection, or `max_connections` silent
     // sockets would lock every other client out; and no request in flight for `idle_timeout`
     // closes it gracefully (an h2 client's pings would otherwise hold it forever).
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::default());
     let svc_shared = shared.clone();
     let svc_activity = activity.clone();
     let svc = tower::service_fn(move |req: Request<Incoming>| {
@@ -209,18 +209,18 @@ async fn serve_http<I>(
             }
             _ = &mut deadline, if !draining => {
                 let now = tokio::time::Instant::now();
-                match activity.idle_since() {
-                    None if activity.served() == 0 => {
+                match activity.idle() {
+                    Idle::NeverAsked => {
                         tracing::debug!(peer = %info.peer, "no request within header_read_timeout; closing");
                         return; // dropping the connection closes the socket
                     }
-                    Some(since) if now >= since + limits.idle_timeout => {
+                    Idle::Since(since) if now >= since + limits.idle_timeout => {
                         tracing::debug!(peer = %info.peer, "idle for idle_timeout; closing");
                         conn.as_mut().graceful_shutdown();
                         draining = true;
                     }
-                    Some(since) => deadline.as_mut().reset(since + limits.idle_timeout),
-                    None => deadline.as_mut().reset(now + limits.idle_timeout), // a request in flight
+                    Idle::Since(since) => deadline.as_mut().reset(since + limits.idle_timeout),
+                    Idle::Busy => deadline.as_mut().reset(now + limits.idle_timeout),
                 }
             }
             _ = stop.cancelled(), if !draining => {
@@ -231,46 +231,42 @@ async fn serve_http<I>(
     }
 }
 
-/// Requests in flight on one connection and when it last became idle.
-struct Activity {
-    state: std::sync::Mutex<(usize, Option<tokio::time::Instant>)>,
-    served: std::sync::atomic::AtomicU64,
+/// Requests in flight on one connection and when it last became idle (`None` until the first
+/// request ends).
+#[derive(Default)]
+struct Activity(std::sync::Mutex<(usize, Option<tokio::time::Instant>)>);
+
+/// What a connection is doing, for its deadline.
+enum Idle {
+    /// No request has been made on it yet.
+    NeverAsked,
+    /// A request is in flight.
+    Busy,
+    /// No request in flight since then.
+    Since(tokio::time::Instant),
 }
 
 /// Marks one request in flight until dropped.
 struct Busy(Arc<Activity>);
 
 impl Activity {
-    fn new() -> Self {
-        Self { state: std::sync::Mutex::new((0, None)), served: std::sync::atomic::AtomicU64::new(0) }
-    }
-
     fn begin(self: &Arc<Self>) -> Busy {
-        self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.state.lock().expect("activity lock").0 += 1;
+        self.0.lock().expect("activity lock").0 += 1;
         Busy(self.clone())
     }
 
-    /// Requests started on this connection so far.
-    fn served(&self) -> u64 {
-        self.served.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// When the connection last became idle; `None` while a request is in flight or before the
-    /// first one.
-    fn idle_since(&self) -> Option<tokio::time::Instant> {
-        let st = self.state.lock().expect("activity lock");
-        if st.0 == 0 {
-            st.1
-        } else {
-            None
+    fn idle(&self) -> Idle {
+        match *self.0.lock().expect("activity lock") {
+            (0, None) => Idle::NeverAsked,
+            (0, Some(since)) => Idle::Since(since),
+            _ => Idle::Busy,
         }
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut st = self.0.state.lock().expect("activity lock");
+        let mut st = self.0 .0.lock().expect("activity lock");
         st.0 -= 1;
         if st.0 == 0 {
             st.1 = Some(tokio::time::Instant::now());

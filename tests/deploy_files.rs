@@ -55,6 +55,11 @@ fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     cur.as_str().unwrap_or_else(|| panic!("{} is not a string: {cur:?}", path.join(".")))
 }
 
+/// A container's ports: name → containerPort.
+fn container_ports(c: &Value) -> BTreeMap<&str, u64> {
+    c["ports"].as_sequence().unwrap().iter().map(|p| (s(p, &["name"]), p["containerPort"].as_u64().unwrap())).collect()
+}
+
 /// The Kubernetes objects in deploy/k8s, by kind (one object per kind here).
 fn k8s() -> BTreeMap<String, Value> {
     let mut files = Vec::new();
@@ -138,12 +143,7 @@ fn k8s_objects_are_complete_and_refer_to_each_other() {
 
     let pod = &dep["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
-    let ports: BTreeMap<&str, u64> = c["ports"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|p| (s(p, &["name"]), p["containerPort"].as_u64().unwrap()))
-        .collect();
+    let ports = container_ports(c);
     for p in objs["Service"]["spec"]["ports"].as_sequence().unwrap() {
         let target = s(p, &["targetPort"]);
         assert!(ports.contains_key(target), "Service targetPort {target} is not a container port");
@@ -219,12 +219,7 @@ fn the_configmap_config_is_valid_and_keeps_the_repo_policy() {
 async fn the_probes_point_at_the_ops_port_and_paths_cvgate_answers() {
     let objs = k8s();
     let c = &objs["Deployment"]["spec"]["template"]["spec"]["containers"][0];
-    let ports: BTreeMap<&str, u64> = c["ports"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|p| (s(p, &["name"]), p["containerPort"].as_u64().unwrap()))
-        .collect();
+    let ports = container_ports(c);
     let ops_port = u64::from(configmap_config().listen.metrics.unwrap().port());
     let mut paths = Vec::new();
     for (probe, want) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")] {
