@@ -27,10 +27,7 @@ fn policy() -> QuotaPolicy {
     let mut raw = default_raw();
     let big = |names: &[&str]| RawScope {
         shadow: false,
-        horizons: names
-            .iter()
-            .map(|n| (n.to_string(), RawHorizon { budget: u64::from(u32::MAX), window: "1h".into() }))
-            .collect(),
+        horizons: names.iter().map(|n| (n.to_string(), RawHorizon::continuous(u64::from(u32::MAX), "1h"))).collect(),
     };
     raw.scopes.account = big(&["burst", "hour", "day", "week"]);
     raw.scopes.org = big(&["day", "week"]);
@@ -171,6 +168,7 @@ fn bytes_per_key() {
         key: String::new(),
         capacity: 5000,
         window_ns: 86_400_000_000_000,
+        fixed_offset_ns: None,
         shadow: false,
         scope: Scope::Ip,
         horizon: Arc::from("day"),

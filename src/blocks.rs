@@ -104,12 +104,12 @@ impl Default for RawBlocks {
                     block: "account".into(),
                     duration: "24h".into(),
                 },
-                // The same at the organisation and IP-prefix scopes: buckets refill continuously
-                // (a budget is a rate, up to B + B·t/W over a span t), so without these an evasion
-                // spread over 30 accounts or 30 organisations keeps drawing the refill after its
-                // day budget is spent. Blocking the org (all its accounts) or the /24 (everyone
-                // behind it, who shares that budget anyway) at the first day refusal makes the day
-                // budget a cap. Ops who prefer a trickle over a hard stop remove these rules.
+                // The same at the organisation and IP-prefix scopes. A fixed day horizon already
+                // caps the day; the block carries the stop past the window's end (the next day's
+                // budget is not handed to whoever just used up today's), escalating on repeat,
+                // and it still caps a day horizon that ops made continuous (a rate, up to
+                // B + B·t/W over a span t). Blocking the /24 stops everyone behind it, who share
+                // its budget anyway. Ops who prefer a fresh budget each day remove these rules.
                 RawRule {
                     name: "org-day-budget-exhausted".into(),
                     on: "quota".into(),

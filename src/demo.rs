@@ -11,12 +11,13 @@
 //!
 //! Per scenario the [`ScenarioReport`] holds what the upstream would have served without
 //! cvgate (the sum of requested sizes: the mock serves every page asked for), what came
-//! through, the scope and horizon of the first 429 and its local time, blocks (a hook: the
-//! proxy has no automatic blocking yet) and the CVs legitimate users were refused (must be 0).
+//! through, the scope and horizon of the first 429 and its local time, the blocks the proxy's
+//! rules made and the CVs legitimate users were refused (must be 0).
 //!
-//! Token buckets refill continuously, so over a span `t` a bucket of budget `B` and window `W`
-//! lets through at most `B + B·t/W`; [`Limit::bound`] is that figure for the scope meant to stop
-//! the attack, the least over its horizons. It is what tests/demo.rs holds each attack to.
+//! [`Limit::bound`] is the most the scope meant to stop the attack can let through over the
+//! attack's span, the least over its horizons: a continuous bucket of budget `B` and window `W`
+//! lets through at most `B + B·t/W` over a span `t`; a fixed one `B` per fixed window the span
+//! touches. It is what tests/demo.rs holds each attack to.
 //!
 //! [`run`] is the library entry point (tests/demo.rs asserts its report); [`main`] is
 //! `cvgate demo` (table or `--json`, progress bar on stderr, `--serve`).
@@ -101,6 +102,8 @@ pub struct HorizonBudget {
     pub name: String,
     pub budget: u64,
     pub window_secs: u64,
+    /// `Some(offset)`: a hard cap per fixed window starting `offset` seconds past the epoch.
+    pub fixed_offset_secs: Option<u64>,
 }
 
 /// The scope meant to stop an attack and the most its buckets can let through.
@@ -108,9 +111,12 @@ pub struct HorizonBudget {
 pub struct Limit {
     pub scope: String,
     pub horizons: Vec<HorizonBudget>,
-    /// Least over the horizons of `budget + budget × span / window` (continuous refill over the
-    /// attack's span): the most this scope can deliver to the attacker in this scenario.
+    /// Least over the horizons of what each lets through over the attack's span (see
+    /// [`bound`]): the most this scope can deliver to the attacker in this scenario.
     pub bound: u64,
+    /// Per horizon (same order), the most the attacker got within one of its windows: one
+    /// fixed window for a fixed horizon, any span of the window's length for a continuous one.
+    pub most_in_one_window: Vec<u64>,
 }
 
 /// One scenario's outcome.
@@ -121,6 +127,8 @@ pub struct ScenarioReport {
     pub kind: Kind,
     /// Seconds from the attacker's first request to its last (0 for legit scenarios).
     pub span_secs: u64,
+    /// The attacker's first request, seconds since the epoch (0 for legit scenarios).
+    pub attack_start_secs: u64,
     /// The attacker's requests (attack scenarios only).
     pub attacker: Option<Tally>,
     /// Legitimate users: the scenario's subject, or a bystander during an attack.
@@ -132,8 +140,8 @@ pub struct ScenarioReport {
     pub rejections: BTreeMap<String, u64>,
     /// Other refusals by problem slug (or `http-<status>`).
     pub other_refusals: BTreeMap<String, u64>,
-    /// Blocks triggered, as the proxy counts them. `None`: not exposed yet; see [`blocks_triggered`].
-    pub blocks: Option<u64>,
+    /// Blocks the proxy made (`cvgate_blocks_created_total`).
+    pub blocks: u64,
     /// Distinct blocks the clients ran into (scope, blocked key, `until`), from 403 `blocked`.
     pub blocks_seen: u64,
     /// 403 `blocked` answers, by whom.
@@ -436,23 +444,62 @@ fn mint(config: &Config, actor: &Actor, ttl: Duration, now: Timestamp) -> anyhow
         .map_err(|e| anyhow::anyhow!("the demo mints tokens with identity.dev_hs256: {e}"))
 }
 
-/// Blocks the proxy triggered during a scenario. HOOK: the proxy exposes no count of blocks
-/// created (only `cvgate_blocks_active`, which forgets expired ones); when it does, read it from
-/// `running.shared` here. Until then the report counts the distinct blocks clients ran into.
-fn blocks_triggered(_running: &crate::server::Running) -> Option<u64> {
-    None
+/// Blocks the proxy made during a scenario (`cvgate_blocks_created_total`, every scope and source).
+fn blocks_triggered(running: &crate::server::Running) -> u64 {
+    use prometheus::core::Collector;
+    running
+        .shared
+        .metrics
+        .blocks_created
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
 }
 
-/// The most `buckets` (one scope's horizons) can let through over `span_ns`.
-pub fn bound(horizons: &[HorizonBudget], span_ns: u128) -> u64 {
+/// The most `horizons` (one scope's) can let through to requests from `first` to `last`
+/// (seconds since the epoch): the least over the horizons of `B + B·t/W` for a continuous one
+/// (it refills `B` per `W` as a rate, `t = last − first`), and of `B` × the fixed windows
+/// `[first, last]` touches for a fixed one.
+pub fn bound(horizons: &[HorizonBudget], first: u64, last: u64) -> u64 {
+    let span = last.saturating_sub(first);
     horizons
         .iter()
         .map(|h| {
-            let extra = u128::from(h.budget) * span_ns / (u128::from(h.window_secs) * 1_000_000_000);
-            h.budget.saturating_add(u64::try_from(extra).unwrap_or(u64::MAX))
+            let w = h.window_secs.max(1);
+            let allowed = match h.fixed_offset_secs {
+                None => u128::from(h.budget) + u128::from(h.budget) * u128::from(span) / u128::from(w),
+                Some(o) => {
+                    let window = |t: u64| t.saturating_sub(o) / w;
+                    u128::from(h.budget) * u128::from(window(last) - window(first) + 1)
+                }
+            };
+            u64::try_from(allowed).unwrap_or(u64::MAX)
         })
         .min()
         .unwrap_or(u64::MAX)
+}
+
+/// The most CVs `deliveries` (second, CVs; in time order) put into one window of `h`: a fixed
+/// window of a fixed horizon, or any `window_secs`-long span for a continuous one.
+pub fn most_in_one_window(h: &HorizonBudget, deliveries: &[(u64, u64)]) -> u64 {
+    let w = h.window_secs.max(1);
+    let (mut best, mut sum, mut lo) = (0, 0, 0);
+    for (hi, &(t, n)) in deliveries.iter().enumerate() {
+        sum += n;
+        // Drop what falls outside the window that ends at `t`.
+        while match h.fixed_offset_secs {
+            Some(o) => (deliveries[lo].0.saturating_sub(o)) / w != t.saturating_sub(o) / w,
+            None => deliveries[lo].0 + w <= t,
+        } {
+            sum -= deliveries[lo].1;
+            lo += 1;
+        }
+        debug_assert!(lo <= hi);
+        best = best.max(sum);
+    }
+    best
 }
 
 async fn run_plan(base: &Config, dir: &Path, plan: &Plan, bar: &ProgressBar) -> anyhow::Result<ScenarioReport> {
@@ -482,6 +529,7 @@ async fn run_plan(base: &Config, dir: &Path, plan: &Plan, bar: &ProgressBar) -> 
     let mut first_stop = None;
     let (mut blocks_seen, mut blocked_attacker_requests, mut blocked_legit_requests) = (BTreeSet::new(), 0, 0);
     let (mut attack_first, mut attack_last) = (None::<Timestamp>, None::<Timestamp>);
+    let mut deliveries: Vec<(u64, u64)> = Vec::new(); // the attacker's (second, CVs), in time order
     for step in &plan.steps {
         clock.set(step.at);
         let actor = &plan.actors[step.actor];
@@ -526,14 +574,15 @@ async fn run_plan(base: &Config, dir: &Path, plan: &Plan, bar: &ProgressBar) -> 
         if !actor.legit {
             attack_first.get_or_insert(step.at);
             attack_last = Some(step.at);
+            if got > 0 {
+                deliveries.push((u64::try_from(step.at.as_second()).unwrap_or(0), got));
+            }
         }
         bar.inc(1);
     }
 
-    let span_ns = match (attack_first, attack_last) {
-        (Some(a), Some(b)) => u128::try_from(b.as_nanosecond() - a.as_nanosecond()).unwrap_or(0),
-        _ => 0,
-    };
+    let secs = |t: Option<Timestamp>| t.map_or(0, |t| u64::try_from(t.as_second()).unwrap_or(0));
+    let (first_secs, last_secs) = (secs(attack_first), secs(attack_last));
     let limit = plan.stops.map(|scope| {
         let a = plan.actors.iter().find(|a| !a.legit).expect("an attack has an attacker");
         let subject = Subject { account: Some(&a.account), org: Some(&a.org), ip: IpAddr::V4(a.ip), country: COUNTRY };
@@ -547,9 +596,16 @@ async fn run_plan(base: &Config, dir: &Path, plan: &Plan, bar: &ProgressBar) -> 
                 name: b.horizon.to_string(),
                 budget: b.capacity,
                 window_secs: b.window_ns / 1_000_000_000,
+                fixed_offset_secs: b.fixed_offset_ns.map(|o| o / 1_000_000_000),
             })
             .collect();
-        Limit { scope: scope.as_str().to_string(), bound: bound(&horizons, span_ns), horizons }
+        let most_in_one_window = horizons.iter().map(|h| most_in_one_window(h, &deliveries)).collect();
+        Limit {
+            scope: scope.as_str().to_string(),
+            bound: bound(&horizons, first_secs, last_secs),
+            horizons,
+            most_in_one_window,
+        }
     });
     let blocks = blocks_triggered(&running);
     drop(conns); // closes the client connections, so the drain below does not wait for them
@@ -559,7 +615,8 @@ async fn run_plan(base: &Config, dir: &Path, plan: &Plan, bar: &ProgressBar) -> 
         id: plan.id,
         title: plan.title.clone(),
         kind: plan.kind,
-        span_secs: (span_ns / 1_000_000_000) as u64,
+        span_secs: last_secs - first_secs,
+        attack_start_secs: first_secs,
         attacker: (plan.kind == Kind::Attack).then_some(attacker),
         legit,
         limit,
@@ -659,8 +716,7 @@ pub fn render(r: &DemoReport) -> String {
         let t = s.headline();
         let bound = s.limit.as_ref().map_or("-".to_string(), |l| format!("{} ({})", thousands(l.bound), l.scope));
         let stop = s.first_stop.as_ref().map_or("-".to_string(), |f| format!("{}/{} {}", f.scope, f.horizon, f.at));
-        // The proxy's own count when it exposes one; else the distinct blocks clients ran into.
-        let blocks = s.blocks.unwrap_or(s.blocks_seen).to_string();
+        let blocks = s.blocks.to_string();
         let _ = writeln!(
             out,
             "{:<42} {:>14} {:>14} {:>17}  {:<33} {:>6} {:>13}",
@@ -697,7 +753,12 @@ pub fn render(r: &DemoReport) -> String {
             let hs: Vec<String> = l
                 .horizons
                 .iter()
-                .map(|h| format!("{} {}/{}", h.name, thousands(h.budget), window(h.window_secs)))
+                .zip(&l.most_in_one_window)
+                .map(|(h, most)| {
+                    let kind = if h.fixed_offset_secs.is_some() { " fixed" } else { "" };
+                    let w = window(h.window_secs);
+                    format!("{} {}/{w}{kind} (most in one: {})", h.name, thousands(h.budget), thousands(*most))
+                })
                 .collect();
             parts.push(format!(
                 "{} budgets: {} over a {:.1} h span",
@@ -710,8 +771,9 @@ pub fn render(r: &DemoReport) -> String {
     }
     let _ = writeln!(
         out,
-        "\nA token bucket of budget B over window W refills continuously: over a span t it lets through at most\n\
-         B + B*t/W. \"bound\" is that figure for the scope meant to stop the attack (least over its horizons)."
+        "\n\"bound\": the most the scope meant to stop the attack can let through over the attack's span, least over\n\
+         its horizons. A continuous horizon (budget B per window W) refills as a rate: at most B + B*t/W over a span t.\n\
+         A fixed one is a hard cap: B per fixed window (days from 00:00 UTC, weeks from Monday) the span touches."
     );
     out
 }
@@ -787,13 +849,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bound_is_budget_plus_refill_least_over_horizons() {
-        let h = |name: &str, budget, window_secs| HorizonBudget { name: name.into(), budget, window_secs };
-        let hs = [h("hour", 1000, 3600), h("day", 2000, 86_400)];
-        assert_eq!(bound(&hs, 0), 1000);
+    fn bound_is_least_over_horizons_of_refill_or_windows_touched() {
+        let h = |name: &str, budget, window_secs, fixed_offset_secs| HorizonBudget {
+            name: name.into(),
+            budget,
+            window_secs,
+            fixed_offset_secs,
+        };
+        const SAT_0700: u64 = 1_714_798_800; // Sat 4 May 2024 07:00 Amsterdam = 05:00 UTC
+        let hs = [h("hour", 1000, 3600, None), h("day", 2000, 86_400, None)];
+        assert_eq!(bound(&hs, SAT_0700, SAT_0700), 1000);
         // After 16 h: hour allows 1000 + 16000, day 2000 + 1333.
-        assert_eq!(bound(&hs, 16 * 3600 * 1_000_000_000), 3333);
-        assert_eq!(bound(&[], 5), u64::MAX);
+        assert_eq!(bound(&hs, SAT_0700, SAT_0700 + 16 * 3600), 3333);
+        // A fixed day: 07:00–23:00 Amsterdam is one UTC day, so the cap itself.
+        let fixed = [h("hour", 1000, 3600, None), h("day", 2000, 86_400, Some(0))];
+        assert_eq!(bound(&fixed, SAT_0700, SAT_0700 + 16 * 3600), 2000);
+        // Sat to Fri touches 7 days and, Monday-based, 2 weeks: 2 × 6000 < 7 × 2000.
+        let week = [h("day", 2000, 86_400, Some(0)), h("week", 6000, 7 * 86_400, Some(4 * 86_400))];
+        assert_eq!(bound(&week, SAT_0700, SAT_0700 + 6 * 86_400 + 16 * 3600), 12_000);
+        assert_eq!(bound(&[], 5, 6), u64::MAX);
+    }
+
+    #[test]
+    fn most_in_one_window_fixed_and_sliding() {
+        let h = |window_secs, fixed_offset_secs| HorizonBudget {
+            name: "x".into(),
+            budget: 0,
+            window_secs,
+            fixed_offset_secs,
+        };
+        let d = [(90, 5), (110, 7), (150, 1), (260, 2)];
+        // Fixed windows of 100 s: [0,100) 5, [100,200) 8, [200,300) 2.
+        assert_eq!(most_in_one_window(&h(100, Some(0)), &d), 8);
+        // Shifted by 50: [50,150) 12, [150,250) 1, [250,350) 2.
+        assert_eq!(most_in_one_window(&h(100, Some(50)), &d), 12);
+        // Any 100 s: 90..190 holds 13.
+        assert_eq!(most_in_one_window(&h(100, None), &d), 13);
+        assert_eq!(most_in_one_window(&h(100, None), &[]), 0);
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub paused: IntGaugeVec,
     /// Active blocks by scope.
     pub blocks_active: IntGaugeVec,
+    /// Blocks made by this replica, by scope and source (`manual`, or `rule:<name>`).
+    pub blocks_created: IntCounterVec,
     /// Upstream response-header latency by route.
     pub upstream_latency: HistogramVec,
     /// Upstream failures by kind (unreachable, timeout, failed).
@@ -145,6 +147,12 @@ impl Metrics {
                 &["account"],
             ),
             blocks_active: gauge_vec(&r, "cvgate_blocks_active", "Active blocks by scope.", &["scope"]),
+            blocks_created: counter_vec(
+                &r,
+                "cvgate_blocks_created_total",
+                "Blocks made by this replica, by scope and source (manual or rule:<name>).",
+                &["scope", "source"],
+            ),
             upstream_errors: counter_vec(&r, "cvgate_upstream_errors_total", "Upstream failures by kind.", &["kind"]),
             config_reloads: counter_vec(&r, "cvgate_config_reloads_total", "Config reloads by result.", &["result"]),
             store_errors: counter_vec(

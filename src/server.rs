@@ -93,6 +93,7 @@ impl Shared {
     /// Block on every replica: here at once, and through Redis (when configured) for the others.
     pub fn block(&self, b: crate::blocks::Block) -> anyhow::Result<crate::blocks::Block> {
         let b = self.blocks.add(b, self.clock.now())?;
+        self.count_block(&b);
         self.push_flag(BLOCK_FLAGS, block_flag(&b), true);
         Ok(b)
     }
@@ -118,8 +119,13 @@ impl Shared {
     /// Blocks made here by a rule, shared with the other replicas.
     pub fn share_blocks(&self, made: Vec<crate::blocks::Block>) {
         for b in made {
+            self.count_block(&b);
             self.push_flag(BLOCK_FLAGS, block_flag(&b), true);
         }
+    }
+
+    fn count_block(&self, b: &crate::blocks::Block) {
+        self.metrics.blocks_created.with_label_values(&[b.scope.as_str(), &b.source]).inc();
     }
 
     fn push_flag(&self, kind: &'static str, name: String, on: bool) {

@@ -77,7 +77,20 @@ impl Harness {
 }
 
 fn bucket(key: &str, capacity: u64, window_ns: u64) -> BucketSpec {
-    BucketSpec { key: key.into(), capacity, window_ns, shadow: false, scope: Scope::Account, horizon: "day".into() }
+    BucketSpec {
+        key: key.into(),
+        capacity,
+        window_ns,
+        fixed_offset_ns: None,
+        shadow: false,
+        scope: Scope::Account,
+        horizon: "day".into(),
+    }
+}
+
+/// A hard cap of `capacity` per fixed window of `window_ns` (windows from the epoch).
+fn fixed(key: &str, capacity: u64, window_ns: u64) -> BucketSpec {
+    BucketSpec { fixed_offset_ns: Some(0), ..bucket(key, capacity, window_ns) }
 }
 
 fn granted(o: &ReserveOutcome) -> Option<u64> {
@@ -116,6 +129,9 @@ suite!(
     refill_is_continuous,
     concurrent_reservations_never_overspend,
     many_buckets_one_call,
+    fixed_window_refills_nothing_until_its_end,
+    fixed_window_debt_carries_over,
+    switching_to_fixed_and_back_keeps_what_was_spent,
 );
 
 async fn fresh_bucket_is_full_and_drains_exactly(h: &Harness) {
@@ -363,4 +379,60 @@ fn assert_states(step: usize, a: &[BucketState], b: &[BucketState]) {
         assert!(x.reset_secs.abs_diff(y.reset_secs) <= 1, "step {step}: {a:?} vs {b:?}");
         assert!(x.retry_after_secs.abs_diff(y.retry_after_secs) <= 1, "step {step}: {a:?} vs {b:?}");
     }
+}
+
+/// A fixed window gives nothing back while it runs and everything at its end. The memory clock
+/// stands at 09:00:00 (a window start); Redis runs on real time, so its window end is wherever
+/// `TIME` puts it, read from `reset_secs`.
+async fn fixed_window_refills_nothing_until_its_end(h: &Harness) {
+    let b = [fixed("a:fixed|min", 60, 60 * NS_PER_SEC)]; // continuous, this would be 1 CV a second
+    assert_eq!(granted_of(h.reserve(&b, CostMode::Exact(60)).await), 60);
+    let o = h.reserve(&b, CostMode::Exact(1)).await;
+    let ReserveOutcome::Rejected { retry_after_secs, states, .. } = o else { panic!("{}: {o:?}", h.name) };
+    let to_end = states[0].reset_secs;
+    assert!((1..=60).contains(&to_end), "{}: the window ends within a minute, got {to_end}", h.name);
+    assert_eq!(retry_after_secs, to_end, "{}: one CV fits only when the window ends", h.name);
+    if h.clock.is_some() {
+        assert_eq!(to_end, 60, "memory: the clock stands at a window start");
+    }
+    if to_end >= 4 {
+        // 1.5 s later the window still runs: a continuous bucket would have refilled one CV.
+        h.advance(Duration::from_millis(1500)).await;
+        assert_eq!(h.remaining(&b).await, [0], "{}: nothing back before the window ends", h.name);
+    }
+    if h.clock.is_some() {
+        h.advance(Duration::from_secs(to_end) - Duration::from_millis(1500)).await;
+        assert_eq!(h.remaining(&b).await, [60], "memory: everything back at the window end");
+    }
+}
+
+/// CVs delivered beyond the grant (a forced settle) are owed to the next windows.
+async fn fixed_window_debt_carries_over(h: &Harness) {
+    let b = [fixed("a:fixed-debt|day", 100, DAY)];
+    assert_eq!(granted_of(h.reserve(&b, CostMode::Exact(100)).await), 100);
+    h.settle(&b, 150).await; // 250 spent of 100: this window, the next and half the one after
+    let p = h.peek(&b).await;
+    assert_eq!(p[0].remaining, 0, "{}", h.name);
+    // Until one CV fits: the rest of today, all of tomorrow, then into the third day.
+    let retry = p[0].retry_after_secs;
+    assert!(retry > 86_400 && retry <= 2 * 86_400, "{}: retry after {retry} s", h.name);
+    assert!(p[0].reset_secs >= retry, "{}: full again no sooner than one CV fits", h.name);
+    if let Some(c) = &h.clock {
+        assert_eq!(retry, 15 * 3600 + 86_400, "memory: from 09:00, today's 15 h and all of tomorrow");
+        c.advance(Duration::from_secs(retry));
+        assert_eq!(h.remaining(&b).await, [50], "memory: the third window starts 50 in debt");
+    }
+}
+
+/// A reload that makes a horizon fixed (or continuous again) keeps what was spent.
+async fn switching_to_fixed_and_back_keeps_what_was_spent(h: &Harness) {
+    let cont = [bucket("a:switch|day", 2000, DAY)]; // T = 43.2 s: milliseconds refill nothing
+    let fix = [fixed("a:switch|day", 2000, DAY)];
+    assert_eq!(granted_of(h.reserve(&cont, CostMode::Exact(500)).await), 500);
+    assert_eq!(h.remaining(&fix).await, [1500], "{}: 500 spent in the fixed window", h.name);
+    assert_eq!(granted_of(h.reserve(&fix, CostMode::Exact(700)).await), 700);
+    assert_eq!(h.remaining(&fix).await, [800], "{}", h.name);
+    assert_eq!(h.remaining(&cont).await, [800], "{}: 1200 spent, continuous again", h.name);
+    // A larger fixed budget in the same window keeps the 1200 spent.
+    assert_eq!(h.remaining(&[fixed("a:switch|day", 4000, DAY)]).await, [2800], "{}", h.name);
 }

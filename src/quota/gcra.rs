@@ -11,25 +11,48 @@
 //! a Redis Lua script (one round trip for all buckets, time from Redis `TIME`). Governor's state
 //! is private and process-local, and it cannot resize a bucket without forgetting what was spent.
 //!
+//! # Fixed windows (hard caps)
+//! A GCRA bucket refills continuously, so over a span `t` it lets through up to `C + C·t/W`: a
+//! "day budget" of 5,000 is a rate, and a client paced by a shorter horizon draws refill all day.
+//! A *fixed* horizon is a hard cap instead: at most `C` per window, the windows being
+//! `[offset + k·W, offset + (k+1)·W)` since the Unix epoch, refilled all at once at each end.
+//! It is the same maths with one change: every formula measures `tat` from the END of the
+//! current window (`base`) instead of from `now`. Spent tokens sit in `tat − base`; at the
+//! window's end `base` jumps by `W`, which forgives `W` worth of spending at once (a debt larger
+//! than a window carries over). So `tat ≤ now` still means "full" (a spent fixed bucket has
+//! `tat > base > now`), and the memory store's sweep and the Redis TTL need no special case.
+//!
 //! All arithmetic is saturating or done in `u128`: no input, however absurd, panics.
 
 /// Nanoseconds per second.
 pub const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// One bucket's stored state. `interval_ns` is the `T` that `tat_ns` was written with, so a reload
-/// that changes `T` is converted lazily and exactly on the next touch ([`rebase`]), in memory and
-/// in Redis alike, without iterating over all keys.
+/// One bucket's stored state. `interval_ns` is the `T` that `tat_ns` was written with and
+/// `base_ns` the instant it was measured from (0: `now`, a continuous bucket; else the end of
+/// the fixed window it was written in), so a reload that changes `T` or switches between
+/// continuous and fixed is converted lazily and exactly on the next touch ([`rebase`]), in
+/// memory and in Redis alike, without iterating over all keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GcraState {
     pub tat_ns: u64,
     pub interval_ns: u64,
+    pub base_ns: u64,
 }
 
-/// A bucket's configured shape: `capacity` tokens over `window_ns`.
+/// A bucket's configured shape: `capacity` tokens over `window_ns`, refilled continuously or,
+/// with `fixed`, all at once at the end of each fixed window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Params {
     capacity: u64,
     interval_ns: u64,
+    fixed: Option<Fixed>,
+}
+
+/// Fixed windows `[offset + k·W, offset + (k+1)·W)` since the Unix epoch (`offset < W`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fixed {
+    pub window_ns: u64,
+    pub offset_ns: u64,
 }
 
 impl Params {
@@ -37,7 +60,43 @@ impl Params {
     /// `T` ≥ 1 ns) rather than rejected: validation in `policy` rejects them before they get here.
     pub fn new(capacity: u64, window_ns: u64) -> Self {
         let capacity = capacity.max(1);
-        Self { capacity, interval_ns: (window_ns / capacity).max(1) }
+        Self { capacity, interval_ns: (window_ns / capacity).max(1), fixed: None }
+    }
+
+    /// The same bucket as a hard cap per fixed window of `window_ns`, the windows starting at
+    /// `offset_ns` (taken modulo the window) past the Unix epoch.
+    pub fn new_fixed(capacity: u64, window_ns: u64, offset_ns: u64) -> Self {
+        let window_ns = window_ns.max(1);
+        Self { fixed: Some(Fixed { window_ns, offset_ns: offset_ns % window_ns }), ..Self::new(capacity, window_ns) }
+    }
+
+    /// The same shape with `T` rounded down to whole microseconds (at least 1 µs): what the
+    /// Redis script computes with (see `redis`). Capacity and fixed windows stay as they are.
+    pub fn at_us_resolution(&self) -> Self {
+        const NS_PER_US: u64 = 1_000;
+        Self { interval_ns: (self.interval_ns / NS_PER_US).max(1) * NS_PER_US, ..*self }
+    }
+
+    pub fn fixed(&self) -> Option<Fixed> {
+        self.fixed
+    }
+
+    /// The instant spending is measured from: `now` (continuous), or the end of the fixed window
+    /// holding `now`.
+    pub fn base(&self, now: u64) -> u64 {
+        match self.fixed {
+            None => now,
+            Some(f) => window_end(now, f),
+        }
+    }
+
+    /// What [`rebase`] records as `base_ns` for a state written at `now`.
+    pub fn stored_base(&self, now: u64) -> u64 {
+        if self.fixed.is_some() {
+            self.base(now)
+        } else {
+            0
+        }
     }
 
     pub fn capacity(&self) -> u64 {
@@ -73,24 +132,44 @@ pub struct Check {
     pub retry_after_ns: Option<u64>,
 }
 
-/// Bring a stored state to the configured interval and return its `tat`.
+/// The end of the fixed window holding `now`: `offset + (⌊(now − offset)/W⌋ + 1)·W`.
+pub fn window_end(now: u64, f: Fixed) -> u64 {
+    let since = now.saturating_sub(f.offset_ns); // before the first window: it ends at `offset`
+    let k = if now < f.offset_ns { 0 } else { since / f.window_ns + 1 };
+    f.offset_ns.saturating_add(sat_mul(k, f.window_ns))
+}
+
+/// Bring a stored state to the configured shape and return its `tat`.
 ///
-/// If `T` changed (reload), the spent amount `(tat − now)/T_old` is kept in tokens:
-/// `tat' = now + (tat − now)·T_new/T_old`, computed in `u128` so fractional tokens survive.
-/// A state with `interval_ns == 0` (fresh) is taken as written with the current interval.
+/// The spent amount is `tat − from`, where `from` is the instant the state was measured from:
+/// `now` for a continuous state, its own window's end while that window runs for a fixed one,
+/// and this shape's `base` for a fixed state whose window has ended (its debt carries over, see
+/// the module doc).
+/// It is kept in tokens: `tat' = base + (tat − from)·T_new/T_old`, computed in `u128` so
+/// fractional tokens survive. A state with `interval_ns == 0` (fresh) is taken as written with
+/// the current interval. Nothing spent converts to a full bucket.
 pub fn rebase(state: GcraState, p: &Params, now: u64) -> u64 {
-    if state.interval_ns == p.interval_ns || state.interval_ns == 0 || state.tat_ns <= now {
-        return state.tat_ns; // same interval, or nothing spent: nothing to convert
+    let base = p.base(now);
+    let from = match state.base_ns {
+        0 => now,          // written continuous
+        b if b > now => b, // written in a fixed window that still runs
+        _ => base,         // written in a fixed window that has ended
+    };
+    if state.tat_ns <= from {
+        return state.tat_ns.min(now); // nothing spent: full
     }
-    let ahead = u128::from(state.tat_ns - now);
-    let converted = ahead * u128::from(p.interval_ns) / u128::from(state.interval_ns);
-    now.saturating_add(u64::try_from(converted).unwrap_or(u64::MAX))
+    let ahead = state.tat_ns - from;
+    if state.interval_ns == p.interval_ns || state.interval_ns == 0 {
+        return base.saturating_add(ahead); // same interval: nothing to convert
+    }
+    let converted = u128::from(ahead) * u128::from(p.interval_ns) / u128::from(state.interval_ns);
+    base.saturating_add(u64::try_from(converted).unwrap_or(u64::MAX))
 }
 
 /// Inspect the bucket for a cost of `n` tokens, changing nothing. `tat` is already rebased.
 pub fn check(tat: u64, p: &Params, now: u64, n: u64) -> Check {
-    let start = tat.max(now);
-    let used = start - now; // time debt: how far ahead of now the bucket runs
+    let base = p.base(now);
+    let used = tat.max(base) - base; // time debt: how far ahead of its base the bucket runs
     let tau = p.tolerance_ns();
     let remaining = tau.saturating_sub(used) / p.interval_ns;
     let new_used = used.saturating_add(p.cost_ns(n));
@@ -100,20 +179,36 @@ pub fn check(tat: u64, p: &Params, now: u64, n: u64) -> Check {
     } else if n > p.capacity {
         None
     } else {
-        Some(new_used - tau) // waiting this long drains exactly enough debt
+        Some(p.wait_ns(now, new_used - tau))
     };
-    Check { allowed, remaining, reset_ns: used, retry_after_ns }
+    Check { allowed, remaining, reset_ns: p.wait_ns(now, used), retry_after_ns }
+}
+
+impl Params {
+    /// How long until `debt` ns of spending is forgiven: continuously, `debt` itself; in fixed
+    /// windows, until the start of the first window that forgives it all (each window end
+    /// forgives `W`).
+    fn wait_ns(&self, now: u64, debt: u64) -> u64 {
+        match self.fixed {
+            None => debt,
+            Some(_) if debt == 0 => 0,
+            Some(f) => {
+                let windows = debt.div_ceil(f.window_ns); // ≥ 1
+                (self.base(now) - now).saturating_add(sat_mul(windows - 1, f.window_ns))
+            }
+        }
+    }
 }
 
 /// Spend `n` tokens unconditionally (a reservation that passed [`check`], or a forced charge of
 /// an excess at settle time, which may run beyond `τ`: debt, the client waits longer).
 pub fn charge(tat: u64, p: &Params, now: u64, n: u64) -> u64 {
-    tat.max(now).saturating_add(p.cost_ns(n))
+    tat.max(p.base(now)).saturating_add(p.cost_ns(n))
 }
 
-/// Give back `n` tokens; never further than a full bucket (`tat` ≥ `now`).
+/// Give back `n` tokens; never further than a full bucket (`tat` ≥ `base`).
 pub fn refund(tat: u64, p: &Params, now: u64, n: u64) -> u64 {
-    tat.saturating_sub(p.cost_ns(n)).max(now)
+    tat.saturating_sub(p.cost_ns(n)).max(p.base(now))
 }
 
 /// Nanoseconds to whole seconds, rounded up so a client that waits that long is not early.
@@ -212,7 +307,7 @@ mod tests {
         let old = Params::new(2000, DAY);
         let tat = charge(NOW, &old, NOW, 1500);
         let new = Params::new(4000, DAY);
-        let st = GcraState { tat_ns: tat, interval_ns: old.interval_ns() };
+        let st = GcraState { tat_ns: tat, interval_ns: old.interval_ns(), base_ns: 0 };
         let t2 = rebase(st, &new, NOW);
         assert_eq!(check(t2, &new, NOW, 0).remaining, 2500);
         // Shrinking below what was spent leaves the bucket in debt, not reset.
@@ -225,12 +320,115 @@ mod tests {
         assert_eq!(check(rebase(st, &new, later), &new, later, 0).remaining, 4000);
     }
 
+    const HOUR: u64 = 3_600 * NS_PER_SEC;
+    const MIDNIGHT: u64 = 1_714_780_800 * NS_PER_SEC; // 2024-05-04T00:00:00Z, a window start
+
+    #[test]
+    fn fixed_window_is_a_hard_cap_that_refills_at_the_window_end() {
+        let p = Params::new_fixed(5000, DAY, 0);
+        assert_eq!(p.base(NOW), MIDNIGHT + DAY);
+        let mut tat = NOW;
+        tat = charge(tat, &p, NOW, 2000);
+        assert_eq!(check(tat, &p, NOW, 0).remaining, 3000);
+        // Hours pass within the day: nothing comes back (a continuous bucket would have refilled
+        // 5000/24 per hour).
+        let later = NOW + 10 * HOUR; // 18:00 UTC
+        let c = check(tat, &p, later, 3001);
+        assert!(!c.allowed);
+        assert_eq!(c.remaining, 3000);
+        assert_eq!(c.retry_after_ns, Some(6 * HOUR)); // at midnight
+        assert_eq!(c.reset_ns, 6 * HOUR);
+        tat = charge(tat, &p, later, 3000);
+        assert_eq!(check(tat, &p, later, 0).remaining, 0);
+        assert!(!check(tat, &p, MIDNIGHT + DAY - 1, 1).allowed);
+        // At the window's end all of it is back at once.
+        let next = MIDNIGHT + DAY;
+        assert_eq!(check(tat, &p, next, 0).remaining, 5000);
+        assert!(check(tat, &p, next, 5000).allowed);
+        // A full fixed bucket reads as full to the sweeper (tat ≤ now) only after it is stale,
+        // never while it holds spending.
+        assert!(tat > later);
+    }
+
+    #[test]
+    fn fixed_window_debt_carries_over() {
+        let p = Params::new_fixed(100, HOUR, 0);
+        let start = MIDNIGHT + 8 * HOUR + 60 * NS_PER_SEC; // 08:01
+        let tat = charge(start, &p, start, 250); // 150 beyond the cap (a forced settle)
+        let c = check(tat, &p, start, 1);
+        assert_eq!(c.remaining, 0);
+        // 250 spent: the 09:00 end forgives 100, the 10:00 end 100 more, leaving 50 spent.
+        assert_eq!(c.retry_after_ns, Some(59 * 60 * NS_PER_SEC + HOUR));
+        let ten = MIDNIGHT + 10 * HOUR;
+        assert_eq!(check(tat, &p, ten, 0).remaining, 50);
+        assert_eq!(check(tat, &p, ten + HOUR, 0).remaining, 100);
+    }
+
+    #[test]
+    fn fixed_window_offset_and_refund() {
+        // Weeks starting Monday 00:00 UTC: 1970-01-01 was a Thursday, so the offset is 4 days.
+        let p = Params::new_fixed(6000, 7 * DAY, 4 * DAY);
+        let monday = 1_714_953_600 * NS_PER_SEC; // 2024-05-06T00:00:00Z
+        assert_eq!(p.base(NOW), monday); // Saturday 4 May's week ends on Monday 6 May
+        let tat = charge(NOW, &p, NOW, 100);
+        assert_eq!(refund(tat, &p, NOW, 40), monday + 60 * p.interval_ns());
+        assert_eq!(refund(tat, &p, NOW, 1000), monday); // never beyond full
+        assert_eq!(check(refund(tat, &p, NOW, 1000), &p, NOW, 0).remaining, 6000);
+    }
+
+    #[test]
+    fn switching_between_continuous_and_fixed_keeps_what_was_spent() {
+        let cont = Params::new(2000, DAY);
+        let fixed = Params::new_fixed(2000, DAY, 0);
+        // 500 spent in a continuous bucket → 500 spent in the fixed window.
+        let tat = charge(NOW, &cont, NOW, 500);
+        let st = GcraState { tat_ns: tat, interval_ns: cont.interval_ns(), base_ns: cont.stored_base(NOW) };
+        assert_eq!(check(rebase(st, &fixed, NOW), &fixed, NOW, 0).remaining, 1500);
+        // And back: 700 spent in the window → 700 spent continuously.
+        let tat = charge(NOW, &fixed, NOW, 700);
+        let st = GcraState { tat_ns: tat, interval_ns: fixed.interval_ns(), base_ns: fixed.stored_base(NOW) };
+        assert_eq!(st.base_ns, MIDNIGHT + DAY);
+        assert_eq!(check(rebase(st, &cont, NOW), &cont, NOW, 0).remaining, 1300);
+        // A larger budget in the same window keeps the 700 spent.
+        let bigger = Params::new_fixed(4000, DAY, 0);
+        assert_eq!(check(rebase(st, &bigger, NOW), &bigger, NOW, 0).remaining, 3300);
+        // The next window the state is stale: full.
+        let next = MIDNIGHT + DAY + HOUR;
+        assert_eq!(check(rebase(st, &fixed, next), &fixed, next, 0).remaining, 2000);
+    }
+
+    proptest! {
+        #[test]
+        fn fixed_window_never_grants_more_than_its_cap_per_window(
+            steps in proptest::collection::vec((0u64..4 * 3_600, 1u64..300, any::<bool>()), 1..60)) {
+            // Reservations (check then charge) and refunds at random times over a few days: the
+            // net granted within any one window never exceeds the capacity.
+            let p = Params::new_fixed(1000, 6 * HOUR, HOUR);
+            let (mut now, mut tat) = (NOW, NOW);
+            let mut per_window: std::collections::HashMap<u64, i64> = Default::default();
+            for (dt, n, refund_it) in steps {
+                now += dt * NS_PER_SEC;
+                let w = p.base(now);
+                if refund_it {
+                    let before = check(tat, &p, now, 0).remaining;
+                    tat = refund(tat, &p, now, n);
+                    let back = check(tat, &p, now, 0).remaining - before;
+                    *per_window.entry(w).or_default() -= i64::try_from(back).unwrap();
+                } else if check(tat, &p, now, n).allowed {
+                    tat = charge(tat, &p, now, n);
+                    *per_window.entry(w).or_default() += i64::try_from(n).unwrap();
+                }
+                prop_assert!(per_window[&w] <= 1000, "{} granted in one window", per_window[&w]);
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn never_panics(tat in any::<u64>(), iv in any::<u64>(), cap in any::<u64>(), w in any::<u64>(),
-                        now in any::<u64>(), n in any::<u64>()) {
-            let p = Params::new(cap, w);
-            let t = rebase(GcraState { tat_ns: tat, interval_ns: iv }, &p, now);
+                        now in any::<u64>(), n in any::<u64>(), b in any::<u64>(), fixed in any::<Option<u64>>()) {
+            let p = fixed.map_or_else(|| Params::new(cap, w), |o| Params::new_fixed(cap, w, o));
+            let t = rebase(GcraState { tat_ns: tat, interval_ns: iv, base_ns: b }, &p, now);
             let c = check(t, &p, now, n);
             prop_assert!(c.remaining <= p.capacity());
             let _ = charge(t, &p, now, n);

@@ -73,6 +73,7 @@ mod tests {
             key: format!("{}:x|{horizon}", scope.key_prefix()),
             capacity: cap,
             window_ns: secs * 1_000_000_000,
+            fixed_offset_ns: None,
             shadow: false,
             scope,
             horizon: Arc::from(horizon),

@@ -24,8 +24,8 @@
 //!
 //! # Memory
 //! Per key: the map slot (`Box<str>` 16 B + `Arc` 8 B, at hashbrown's 50–87% load ≈ 28–48 B), the
-//! key text (≈ 24–40 B, one allocation), and the cell (`Arc` header 16 B + mutex 8 B + state 24 B
-//! = 48 B, one allocation); with allocator overhead ≈ 150 B (measured: 153–164 B). Bound:
+//! key text (≈ 24–40 B, one allocation), and the cell (`Arc` header 16 B + mutex 8 B + state 32 B
+//! = 56 B, one allocation); with allocator overhead ≈ 150 B (measured: 153–164 B). Bound:
 //! [`BYTES_PER_KEY_BOUND`] = 256 B, so the default 1,000,000 keys stay under 256 MB. Checked by
 //! the `million_keys_stay_under_the_bound` test with `/proc/self/statm`.
 
@@ -73,9 +73,9 @@ impl Locked<'_> {
         self.at[i].map_or(now, |g| gcra::rebase(self.guards[g].state, p, now))
     }
 
-    fn set(&mut self, i: usize, tat: u64, p: &Params) {
+    fn set(&mut self, i: usize, tat: u64, p: &Params, now: u64) {
         if let Some(g) = self.at[i] {
-            self.guards[g].state = store::stored(tat, p);
+            self.guards[g].state = store::stored(tat, p, now);
         }
     }
 }
@@ -176,11 +176,11 @@ impl MemoryStore {
         let params: Vec<Params> = buckets.iter().map(BucketSpec::params).collect();
         self.locked(buckets, true, |l, now| {
             let tats: Vec<u64> = (0..buckets.len()).map(|i| l.tat(i, &params[i], now)).collect();
-            let out = store::decide(buckets, &tats, now, cost);
+            let out = store::decide(buckets, &params, &tats, now, cost);
             if let ReserveOutcome::Granted { granted, .. } = out {
                 for (i, p) in params.iter().enumerate() {
                     let tat = l.tat(i, p, now); // re-read: a key passed twice is charged twice
-                    l.set(i, gcra::charge(tat, p, now, granted), p);
+                    l.set(i, gcra::charge(tat, p, now, granted), p, now);
                 }
             }
             out
@@ -196,7 +196,7 @@ impl MemoryStore {
         self.locked(buckets, delta > 0, |l, now| {
             for (i, p) in params.iter().enumerate() {
                 let tat = l.tat(i, p, now);
-                l.set(i, store::settle_one(tat, p, now, delta), p);
+                l.set(i, store::settle_one(tat, p, now, delta), p, now);
             }
         })
     }

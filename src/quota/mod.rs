@@ -259,6 +259,7 @@ fn resolve(policy: &QuotaPolicy, s: &Subject<'_>) -> (Vec<BucketSpec>, Option<Ar
                 key: format!("{key}|{}", h.name),
                 capacity: h.capacity.get(),
                 window_ns: h.window_ns.get(),
+                fixed_offset_ns: h.fixed_offset_ns,
                 shadow: sp.shadow,
                 scope,
                 horizon: h.name.clone(),

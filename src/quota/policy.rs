@@ -2,8 +2,10 @@
 //! [`QuotaPolicy`] in which invalid values cannot exist.
 //!
 //! Durations (`window`) are jiff's friendly or ISO 8601 forms: `30s`, `1m`, `1h`, `24h`, `90m`,
-//! `1h30m`, `1d`, `7d`, `1w`, `1 day`, `PT1H`, `P7D`. Days are exactly 24 h and weeks 168 h (quota
-//! windows are sliding, not calendar days); months and years are rejected (not a fixed length).
+//! `1h30m`, `1d`, `7d`, `1w`, `1 day`, `PT1H`, `P7D`. Days are exactly 24 h and weeks 168 h;
+//! months and years are rejected (not a fixed length). A horizon refills continuously (a rate
+//! with a burst) unless `fixed: true` makes it a hard cap per fixed window of UTC time (see
+//! `gcra`); the defaults make `day` and `week` fixed.
 //!
 //! Resolution for one subject, per scope and horizon name, later wins: the scope's horizons →
 //! the org's override (its tier, then its inline horizons) → the account's override (tier, then
@@ -66,6 +68,15 @@ pub struct RawHorizon {
     /// CVs per window; also the bucket's capacity (the largest burst).
     pub budget: u64,
     pub window: String,
+    /// A hard cap per fixed window (whole seconds) instead of a continuous refill: at most
+    /// `budget` per window, all of it back at the window's end. Windows run from the Unix epoch
+    /// (00:00 UTC for `24h`) shifted by `offset`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed: bool,
+    /// Where fixed windows start, past the epoch (less than `window`): `4d` makes `7d` windows
+    /// start on Monday 00:00 UTC (1 January 1970 was a Thursday).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<String>,
 }
 
 /// Horizon overrides per scope.
@@ -105,12 +116,27 @@ pub struct RawExempt {
     pub orgs: Vec<String>,
 }
 
-fn h(budget: u64, window: &str) -> RawHorizon {
-    RawHorizon { budget, window: window.into() }
+impl RawHorizon {
+    /// `budget` CVs refilling continuously over `window`.
+    pub fn continuous(budget: u64, window: &str) -> Self {
+        Self { budget, window: window.into(), fixed: false, offset: None }
+    }
+
+    /// At most `budget` CVs per fixed `window` starting `offset` past the epoch.
+    pub fn fixed(budget: u64, window: &str, offset: Option<&str>) -> Self {
+        Self { budget, window: window.into(), fixed: true, offset: offset.map(Into::into) }
+    }
 }
 
+/// Default horizons by name: `day` and `week` are hard caps per calendar day (00:00 UTC, inside
+/// the night closure) and per week (Monday 00:00 UTC); shorter ones refill continuously.
 fn horizons(list: &[(&str, u64, &str)]) -> BTreeMap<String, RawHorizon> {
-    list.iter().map(|(n, b, w)| (n.to_string(), h(*b, w))).collect()
+    let h = |n: &str, b: u64, w: &str| match n {
+        "day" => RawHorizon::fixed(b, w, None),
+        "week" => RawHorizon::fixed(b, w, Some("4d")),
+        _ => RawHorizon::continuous(b, w),
+    };
+    list.iter().map(|(n, b, w)| (n.to_string(), h(n, *b, w))).collect()
 }
 
 /// werk.nl defaults. Placeholders to be tuned from the query logs, chosen so that the 4 May 2024
@@ -181,13 +207,16 @@ impl Default for RawScopes {
     }
 }
 
-/// One validated horizon: `capacity` CVs refilling continuously over `window_ns`.
+/// One validated horizon: `capacity` CVs refilling continuously over `window_ns`, or at most
+/// `capacity` per fixed window when `fixed_offset_ns` is set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Horizon {
     pub name: Arc<str>,
     pub capacity: NonZeroU64,
     /// At least `capacity` ns, so the emission interval is ≥ 1 ns.
     pub window_ns: NonZeroU64,
+    /// Fixed windows start this far past the epoch (whole seconds, < window); `None`: continuous.
+    pub fixed_offset_ns: Option<u64>,
 }
 
 /// One scope's validated horizons, ordered by window (shortest first), then name.
@@ -368,16 +397,61 @@ fn horizon_list(path: &str, raw: &BTreeMap<String, RawHorizon>, e: &mut Vec<(Str
                 None
             }
         };
-        if let (Some(b), Some(w)) = (budget, window) {
+        let fixed_offset_ns = fixed_offset(&p, rh, window, e);
+        if let (Some(b), Some(w), Ok(fixed_offset_ns)) = (budget, window, fixed_offset_ns) {
             if w.get() < b.get() {
                 e.push((format!("{p}.budget"), "more than one CV per nanosecond of window".into()));
             } else {
-                out.push(Horizon { name: Arc::from(name.as_str()), capacity: b, window_ns: w });
+                out.push(Horizon { name: Arc::from(name.as_str()), capacity: b, window_ns: w, fixed_offset_ns });
             }
         }
     }
     sort(&mut out);
     out
+}
+
+/// A fixed horizon's offset (`Ok(None)`: continuous). Fixed windows and offsets are whole
+/// seconds, so the Redis store (µs) computes the very same window ends.
+fn fixed_offset(
+    p: &str,
+    rh: &RawHorizon,
+    window: Option<NonZeroU64>,
+    e: &mut Vec<(String, String)>,
+) -> Result<Option<u64>, ()> {
+    const SEC: u64 = 1_000_000_000;
+    if !rh.fixed {
+        if rh.offset.is_some() {
+            e.push((format!("{p}.offset"), "only a fixed horizon has an offset (add `fixed: true`)".into()));
+            return Err(());
+        }
+        return Ok(None);
+    }
+    let Some(w) = window else { return Err(()) };
+    if w.get() % SEC != 0 {
+        e.push((format!("{p}.window"), "a fixed window must be a whole number of seconds".into()));
+        return Err(());
+    }
+    let offset = match rh.offset.as_deref().map(parse_offset) {
+        None => 0,
+        Some(Ok(o)) => o,
+        Some(Err(m)) => {
+            e.push((format!("{p}.offset"), m));
+            return Err(());
+        }
+    };
+    if offset % SEC != 0 || offset >= w.get() {
+        e.push((format!("{p}.offset"), "must be whole seconds, at least 0 and less than the window".into()));
+        return Err(());
+    }
+    Ok(Some(offset))
+}
+
+/// An offset: a window-like duration, where `0` is allowed.
+fn parse_offset(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_window(s).map(NonZeroU64::get)
 }
 
 /// Parse a window (see the module doc for the accepted forms) into whole nanoseconds.
@@ -441,8 +515,8 @@ mod tests {
         raw.max_tracked_keys = 0;
         raw.scopes.account.horizons.get_mut("day").unwrap().budget = 0;
         raw.scopes.org.horizons.get_mut("week").unwrap().window = "-7d".into();
-        raw.scopes.ip.horizons.insert("Bad Name".into(), h(1, "1h"));
-        raw.tiers.get_mut("staffing_agency").unwrap().org.insert("day".into(), h(5, "1mo"));
+        raw.scopes.ip.horizons.insert("Bad Name".into(), RawHorizon::continuous(1, "1h"));
+        raw.tiers.get_mut("staffing_agency").unwrap().org.insert("day".into(), RawHorizon::continuous(5, "1mo"));
         raw.overrides.accounts.insert("acct-1".into(), RawOverride { tier: Some("nope".into()), ..Default::default() });
         raw.overrides.countries.insert("nl".into(), BTreeMap::new());
         raw.exempt.orgs.push(String::new());

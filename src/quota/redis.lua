@@ -7,12 +7,16 @@
 -- Numbers are written with string.format('%.0f'): tostring() would keep only 14 digits.
 --
 -- KEYS: one hash per bucket, fields t = tat (µs since epoch), i = interval T the tat was written
---       with (µs) — GcraState of gcra.rs. A missing key is a full bucket.
+--       with (µs), b = the fixed window end it was measured from (µs; 0 or absent: continuous)
+--       — GcraState of gcra.rs. A missing key is a full bucket.
+-- Per bucket: capacity C, T (µs), fixed window W (µs; 0: continuous), its offset O (µs).
 -- ARGV[1] = 'r' (reserve) | 's' (settle) | 'p' (peek)
---   r: ARGV[2] want, ARGV[3] min, then per bucket: capacity, T, shadow (0|1)
+--   r: ARGV[2] want, ARGV[3] min, then per bucket: C, T, W, O, shadow (0|1)
 --      returns {now, granted or -1, rebased tat per bucket (before the charge)}
---   s: ARGV[2] delta (signed), then per bucket: capacity, T       returns {now}
---   p: then per bucket: capacity, T                                returns {now, rebased tats}
+--   s: ARGV[2] delta (signed), then per bucket: C, T, W, O        returns {now}
+--   p: then per bucket: C, T, W, O                                 returns {now, rebased tats}
+-- A fixed bucket is the same maths with tat measured from the end of the current window
+-- ("base") instead of from now (see gcra.rs's module doc).
 -- Every key written gets a TTL of "until the bucket is full again" + MARGIN_MS, so idle keys
 -- vanish exactly when forgetting them loses nothing; a bucket that is full is deleted outright.
 
@@ -42,19 +46,31 @@ local function idiv(a, b)
   return q
 end
 
--- gcra::rebase: keep the spent amount in tokens when T changed: tat' = now + (tat-now)·T/iv,
--- as q·T + floor(r·T/iv) so the product stays small (exact while iv·T < 2^53 µs²).
-local function rebase(tat, iv, T)
-  if iv == T or iv == 0 or tat <= now then return tat end
-  local ahead = tat - now
+-- Params::base: now (continuous), or the end of the fixed window holding now.
+local function base_of(W, O)
+  if W == 0 then return now end
+  if now < O then return O end
+  return clamp(O + (idiv(now - O, W) + 1) * W)
+end
+
+-- gcra::rebase: the spent amount tat - from, kept in tokens when T changed:
+-- tat' = base + (tat-from)·T/iv, as q·T + floor(r·T/iv) so the product stays small (exact
+-- while iv·T < 2^53 µs²). from: now for a continuous state, its window end while that window
+-- runs, else this bucket's base (an ended window's debt carries over).
+local function rebase(tat, iv, b, T, base)
+  local from = base
+  if b == 0 then from = now elseif b > now then from = b end
+  if tat <= from then return math.min(tat, now) end
+  local ahead = tat - from
+  if iv == T or iv == 0 then return clamp(base + ahead) end
   local q = idiv(ahead, iv)
   local r = ahead - q * iv
-  return clamp(now + clamp(q * T) + idiv(r * T, iv))
+  return clamp(base + clamp(q * T) + idiv(r * T, iv))
 end
 
 -- gcra::check: allowed for cnt tokens, and whole tokens remaining now.
-local function check(tat, C, T, cnt)
-  local used = math.max(tat, now) - now
+local function check(tat, C, T, cnt, base)
+  local used = math.max(tat, base) - base
   local tau = clamp(C * T)
   local remaining = 0
   if tau > used then remaining = idiv(tau - used, T) end
@@ -63,44 +79,52 @@ local function check(tat, C, T, cnt)
 end
 
 local function load(key)
-  local v = redis.call('HMGET', key, 't', 'i')
-  return tonumber(v[1]), tonumber(v[2]) or 0
+  local v = redis.call('HMGET', key, 't', 'i', 'b')
+  return tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
 end
 
-local function store(key, tat, T)
+-- Read bucket i's args starting at ARGV[a]: C, T, W, O; its rebased tat and base.
+local function bucket(key, a)
+  local C, T, W, O = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local base = base_of(W, O)
+  local tat, iv, b = load(key)
+  if tat == nil then tat = now; iv = 0; b = 0 end
+  return C, T, W, base, rebase(tat, iv, b, T, base)
+end
+
+local function store(key, tat, T, W, base)
   if tat <= now then
     redis.call('DEL', key) -- full again: same as absent
     return
   end
-  redis.call('HSET', key, 't', string.format('%.0f', tat), 'i', string.format('%.0f', T))
+  local b = 0
+  if W > 0 then b = base end
+  redis.call('HSET', key, 't', string.format('%.0f', tat), 'i', string.format('%.0f', T),
+    'b', string.format('%.0f', b))
   redis.call('PEXPIRE', key, string.format('%.0f', math.ceil((tat - now) / 1000) + MARGIN_MS))
 end
 
 if op == 'r' then
   local want = tonumber(ARGV[2])
   local min = math.min(tonumber(ARGV[3]), want)
-  local C, T, S, tats = {}, {}, {}, {}
+  local C, T, W, B, S, tats = {}, {}, {}, {}, {}, {}
   for i = 1, n do
-    local b = 3 + (i - 1) * 3
-    C[i] = tonumber(ARGV[b + 1])
-    T[i] = tonumber(ARGV[b + 2])
-    S[i] = ARGV[b + 3] == '1'
-    local tat, iv = load(KEYS[i])
-    if tat == nil then tat = now; iv = 0 end
-    tats[i] = rebase(tat, iv, T[i])
+    local a = 4 + (i - 1) * 5
+    C[i], T[i], W[i], B[i], tats[i] = bucket(KEYS[i], a)
+    S[i] = ARGV[a + 4] == '1'
   end
   -- store::decide: as many as fit in every non-shadow bucket, up to want, at least min.
   local fit = want
   for i = 1, n do
     if not S[i] then
-      local _, rem = check(tats[i], C[i], T[i], 0)
+      local _, rem = check(tats[i], C[i], T[i], 0, B[i])
       if rem < fit then fit = rem end
     end
   end
   local ok = fit >= min
   for i = 1, n do
     if ok and not S[i] then
-      local allowed = check(tats[i], C[i], T[i], fit)
+      local allowed = check(tats[i], C[i], T[i], fit, B[i])
       ok = allowed
     end
   end
@@ -110,9 +134,9 @@ if op == 'r' then
     local cur = {} -- a key passed twice is charged twice, as in the memory store
     for i = 1, n do
       local base = cur[KEYS[i]] or tats[i]
-      local tat = clamp(math.max(base, now) + clamp(fit * T[i]))
+      local tat = clamp(math.max(base, B[i]) + clamp(fit * T[i]))
       cur[KEYS[i]] = tat
-      store(KEYS[i], tat, T[i])
+      store(KEYS[i], tat, T[i], W[i], B[i])
     end
   end
   for i = 1, n do out[2 + i] = tats[i] end
@@ -120,29 +144,23 @@ if op == 'r' then
 elseif op == 's' then
   local delta = tonumber(ARGV[2])
   for i = 1, n do
-    local b = 2 + (i - 1) * 2
-    local Ti = tonumber(ARGV[b + 2])
-    local tat, iv = load(KEYS[i])
     -- A refund to an unknown key is a no-op (it is full already): do not create it.
-    if tat ~= nil or delta > 0 then
-      if tat == nil then tat = now; iv = 0 end
-      tat = rebase(tat, iv, Ti)
+    if delta > 0 or redis.call('EXISTS', KEYS[i]) == 1 then
+      local _, Ti, Wi, base, tat = bucket(KEYS[i], 3 + (i - 1) * 4)
       if delta >= 0 then
-        tat = clamp(math.max(tat, now) + clamp(delta * Ti))
+        tat = clamp(math.max(tat, base) + clamp(delta * Ti))
       else
-        tat = math.max(tat - clamp(-delta * Ti), now)
+        tat = math.max(tat - clamp(-delta * Ti), base)
       end
-      store(KEYS[i], tat, Ti)
+      store(KEYS[i], tat, Ti, Wi, base)
     end
   end
   return { now }
 elseif op == 'p' then
   local out = { now }
   for i = 1, n do
-    local Ti = tonumber(ARGV[1 + (i - 1) * 2 + 2])
-    local tat, iv = load(KEYS[i])
-    if tat == nil then tat = now; iv = 0 end
-    out[1 + i] = rebase(tat, iv, Ti)
+    local _, _, _, _, tat = bucket(KEYS[i], 2 + (i - 1) * 4)
+    out[1 + i] = tat
   end
   return out
 end

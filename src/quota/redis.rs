@@ -115,9 +115,8 @@ impl RedisStore {
         for h in head {
             inv.arg(*h);
         }
-        for b in buckets {
-            let (c, t_us) = redis_params(b);
-            inv.arg(c).arg(t_us);
+        for (b, p) in buckets.iter().zip(redis_params(buckets)) {
+            inv.arg(&script_args(&p)[..]);
             if shadow {
                 inv.arg(u8::from(b.shadow));
             }
@@ -155,7 +154,7 @@ impl RedisStore {
         let (now, rest) = split_now(&v, buckets.len() + 1)?;
         let granted = rest[0];
         let tats: Vec<u64> = rest[1..].iter().map(|&t| us_to_ns(t)).collect();
-        let out = store::decide(&at_redis_resolution(buckets), &tats, now, cost);
+        let out = store::decide(buckets, &redis_params(buckets), &tats, now, cost);
         // The script decided and wrote; `decide` on the same integers must agree. If it ever
         // does not (a bug), what Redis did is the truth for the charge.
         let agrees = match &out {
@@ -182,8 +181,7 @@ impl RedisStore {
         }
         let v = self.run("p", buckets, &[], None, false).await?;
         let (now, rest) = split_now(&v, buckets.len())?;
-        let adjusted = at_redis_resolution(buckets);
-        Ok(adjusted.iter().zip(rest).map(|(b, &t)| store::peek_one(us_to_ns(t), &b.params(), now)).collect())
+        Ok(redis_params(buckets).iter().zip(rest).map(|(p, &t)| store::peek_one(us_to_ns(t), p, now)).collect())
     }
 }
 
@@ -209,24 +207,19 @@ impl QuotaStore for RedisStore {
     }
 }
 
-/// Capacity and interval in µs as the script uses them: the memory store's [`Params`], the
-/// interval rounded down to a whole microsecond (at least 1).
-pub fn redis_params(b: &BucketSpec) -> (u64, u64) {
-    let p: Params = b.params();
-    (p.capacity(), (p.interval_ns() / NS_PER_US).max(1))
+/// The buckets' shapes as the script computes with them: the memory store's [`Params`] with `T`
+/// rounded down to a whole microsecond (at least 1); fixed windows are whole seconds already.
+/// [`store::decide`] runs on these and the script's integers (× 1000), so it reproduces the
+/// script's decision exactly.
+pub fn redis_params(buckets: &[BucketSpec]) -> Vec<Params> {
+    buckets.iter().map(|b| b.params().at_us_resolution()).collect()
 }
 
-/// The buckets as Redis sees them: the same capacity, and a window that makes
-/// [`Params::interval_ns`] exactly `T_µs · 1000`, so [`store::decide`] runs on the script's
-/// integers.
-pub fn at_redis_resolution(buckets: &[BucketSpec]) -> Vec<BucketSpec> {
-    buckets
-        .iter()
-        .map(|b| {
-            let (c, t_us) = redis_params(b);
-            BucketSpec { window_ns: c.saturating_mul(t_us).saturating_mul(NS_PER_US), capacity: c, ..b.clone() }
-        })
-        .collect()
+/// The per-bucket script arguments: capacity, `T` (µs), fixed window (µs, 0: continuous) and
+/// its offset (µs).
+fn script_args(p: &Params) -> [u64; 4] {
+    let (w, o) = p.fixed().map_or((0, 0), |f| (f.window_ns / NS_PER_US, f.offset_ns / NS_PER_US));
+    [p.capacity(), p.interval_ns() / NS_PER_US, w, o]
 }
 
 fn us_to_ns(us: i64) -> u64 {
@@ -296,6 +289,7 @@ mod tests {
             key: "a:x|day".into(),
             capacity,
             window_ns,
+            fixed_offset_ns: None,
             shadow: false,
             scope: Scope::Account,
             horizon: "day".into(),
@@ -304,22 +298,31 @@ mod tests {
 
     #[test]
     fn interval_is_rounded_down_to_whole_microseconds() {
+        let args = |c, w| script_args(&redis_params(&[spec(c, w)])[0]);
         // 2000 per day: T = 43.2 s exactly, no rounding.
-        assert_eq!(redis_params(&spec(2000, 86_400 * NS_PER_SEC)), (2000, 43_200_000));
+        assert_eq!(args(2000, 86_400 * NS_PER_SEC), [2000, 43_200_000, 0, 0]);
         // 3 per second: T = 333_333_333 ns → 333_333 µs.
-        assert_eq!(redis_params(&spec(3, NS_PER_SEC)), (3, 333_333));
+        assert_eq!(args(3, NS_PER_SEC), [3, 333_333, 0, 0]);
         // More tokens than microseconds: T clamps to 1 µs, capacity stays exact.
-        assert_eq!(redis_params(&spec(600_000_000, NS_PER_SEC)), (600_000_000, 1));
+        assert_eq!(args(600_000_000, NS_PER_SEC), [600_000_000, 1, 0, 0]);
     }
 
     #[test]
-    fn adjusted_buckets_reproduce_the_redis_interval() {
+    fn fixed_windows_keep_their_length_and_offset() {
+        let mut b = spec(7, 604_800 * NS_PER_SEC);
+        b.fixed_offset_ns = Some(345_600 * NS_PER_SEC);
+        let p = redis_params(std::slice::from_ref(&b))[0];
+        assert_eq!(script_args(&p), [7, 86_400_000_000, 604_800_000_000, 345_600_000_000]);
+        assert_eq!(p.fixed().map(|f| f.window_ns), Some(604_800 * NS_PER_SEC));
+    }
+
+    #[test]
+    fn redis_params_reproduce_the_script_interval() {
         for (c, w) in [(2000, 86_400 * NS_PER_SEC), (3, NS_PER_SEC), (7, 1_234_567_891), (600_000_000, NS_PER_SEC)] {
-            let b = spec(c, w);
-            let (cap, t_us) = redis_params(&b);
-            let adj = &at_redis_resolution(std::slice::from_ref(&b))[0];
-            assert_eq!(adj.params().capacity(), cap);
-            assert_eq!(adj.params().interval_ns(), t_us * NS_PER_US);
+            let p = redis_params(&[spec(c, w)])[0];
+            let [cap, t_us, _, _] = script_args(&p);
+            assert_eq!(p.capacity(), cap);
+            assert_eq!(p.interval_ns(), t_us * NS_PER_US);
         }
     }
 

@@ -19,6 +19,9 @@ pub struct BucketSpec {
     pub key: String,
     pub capacity: u64,
     pub window_ns: u64,
+    /// `Some(offset)`: a hard cap per fixed window (see [`gcra`]'s module doc), the windows
+    /// starting `offset` ns past the Unix epoch; `None`: refilled continuously.
+    pub fixed_offset_ns: Option<u64>,
     /// Charged, but never rejects; a rejection it would have made is reported.
     pub shadow: bool,
     pub scope: Scope,
@@ -27,7 +30,10 @@ pub struct BucketSpec {
 
 impl BucketSpec {
     pub fn params(&self) -> Params {
-        Params::new(self.capacity, self.window_ns)
+        match self.fixed_offset_ns {
+            None => Params::new(self.capacity, self.window_ns),
+            Some(offset) => Params::new_fixed(self.capacity, self.window_ns, offset),
+        }
     }
 }
 
@@ -101,9 +107,9 @@ pub trait QuotaStore: Send + Sync {
 }
 
 /// The decision over a set of buckets, shared by every store so they cannot disagree.
-/// `tats` are rebased (see [`gcra::rebase`]); on `Granted` the caller charges `granted` to all.
-pub fn decide(buckets: &[BucketSpec], tats: &[u64], now: u64, cost: CostMode) -> ReserveOutcome {
-    let params: Vec<Params> = buckets.iter().map(BucketSpec::params).collect();
+/// `params[i]` is bucket `i`'s shape as the store computes with it and `tats` are rebased (see
+/// [`gcra::rebase`]); on `Granted` the caller charges `granted` to all.
+pub fn decide(buckets: &[BucketSpec], params: &[Params], tats: &[u64], now: u64, cost: CostMode) -> ReserveOutcome {
     let (want, min) = match cost {
         CostMode::Exact(n) => (n, n),
         CostMode::UpTo { max, min } => (max, min.min(max)),
@@ -115,7 +121,7 @@ pub fn decide(buckets: &[BucketSpec], tats: &[u64], now: u64, cost: CostMode) ->
             fit = fit.min(gcra::check(tats[i], p, now, 0).remaining);
         }
     }
-    if fit >= min && gcra_all_allow(buckets, &params, tats, now, fit) {
+    if fit >= min && gcra_all_allow(buckets, params, tats, now, fit) {
         let would_reject = (0..buckets.len())
             .filter(|&i| buckets[i].shadow && !gcra::check(tats[i], &params[i], now, fit).allowed)
             .collect();
@@ -162,9 +168,9 @@ pub fn settle_one(tat: u64, p: &Params, now: u64, delta: i64) -> u64 {
     }
 }
 
-/// The state a store writes back after charging/refunding with `p`.
-pub fn stored(tat: u64, p: &Params) -> GcraState {
-    GcraState { tat_ns: tat, interval_ns: p.interval_ns() }
+/// The state a store writes back at `now` after charging/refunding with `p`.
+pub fn stored(tat: u64, p: &Params, now: u64) -> GcraState {
+    GcraState { tat_ns: tat, interval_ns: p.interval_ns(), base_ns: p.stored_base(now) }
 }
 
 /// The state one bucket shows in a peek.

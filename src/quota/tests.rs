@@ -21,7 +21,7 @@ fn t0() -> jiff::Timestamp {
 }
 
 fn hz(list: &[(&str, u64, &str)]) -> BTreeMap<String, RawHorizon> {
-    list.iter().map(|(n, b, w)| (n.to_string(), RawHorizon { budget: *b, window: w.to_string() })).collect()
+    list.iter().map(|(n, b, w)| (n.to_string(), RawHorizon::continuous(*b, w))).collect()
 }
 
 fn scope(list: &[(&str, u64, &str)]) -> RawScope {
@@ -422,6 +422,7 @@ async fn key_flooding_is_bounded_and_hands_out_no_fresh_quota() {
         key: "i~overflow|day".into(),
         capacity: 5000,
         window_ns: DAY_NS,
+        fixed_offset_ns: None,
         shadow: false,
         scope: Scope::Ip,
         horizon: Arc::from("day"),
@@ -446,6 +447,7 @@ async fn million_keys_stay_under_the_bound() {
         key: String::new(),
         capacity: 5000,
         window_ns: DAY_NS,
+        fixed_offset_ns: None,
         shadow: false,
         scope: Scope::Ip,
         horizon: Arc::from("day"),
