@@ -315,7 +315,9 @@ impl Settle {
         if let (Some(account), true) = (&ctx.account, ctx.delivered > 0) {
             shared.top_accounts.add(account, ctx.delivered, shared.clock.now());
         }
-        if let Some(r) = reservation {
+        // Off the body's poll (the store may be Redis); most requests deliver what they
+        // reserved and need no store call at all.
+        if let Some(r) = reservation.filter(|r| r.needs_settle(delivered)) {
             let s = shared.clone();
             tokio::spawn(async move { s.quota.settle(&r, delivered).await });
         }
@@ -401,7 +403,9 @@ fn expected_cost(route: &Route, query: &str) -> Result<Option<u64>, ProxyError> 
 fn number_param(query: &str, name: &str) -> Result<Option<u64>, ProxyError> {
     let mut found = None;
     for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=').or(Some((kv, "")))) {
-        if percent_decode(k) != name {
+        // Most keys carry no escapes: compare them as they are, without decoding.
+        let same = if k.contains(['%', '+']) { percent_decode(k) == name } else { k == name };
+        if !same {
             continue;
         }
         if found.is_some() {
@@ -443,8 +447,11 @@ fn percent_decode(s: &str) -> String {
 
 /// Rejects request headers over the limit with a 431 problem (hyper's own limit is a backstop).
 fn check_headers(req: &Request<Incoming>, limit: usize) -> Result<(), ProxyError> {
-    let size: usize =
-        req.uri().to_string().len() + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+    let uri = req.uri();
+    let uri_len = uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.scheme_str().map_or(0, |s| s.len() + 3);
+    let size: usize = uri_len + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
     if size > limit {
         return Err(ProxyError::HeaderTooLarge { limit });
     }
@@ -454,8 +461,13 @@ fn check_headers(req: &Request<Incoming>, limit: usize) -> Result<(), ProxyError
 /// Paths the proxy forwards: no `.`/`..` segments, no encoded `/` or `\`, no empty inner segment.
 /// Otherwise the upstream might resolve a path to a CV route that the route table did not see.
 fn path_is_sane(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%2e") || path.contains('\\') {
+    let encoded = |w: &[u8]| {
+        w[0] == b'%'
+            && (w[1..].eq_ignore_ascii_case(b"2f")
+                || w[1..].eq_ignore_ascii_case(b"5c")
+                || w[1..].eq_ignore_ascii_case(b"2e"))
+    };
+    if path.as_bytes().windows(3).any(encoded) || path.contains('\\') {
         return false;
     }
     let inner = path.trim_start_matches('/').trim_end_matches('/');
@@ -475,6 +487,10 @@ mod tests {
         assert!(!path_is_sane("/api/v1//cvs"));
         assert!(!path_is_sane("/api/v1/vacancies%2F..%2Fcvs"));
         assert!(!path_is_sane("/api/v1/%2e%2e/cvs"));
+        assert!(!path_is_sane("/api/v1/%2E%2E/cvs"));
+        assert!(!path_is_sane("/api/v1/vacancies%5cx"));
+        assert!(!path_is_sane("/api\\v1"));
+        assert!(path_is_sane("/api/v1/cvs/%41"));
     }
 
     #[test]

@@ -49,16 +49,20 @@ pub(crate) fn rejection_headers(
 }
 
 fn pair(buckets: &[BucketSpec], states: &[BucketState], i: usize) -> Vec<(&'static str, String)> {
+    use std::fmt::Write as _;
     let scope = buckets[i].scope;
-    let policy = buckets
-        .iter()
-        .filter(|b| b.scope == scope && !b.shadow)
-        .map(|b| format!("\"{}-{}\";q={};w={}", scope.as_str(), b.horizon, b.capacity, ceil_secs(b.window_ns)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    // One buffer per header, written in place (this runs on every charged response).
+    let mut policy = String::with_capacity(128);
+    for b in buckets.iter().filter(|b| b.scope == scope && !b.shadow) {
+        if !policy.is_empty() {
+            policy.push_str(", ");
+        }
+        let _ = write!(policy, "\"{}-{}\";q={};w={}", scope.as_str(), b.horizon, b.capacity, ceil_secs(b.window_ns));
+    }
     let b = &buckets[i];
     let s = &states[i];
-    let limit = format!("\"{}-{}\";r={};t={}", scope.as_str(), b.horizon, s.remaining, s.reset_secs);
+    let mut limit = String::with_capacity(48);
+    let _ = write!(limit, "\"{}-{}\";r={};t={}", scope.as_str(), b.horizon, s.remaining, s.reset_secs);
     vec![(RATELIMIT_POLICY, policy), (RATELIMIT, limit)]
 }
 
