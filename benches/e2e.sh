@@ -3,6 +3,8 @@
 #   1. the mock CV API directly (the ceiling),
 #   2. nginx as a plain reverse proxy (Debian's nginx, generated config, one process),
 #   3. cvgate with the full policy (JWT + every quota scope + closure + blocks + metrics + audit),
+#   4. the floor: examples/bare_proxy.rs, the same engine as cvgate (tokio, hyper server,
+#      hyper-util pooled client) with no policy at all,
 # all over plain HTTP/1.1 with wrk, then cvgate (and nginx) over TLS with HTTP/2 (h2load), then a
 # 1 GiB NDJSON export through cvgate with the proxy's peak RSS.
 #
@@ -39,9 +41,10 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 apt_install "${need[@]}"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-log "cargo build --release"
-cargo build --release --quiet
+log "cargo build --release (cvgate and examples/bare_proxy)"
+cargo build --release --quiet --bin cvgate --example bare_proxy
 BIN="${CARGO_TARGET_DIR:-target}/release/cvgate"
+BARE="${CARGO_TARGET_DIR:-target}/release/examples/bare_proxy"
 
 # --- scratch dir, processes, cleanup ------------------------------------------------------------
 WORK=$(mktemp -d /tmp/cvgate-e2e.XXXXXX)
@@ -52,7 +55,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 
 MOCK_PORT=$(free_port); NGINX_PORT=$(free_port); NGINX_TLS_PORT=$(free_port)
-PLAIN_PORT=$(free_port); TLS_PORT=$(free_port); METRICS_PORT=$(free_port)
+PLAIN_PORT=$(free_port); TLS_PORT=$(free_port); METRICS_PORT=$(free_port); BARE_PORT=$(free_port)
 
 # --- upstream -----------------------------------------------------------------------------------
 taskset -c "$LOAD_CPU" "$BIN" mock-cv-api --listen "127.0.0.1:$MOCK_PORT" 2>"$WORK/mock.log" &
@@ -124,8 +127,15 @@ start_cvgate() {
 stop_cvgate() { kill "$CVGATE_PID"; wait "$CVGATE_PID" 2>/dev/null || true; }
 start_cvgate
 
+# --- the floor: same engine, no policy -----------------------------------------------------------
+taskset -c "$PROXY_CPU" "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$MOCK_PORT" 2>"$WORK/bare.log" &
+BARE_PID=$!
+PIDS+=("$BARE_PID")
+wait_port "$BARE_PORT"
+
 # Every path must answer 200 before anything is measured (a bench of 401s or 429s is worthless).
-for url in "http://127.0.0.1:$MOCK_PORT$URL_PATH" "http://127.0.0.1:$NGINX_PORT$URL_PATH" "http://127.0.0.1:$PLAIN_PORT$URL_PATH"; do
+for url in "http://127.0.0.1:$MOCK_PORT$URL_PATH" "http://127.0.0.1:$NGINX_PORT$URL_PATH" "http://127.0.0.1:$PLAIN_PORT$URL_PATH" \
+  "http://127.0.0.1:$BARE_PORT$URL_PATH"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH" "$url")
   [ "$code" = 200 ] || { log "$url answered $code"; exit 1; }
 done
@@ -174,7 +184,9 @@ PLAIN_ROWS=$(
   wrk_run "mock upstream, direct" "http://127.0.0.1:$MOCK_PORT$URL_PATH" ""
   wrk_run "nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), plain proxy_pass" "http://127.0.0.1:$NGINX_PORT$URL_PATH" "$NGINX_PID"
   wrk_run "cvgate, full policy" "http://127.0.0.1:$PLAIN_PORT$URL_PATH" "$CVGATE_PID"
+  wrk_run "floor: bare hyper proxy, no policy" "http://127.0.0.1:$BARE_PORT$URL_PATH" "$BARE_PID"
 )
+kill "$BARE_PID" 2>/dev/null || true
 log "TLS h2 runs (${DURATION}s each)"
 H2_ROWS=$(
   h2_run "nginx, TLS h2" "https://127.0.0.1:$NGINX_TLS_PORT$URL_PATH" "$NGINX_PID"

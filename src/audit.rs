@@ -181,22 +181,23 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     /// The line for a finished request.
-    pub fn from_ctx(ctx: &Ctx, now: Timestamp, duration: Duration) -> Self {
+    pub fn from_ctx(ctx: Ctx, now: Timestamp, duration: Duration) -> Self {
+        let decision = if ctx.decision.is_empty() { "allowed".into() } else { ctx.decision };
         Self {
             ts: now,
-            request_id: ctx.request_id.clone(),
-            account: ctx.account.clone(),
-            org: ctx.org.clone(),
+            request_id: ctx.request_id,
+            account: ctx.account,
+            org: ctx.org,
             client_ip: ctx.client_ip,
-            country: ctx.country.clone(),
-            route: ctx.route.clone(),
-            group: ctx.group.clone(),
-            tier: ctx.tier.clone(),
+            country: ctx.country,
+            route: ctx.route,
+            group: ctx.group,
+            tier: ctx.tier,
             reserved: ctx.reserved,
             delivered: ctx.delivered,
-            decision: if ctx.decision.is_empty() { "allowed".into() } else { ctx.decision.clone() },
-            fired: ctx.fired.clone(),
-            would_reject: ctx.would_reject.clone(),
+            decision,
+            fired: ctx.fired,
+            would_reject: ctx.would_reject,
             status: ctx.status,
             bytes: ctx.bytes,
             duration,

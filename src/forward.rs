@@ -39,6 +39,10 @@ const HOP_BY_HOP: [&str; 9] = [
 
 /// Remove hop-by-hop headers: those listed above and every header `Connection` names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names instead of nine removals (each a hash).
+    if !h.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(CONNECTION)
         .iter()
@@ -136,8 +140,13 @@ impl Upstreams {
             .get(HOST)
             .cloned()
             .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        let pq = req.uri().path_and_query().map(PathAndQuery::as_str).unwrap_or("/");
-        let pq = format!("{}{}", self.cfg.path_prefix, pq);
+        let pq = match (req.uri().path_and_query(), self.cfg.path_prefix.is_empty()) {
+            (Some(pq), true) => pq.clone(), // shares the request's bytes
+            (pq, _) => {
+                let pq = pq.map(PathAndQuery::as_str).unwrap_or("/");
+                PathAndQuery::try_from([self.cfg.path_prefix.as_str(), pq].concat()).expect("a prefix and a valid path")
+            }
+        };
         let scheme = if self.cfg.https { "https" } else { "http" };
         *req.uri_mut() = Uri::builder()
             .scheme(scheme)

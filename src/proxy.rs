@@ -62,7 +62,9 @@ pub struct Ctx {
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
     let started = Instant::now();
     let rt = shared.runtime();
-    let mut ctx = Ctx { request_id: request_id(req.headers()), country: "ZZ".into(), ..Ctx::default() };
+    let id = request_id(req.headers());
+    let id_header = HeaderValue::from_str(&id).ok();
+    let mut ctx = Ctx { request_id: id, country: "ZZ".into(), ..Ctx::default() };
     let result = run(&shared, &rt, req, conn, &mut ctx).await;
     let mut resp = match result {
         Ok(resp) => resp,
@@ -73,11 +75,11 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: ConnInfo)
             }
             let resp = e.into_response(&ctx.request_id);
             ctx.status = resp.status().as_u16();
-            finish(&shared, &ctx, started);
+            finish(&shared, ctx, started);
             resp
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+    if let Some(v) = id_header {
         resp.headers_mut().insert(X_REQUEST_ID, v);
     }
     resp
@@ -250,7 +252,15 @@ async fn run(
     }
     let cuttable = format == Some(RecordFormat::Ndjson);
     let cut = CutByWindow::default();
-    let end = Settle { shared: shared.clone(), reservation, ctx: ctx.clone(), started, header_count, cut: cut.clone() };
+    // The context moves into the settle step, which writes the audit line when the body ends.
+    let end = Settle {
+        shared: shared.clone(),
+        reservation,
+        ctx: std::mem::take(ctx),
+        started,
+        header_count,
+        cut: cut.clone(),
+    };
     let counted = CountingBody::new(
         body,
         format,
@@ -321,12 +331,12 @@ impl Settle {
             let s = shared.clone();
             tokio::spawn(async move { s.quota.settle(&r, delivered).await });
         }
-        finish(&shared, &ctx, started);
+        finish(&shared, ctx, started);
     }
 }
 
 /// End of the story: metrics and the audit line, once per request.
-fn finish(shared: &Shared, ctx: &Ctx, started: Instant) {
+fn finish(shared: &Shared, ctx: Ctx, started: Instant) {
     let route = ctx.route.as_deref().unwrap_or("-");
     let group = ctx.group.as_deref().unwrap_or("-");
     let class = match ctx.status {
@@ -338,13 +348,13 @@ fn finish(shared: &Shared, ctx: &Ctx, started: Instant) {
     };
     let decision = if ctx.decision.is_empty() { "allowed" } else { &ctx.decision };
     shared.metrics.requests.with_label_values(&[route, group, class, decision]).inc();
-    if ctx.audited || decision != "allowed" {
-        let line = crate::audit::AuditRecord::from_ctx(ctx, shared.clock.now(), started.elapsed());
-        shared.audit.record(line);
-    }
     if ctx.delivered > 0 {
         let tier = ctx.tier.as_deref().unwrap_or("default");
         shared.metrics.cvs_delivered.with_label_values(&[route, tier]).inc_by(ctx.delivered);
+    }
+    if ctx.audited || decision != "allowed" {
+        let line = crate::audit::AuditRecord::from_ctx(ctx, shared.clock.now(), started.elapsed());
+        shared.audit.record(line);
     }
 }
 
