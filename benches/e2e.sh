@@ -14,13 +14,16 @@
 # the fair figure when the load generator, not the proxy, is the bottleneck.
 #
 # Usage: benches/e2e.sh            (installs nginx, wrk, nghttp2-client if missing; builds --release)
-# Knobs: DURATION=10 CONNS=32 PROXY_CPU=1 LOAD_CPU=0 EXPORT_MIB=1024
+# Knobs: DURATION=10 CONNS=32 ROUNDS=3 PROXY_CPU=1 LOAD_CPU=0 EXPORT_MIB=1024
+# Each path is measured ROUNDS times, the paths interleaved round by round so that they all see
+# the same machine noise; a row is the round with the median CPU µs/request, with the range.
 # Output: a Markdown report on stdout (paste into docs/BENCHMARKS.md); logs in a temp dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
+ROUNDS=${ROUNDS:-3}
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 EXPORT_MIB=${EXPORT_MIB:-1024}
@@ -141,7 +144,8 @@ for url in "http://127.0.0.1:$MOCK_PORT$URL_PATH" "http://127.0.0.1:$NGINX_PORT$
 done
 
 # --- plain HTTP/1.1 runs ------------------------------------------------------------------------
-# wrk_run NAME URL PID: one bounded wrk run; prints a table row.
+# wrk_run NAME URL PID: one bounded wrk run; prints one tab-separated result line
+# (name, req/s, p50, p99, CPU µs/request or -, non-2xx).
 wrk_run() {
   local name=$1 url=$2 pid=$3 before after out reqs rps p50 p99 non2xx cpu
   # A short warm-up fills connection pools and caches.
@@ -159,10 +163,11 @@ wrk_run() {
   if [ -n "$pid" ]; then
     cpu=$(awk -v a="$before" -v b="$after" -v t="$TICK" -v n="$reqs" 'BEGIN {printf "%.1f", (b - a) * 1e6 / t / n}')
   fi
-  echo "| $name | $rps | $p50 | $p99 | $cpu | ${non2xx:-0} |"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rps" "$p50" "$p99" "$cpu" "${non2xx:-0}"
 }
 
-# h2_run NAME URL PID: one bounded h2load run over TLS (ALPN h2), 10 streams per connection.
+# h2_run NAME URL PID: one bounded h2load run over TLS (ALPN h2), 10 streams per connection;
+# prints one result line as wrk_run does (status instead of non-2xx).
 h2_run() {
   local name=$1 url=$2 pid=$3 before after out reqs rps lat cpu
   taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m10 -D2 -H "$AUTH" "$url" >/dev/null
@@ -174,23 +179,48 @@ h2_run() {
   reqs=$(echo "$out" | awk '/^requests:/ {print $8}')   # "N succeeded"
   rps=$(echo "$out" | awk '/^finished in/ {gsub(",", "", $4); printf "%.0f", $4}')
   # --log-file: start (µs since epoch), status, duration (µs) per request.
-  lat=$(awk '{print $3}' "$WORK/h2-$name.log" | sort -n | awk '{a[NR]=$1} END {printf "%.2fms | %.2fms", a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000}')
+  lat=$(awk '{print $3}' "$WORK/h2-$name.log" | sort -n | awk '{a[NR]=$1} END {printf "%.2fms\t%.2fms", a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000}')
   cpu=$(awk -v a="$before" -v b="$after" -v t="$TICK" -v n="$reqs" 'BEGIN {printf "%.1f", (b - a) * 1e6 / t / n}')
-  echo "| $name | $rps | $lat | $cpu | $(echo "$out" | awk '/^status codes:/ {print $3 " 2xx"}') |"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rps" "$lat" "$cpu" "$(echo "$out" | awk '/^status codes:/ {print $3 " 2xx"}')"
 }
 
-log "plain HTTP runs (${DURATION}s each)"
+# median_rows: result lines on stdin → one Markdown row per name (in first-seen order), from the
+# round with the median CPU µs/request (median req/s where there is no CPU figure), the CPU
+# column showing the median and the range over the rounds.
+median_rows() {
+  awk -F'\t' '
+    !($1 in n) { order[++names] = $1 }
+    { k = $1; i = ++n[k]; line[k, i] = $0; key[k, i] = ($5 == "-" ? $2 : $5) + 0; cpu[k, i] = $5 }
+    END {
+      for (o = 1; o <= names; o++) {
+        k = order[o]; m = n[k]
+        for (i = 1; i <= m; i++) idx[i] = i
+        for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (key[k, idx[j]] < key[k, idx[i]]) { t = idx[i]; idx[i] = idx[j]; idx[j] = t }
+        split(line[k, idx[int((m + 1) / 2)]], f, "\t")
+        c = f[5]
+        if (c != "-" && m > 1) c = sprintf("%s (%s–%s)", f[5], cpu[k, idx[1]], cpu[k, idx[m]])
+        printf "| %s | %s | %s | %s | %s | %s |\n", f[1], f[2], f[3], f[4], c, f[6]
+      }
+    }'
+}
+
+log "plain HTTP runs (${ROUNDS} rounds of ${DURATION}s each)"
+NGINX_NAME="nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), plain proxy_pass"
 PLAIN_ROWS=$(
-  wrk_run "mock upstream, direct" "http://127.0.0.1:$MOCK_PORT$URL_PATH" ""
-  wrk_run "nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), plain proxy_pass" "http://127.0.0.1:$NGINX_PORT$URL_PATH" "$NGINX_PID"
-  wrk_run "cvgate, full policy" "http://127.0.0.1:$PLAIN_PORT$URL_PATH" "$CVGATE_PID"
-  wrk_run "floor: bare hyper proxy, no policy" "http://127.0.0.1:$BARE_PORT$URL_PATH" "$BARE_PID"
+  for r in $(seq "$ROUNDS"); do
+    wrk_run "mock upstream, direct" "http://127.0.0.1:$MOCK_PORT$URL_PATH" ""
+    wrk_run "$NGINX_NAME" "http://127.0.0.1:$NGINX_PORT$URL_PATH" "$NGINX_PID"
+    wrk_run "cvgate, full policy" "http://127.0.0.1:$PLAIN_PORT$URL_PATH" "$CVGATE_PID"
+    wrk_run "floor: bare hyper proxy, no policy" "http://127.0.0.1:$BARE_PORT$URL_PATH" "$BARE_PID"
+  done | tee "$WORK/plain-rounds.tsv" | median_rows
 )
 kill "$BARE_PID" 2>/dev/null || true
-log "TLS h2 runs (${DURATION}s each)"
+log "TLS h2 runs (${ROUNDS} rounds of ${DURATION}s each)"
 H2_ROWS=$(
-  h2_run "nginx, TLS h2" "https://127.0.0.1:$NGINX_TLS_PORT$URL_PATH" "$NGINX_PID"
-  h2_run "cvgate, TLS h2, full policy" "https://127.0.0.1:$TLS_PORT$URL_PATH" "$CVGATE_PID"
+  for r in $(seq "$ROUNDS"); do
+    h2_run "nginx, TLS h2" "https://127.0.0.1:$NGINX_TLS_PORT$URL_PATH" "$NGINX_PID"
+    h2_run "cvgate, TLS h2, full policy" "https://127.0.0.1:$TLS_PORT$URL_PATH" "$CVGATE_PID"
+  done | tee "$WORK/h2-rounds.tsv" | median_rows
 )
 AUDIT_LINES=$(wc -l <"$WORK/audit.log" 2>/dev/null || echo 0)
 CVGATE_RSS_LOAD=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$CVGATE_PID/status")
@@ -226,6 +256,7 @@ Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | s
 $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo); load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg).
 Proxy pinned to CPU $PROXY_CPU; wrk/h2load and the mock upstream on CPU $LOAD_CPU. wrk -t1 -c$CONNS -d${DURATION}s,
 h2load -t1 -c$CONNS -m10 -D$DURATION; request \`GET $URL_PATH\` (20 CVs, ~7.5 KB of JSON).
+$ROUNDS rounds, paths interleaved; each row is the round with the median CPU µs/request (range in brackets).
 
 ### Plain HTTP/1.1
 
@@ -247,5 +278,5 @@ $streams concurrent exports of 1,000,000 CVs, status $exp_code: $(awk -v b="$exp
 ($(awk -v b="$exp_bytes" -v s="$exp_secs" 'BEGIN {printf "%.0f MiB/s", b/1048576/s}')); cvgate peak RSS (VmHWM) $((hwm_before / 1024)) MiB before,
 **$((hwm_after / 1024)) MiB** after (target < 64 MiB).
 
-Reproduce: \`DURATION=$DURATION CONNS=$CONNS benches/e2e.sh\`
+Reproduce: \`DURATION=$DURATION CONNS=$CONNS ROUNDS=$ROUNDS benches/e2e.sh\`
 EOF

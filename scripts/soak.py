@@ -335,12 +335,12 @@ def soak_config(src, ports, work, closed_from, closed_until, account_hour):
         (r'max_bytes: 268435456', "max_bytes: 8388608"),
         (r'max_files: 30 ', "max_files: 3  "),
         (r'hour:  \{ budget: 1000, window: 1h \}', f"hour:  {{ budget: {account_hour}, window: 1h }}"),
+        (r'(?m)^  file: state/blocks\.json ', f'  file: "{work}/blocks.json" '),
     ]
     for pat, rep in subs:
         text, n = re.subn(pat, rep, text, count=1)
         if n != 1:
             raise SystemExit(f"soak: config.yaml no longer has {pat!r}")
-    text += f'\nblocks:\n  file: "{work}/blocks.json"\n'
     return text
 
 

@@ -96,8 +96,9 @@ for kind in ecdsa rsa; do
       -e "s|^    cert: null|    cert: \"$WORK/$kind.chain.pem\"|" -e "s|^    key: null|    key: \"$WORK/$kind.key\"|" \
       -e "s|^  plain: .*|  plain: null|" -e "s|^  metrics: .*|  metrics: \"127.0.0.1:$METRICS_PORT\"|" \
       -e "s|^  admin: .*|  admin: null|" -e "s|url: \"http://127.0.0.1:8081\"|url: \"http://127.0.0.1:$MOCK_PORT\"|" \
-      -e "s|^  sink: stdout |  sink: \"off\" |" config.yaml >"$WORK/cvgate-$kind.yaml"
-  printf '\nblocks: { file: null }\n' >>"$WORK/cvgate-$kind.yaml"
+      -e "s|^  sink: stdout |  sink: \"off\" |" -e "s|^  file: state/blocks.json |  file: null |" \
+      config.yaml >"$WORK/cvgate-$kind.yaml"
+  grep -q '^  file: null ' "$WORK/cvgate-$kind.yaml" || { log "config.yaml no longer has blocks.file"; exit 1; }
   "$BIN" check-config --config "$WORK/cvgate-$kind.yaml" >/dev/null
   CVGATE_LOG=warn "$BIN" serve --config "$WORK/cvgate-$kind.yaml" 2>"$WORK/cvgate-$kind.log" &
   pid=$!

@@ -246,6 +246,19 @@ async fn make_traffic(p: &Proxy) {
     let r = s.send(get("/api/v1/cvs?size=1&header_delay_ms=3000", false, &[("authorization", &bearer(&t2))])).await;
     assert_eq!(r.status(), 504);
     let _ = body_bytes(r).await;
+    // a block through the admin path (cvgate_blocks_created_total)
+    let now = cvgate::clock::Clock::now(&*p.running.shared.clock);
+    p.running
+        .shared
+        .block(cvgate::blocks::Block {
+            scope: cvgate::blocks::BlockScope::Account,
+            key: "acct-3".into(),
+            reason: "monitoring test".into(),
+            source: "manual".into(),
+            created: now,
+            until: None,
+        })
+        .unwrap();
     // a pause (and its end), and a refused reload
     p.running.shared.set_paused("vacancies", true);
     p.running.shared.set_paused("vacancies", false);
