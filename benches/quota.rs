@@ -164,15 +164,7 @@ fn bytes_per_key() {
     let before = rss(&statm);
     let s = store();
     let n = 1_000_000u32;
-    let mut spec = BucketSpec {
-        key: String::new(),
-        capacity: 5000,
-        window_ns: 86_400_000_000_000,
-        fixed_offset_ns: None,
-        shadow: false,
-        scope: Scope::Ip,
-        horizon: Arc::from("day"),
-    };
+    let mut spec = BucketSpec::new("", Scope::Ip, "day", 5000, 86_400_000_000_000);
     for i in 0..n {
         spec.key = format!("i:2001:db8:{:x}:{:x}00::/56|day", i >> 8, i & 0xff);
         reserve(&s, std::slice::from_ref(&spec));

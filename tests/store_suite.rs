@@ -77,15 +77,7 @@ impl Harness {
 }
 
 fn bucket(key: &str, capacity: u64, window_ns: u64) -> BucketSpec {
-    BucketSpec {
-        key: key.into(),
-        capacity,
-        window_ns,
-        fixed_offset_ns: None,
-        shadow: false,
-        scope: Scope::Account,
-        horizon: "day".into(),
-    }
+    BucketSpec::new(key, Scope::Account, "day", capacity, window_ns)
 }
 
 /// A hard cap of `capacity` per fixed window of `window_ns` (windows from the epoch).

@@ -70,18 +70,9 @@ fn pair(buckets: &[BucketSpec], states: &[BucketState], i: usize) -> Vec<(&'stat
 mod tests {
     use super::*;
     use crate::quota::Scope;
-    use std::sync::Arc;
 
     fn spec(scope: Scope, horizon: &str, cap: u64, secs: u64) -> BucketSpec {
-        BucketSpec {
-            key: format!("{}:x|{horizon}", scope.key_prefix()),
-            capacity: cap,
-            window_ns: secs * 1_000_000_000,
-            fixed_offset_ns: None,
-            shadow: false,
-            scope,
-            horizon: Arc::from(horizon),
-        }
+        BucketSpec::new(format!("{}:x|{horizon}", scope.key_prefix()), scope, horizon, cap, secs * 1_000_000_000)
     }
 
     #[test]

@@ -285,15 +285,7 @@ mod tests {
     use crate::quota::Scope;
 
     fn spec(capacity: u64, window_ns: u64) -> BucketSpec {
-        BucketSpec {
-            key: "a:x|day".into(),
-            capacity,
-            window_ns,
-            fixed_offset_ns: None,
-            shadow: false,
-            scope: Scope::Account,
-            horizon: "day".into(),
-        }
+        BucketSpec::new("a:x|day", Scope::Account, "day", capacity, window_ns)
     }
 
     #[test]

@@ -29,6 +29,13 @@ pub struct BucketSpec {
 }
 
 impl BucketSpec {
+    /// A continuous, non-shadow bucket of `capacity` CVs over `window_ns` (tools, tests and
+    /// benches; the engine builds its buckets from the policy).
+    pub fn new(key: impl Into<String>, scope: Scope, horizon: &str, capacity: u64, window_ns: u64) -> Self {
+        let (key, horizon) = (key.into(), Arc::from(horizon));
+        BucketSpec { key, capacity, window_ns, fixed_offset_ns: None, shadow: false, scope, horizon }
+    }
+
     pub fn params(&self) -> Params {
         match self.fixed_offset_ns {
             None => Params::new(self.capacity, self.window_ns),

@@ -414,19 +414,12 @@ async fn key_flooding_is_bounded_and_hands_out_no_fresh_quota() {
         }
     }
     let grown = rss_bytes().saturating_sub(rss0);
-    assert!(store.tracked_keys() <= cap + 1, "{} keys", store.tracked_keys()); // + the overflow key
-                                                                               // cap − 1 prefixes got their own key (the victim holds one); all later newcomers share ONE
-                                                                               // day bucket of 5000: no fresh quota per prefix.
+    // At most the cap plus the overflow key.
+    assert!(store.tracked_keys() <= cap + 1, "{} keys", store.tracked_keys());
+    // cap − 1 prefixes got their own key (the victim holds one); all later newcomers share ONE
+    // day bucket of 5000: no fresh quota per prefix.
     assert_eq!(granted, (cap as u64 - 1) + 5000);
-    let overflow = BucketSpec {
-        key: "i~overflow|day".into(),
-        capacity: 5000,
-        window_ns: DAY_NS,
-        fixed_offset_ns: None,
-        shadow: false,
-        scope: Scope::Ip,
-        horizon: Arc::from("day"),
-    };
+    let overflow = BucketSpec::new("i~overflow|day", Scope::Ip, "day", 5000, DAY_NS);
     assert_eq!(store.peek(std::slice::from_ref(&overflow)).await.unwrap()[0].remaining, 0);
     // The victim's key was tracked before the flood: its own bucket, untouched by it.
     assert_eq!(remaining(&e, &p, &victim).await[0].1, 4900);
@@ -443,15 +436,7 @@ async fn million_keys_stay_under_the_bound() {
     let clock: SharedClock = ManualClock::new(t0());
     let store = MemoryStore::new(clock, n);
     let rss0 = rss_bytes();
-    let mut spec = BucketSpec {
-        key: String::new(),
-        capacity: 5000,
-        window_ns: DAY_NS,
-        fixed_offset_ns: None,
-        shadow: false,
-        scope: Scope::Ip,
-        horizon: Arc::from("day"),
-    };
+    let mut spec = BucketSpec::new("", Scope::Ip, "day", 5000, DAY_NS);
     for i in 0..n as u32 {
         spec.key = format!("i:2001:db8:{:x}:{:x}00::/56|day", i >> 8, i & 0xff);
         store.reserve(std::slice::from_ref(&spec), CostMode::Exact(1)).await.unwrap();
