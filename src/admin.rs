@@ -95,7 +95,7 @@ async fn quota_state(shared: &Shared, q: &str) -> Response<ProxyBody> {
                 .map(|(b, s)| {
                     json!({"scope": b.scope.as_str(), "horizon": &*b.horizon, "key": b.key, "capacity": b.capacity,
                            "window_secs": b.window_ns / 1_000_000_000, "remaining": s.remaining, "reset_secs": s.reset_secs,
-                           "shadow": b.shadow})
+                           "shadow": b.shadow, "fixed": b.fixed_offset_ns.is_some()})
                 })
                 .collect();
             reply(StatusCode::OK, json!({ "buckets": buckets }))

@@ -195,5 +195,21 @@ async fn reload_applies_a_new_budget_keeping_spent_and_a_bad_reload_changes_noth
     let (_, v) = admin(&p, "GET", "/v1/quota?account=acct-1", None, ADMIN_TOKEN).await;
     assert_eq!(remaining(&v), 5000 - 420);
     assert_eq!(metric(&p, "cvgate_config_reloads_total{result=\"ok\"}").await, 1.0);
+
+    // The day horizon made a fixed (calendar-day) cap: still the same CVs spent, and its reset is
+    // the end of the UTC day instead of the time the continuous refill would take.
+    let fixed = good.replace("budget: 1000, window: 24h }", "budget: 5000, window: 24h, fixed: true }");
+    assert_ne!(fixed, good, "the test config has the day horizon to rewrite");
+    std::fs::write(&p.config_path, fixed).unwrap();
+    let (status, _) = admin(&p, "POST", "/v1/reload", None, ADMIN_TOKEN).await;
+    assert_eq!(status, 200);
+    let (_, v) = admin(&p, "GET", "/v1/quota?account=acct-1", None, ADMIN_TOKEN).await;
+    let day = v["buckets"].as_array().unwrap().iter().find(|b| b["horizon"] == "day").unwrap().clone();
+    assert_eq!(remaining(&v), 5000 - 420, "{v}");
+    assert_eq!(day["fixed"], true, "{v}");
+    const DAY_NS: i128 = 86_400_000_000_000;
+    let now = cvgate::clock::Clock::now(&*p.running.shared.clock).as_nanosecond();
+    let to_midnight_secs = ((DAY_NS - now.rem_euclid(DAY_NS)) as u64).div_ceil(1_000_000_000);
+    assert_eq!(day["reset_secs"].as_u64().unwrap(), to_midnight_secs, "{v}");
     p.running.shutdown().await;
 }
