@@ -106,6 +106,13 @@ pub struct HorizonBudget {
     pub fixed_offset_secs: Option<u64>,
 }
 
+impl HorizonBudget {
+    /// For a fixed horizon, the number of the fixed window holding second `t`.
+    fn fixed_window(&self, t: u64) -> Option<u64> {
+        self.fixed_offset_secs.map(|o| t.saturating_sub(o) / self.window_secs.max(1))
+    }
+}
+
 /// The scope meant to stop an attack and the most its buckets can let through.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Limit {
@@ -467,13 +474,9 @@ pub fn bound(horizons: &[HorizonBudget], first: u64, last: u64) -> u64 {
     horizons
         .iter()
         .map(|h| {
-            let w = h.window_secs.max(1);
-            let allowed = match h.fixed_offset_secs {
-                None => u128::from(h.budget) + u128::from(h.budget) * u128::from(span) / u128::from(w),
-                Some(o) => {
-                    let window = |t: u64| t.saturating_sub(o) / w;
-                    u128::from(h.budget) * u128::from(window(last) - window(first) + 1)
-                }
+            let allowed = match (h.fixed_window(first), h.fixed_window(last)) {
+                (Some(a), Some(b)) => u128::from(h.budget) * u128::from(b - a + 1),
+                _ => u128::from(h.budget) + u128::from(h.budget) * u128::from(span) / u128::from(h.window_secs.max(1)),
             };
             u64::try_from(allowed).unwrap_or(u64::MAX)
         })
@@ -484,14 +487,13 @@ pub fn bound(horizons: &[HorizonBudget], first: u64, last: u64) -> u64 {
 /// The most CVs `deliveries` (second, CVs; in time order) put into one window of `h`: a fixed
 /// window of a fixed horizon, or any `window_secs`-long span for a continuous one.
 pub fn most_in_one_window(h: &HorizonBudget, deliveries: &[(u64, u64)]) -> u64 {
-    let w = h.window_secs.max(1);
     let (mut best, mut sum, mut lo) = (0, 0, 0);
     for (hi, &(t, n)) in deliveries.iter().enumerate() {
         sum += n;
         // Drop what falls outside the window that ends at `t`.
-        while match h.fixed_offset_secs {
-            Some(o) => (deliveries[lo].0.saturating_sub(o)) / w != t.saturating_sub(o) / w,
-            None => deliveries[lo].0 + w <= t,
+        while match h.fixed_window(t) {
+            Some(k) => h.fixed_window(deliveries[lo].0) != Some(k),
+            None => deliveries[lo].0 + h.window_secs.max(1) <= t,
         } {
             sum -= deliveries[lo].1;
             lo += 1;

@@ -26,6 +26,8 @@
 
 /// Nanoseconds per second.
 pub const NS_PER_SEC: u64 = 1_000_000_000;
+/// Nanoseconds per microsecond: the Redis store's time resolution.
+pub const NS_PER_US: u64 = 1_000;
 
 /// One bucket's stored state. `interval_ns` is the `T` that `tat_ns` was written with and
 /// `base_ns` the instant it was measured from (0: `now`, a continuous bucket; else the end of
@@ -73,7 +75,6 @@ impl Params {
     /// The same shape with `T` rounded down to whole microseconds (at least 1 µs): what the
     /// Redis script computes with (see `redis`). Capacity and fixed windows stay as they are.
     pub fn at_us_resolution(&self) -> Self {
-        const NS_PER_US: u64 = 1_000;
         Self { interval_ns: (self.interval_ns / NS_PER_US).max(1) * NS_PER_US, ..*self }
     }
 

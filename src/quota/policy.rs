@@ -418,7 +418,7 @@ fn fixed_offset(
     window: Option<NonZeroU64>,
     e: &mut Vec<(String, String)>,
 ) -> Result<Option<u64>, ()> {
-    const SEC: u64 = 1_000_000_000;
+    use super::gcra::NS_PER_SEC as SEC;
     if !rh.fixed {
         if rh.offset.is_some() {
             e.push((format!("{p}.offset"), "only a fixed horizon has an offset (add `fixed: true`)".into()));

@@ -46,8 +46,7 @@ use super::store::{self, BucketSpec, BucketState, CostMode, QuotaStore, ReserveO
 /// The script, compiled into the binary.
 pub const SCRIPT: &str = include_str!("redis.lua");
 
-/// Nanoseconds per microsecond: the Redis store's time resolution.
-pub const NS_PER_US: u64 = 1_000;
+pub use super::gcra::NS_PER_US;
 
 /// How to reach Redis and name keys (validated config, see [`super::failover::StoreConfig`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
