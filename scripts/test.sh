@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README "Quick start"): installs the system packages the tests use when they
 # are missing (redis-server: each Redis test starts its own on a free loopback port; promtool
-# and prometheus: the monitoring tests), then runs every test.
+# and prometheus: the monitoring tests; nginx: a real gzipping web server as the upstream in
+# tests/nginx_upstream.rs), then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { echo "test.sh: $*" >&2; }
@@ -9,5 +10,6 @@ log() { echo "test.sh: $*" >&2; }
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 apt_install "${need[@]}"
 cargo test "$@"

@@ -177,6 +177,8 @@ pub struct AuditRecord {
     pub bytes: u64,
     pub duration: Duration,
     pub truncated: bool,
+    /// How sure `delivered` is: `exact`, `reserved`, `uncertain:<reason>` (charged requests).
+    pub count: crate::count::Certainty,
 }
 
 impl AuditRecord {
@@ -202,6 +204,7 @@ impl AuditRecord {
             bytes: ctx.bytes,
             duration,
             truncated: ctx.truncated,
+            count: ctx.count,
         }
     }
 
@@ -234,6 +237,8 @@ impl AuditRecord {
             bytes: u64,
             duration_ms: f64,
             truncated: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            count: Option<std::borrow::Cow<'static, str>>,
         }
         let line = Line {
             // Fixed millisecond precision: lines sort and parse the same everywhere.
@@ -257,6 +262,7 @@ impl AuditRecord {
             bytes: self.bytes,
             duration_ms: (self.duration.as_secs_f64() * 1e6).round() / 1e3,
             truncated: self.truncated,
+            count: self.count.label(),
         };
         serde_json::to_writer(&mut *out, &line).expect("audit lines serialise");
         out.push(b'\n');
@@ -483,6 +489,7 @@ mod tests {
             bytes: 1234,
             duration: Duration::from_micros(12_345),
             truncated: false,
+            count: crate::count::Certainty::Exact,
         }
     }
 

@@ -33,6 +33,13 @@ pub enum Command {
     MockCvApi {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
+        /// Compress every CV answer in this coding whatever the client asked (gzip, br, zstd,
+        /// deflate; any other name labels plain bytes with it), like a backend with compression forced on.
+        #[arg(long)]
+        force_encoding: Option<String>,
+        /// Name of the search answer's result array (a backend that changed its JSON).
+        #[arg(long, default_value = "results")]
+        results_key: String,
     },
     /// DEV ONLY: mint a token signed with the demo HS256 key from the config file.
     Token {
@@ -65,6 +72,9 @@ pub enum Command {
         /// Fewer requests, same shape.
         #[arg(long)]
         fast: bool,
+        /// The mock CV API gzips every answer whatever cvgate asks (counting after decoding).
+        #[arg(long)]
+        upstream_compress: bool,
     },
 }
 
@@ -85,8 +95,9 @@ pub fn main() -> ExitCode {
     // attacks are meant to trigger) would bury the table; its report shows them.
     init_logging(if matches!(cli.command, Command::Demo { .. }) { "error" } else { "info" });
     match cli.command {
-        Command::Demo { config, json, serve, fast } => {
-            match runtime().block_on(crate::demo::main(config, json, serve, fast)) {
+        Command::Demo { config, json, serve, fast, upstream_compress } => {
+            let opts = crate::demo::DemoOptions { fast, progress: true, upstream_compress };
+            match runtime().block_on(crate::demo::main(config, json, serve, opts)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("cvgate demo: {e:#}");
@@ -111,7 +122,9 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::MockCvApi { listen } => match runtime().block_on(crate::mock_api::run(listen)) {
+        Command::MockCvApi { listen, force_encoding, results_key } => match runtime()
+            .block_on(crate::mock_api::run(listen, crate::mock_api::MockOptions { force_encoding, results_key }))
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("cvgate mock-cv-api: {e:#}");

@@ -18,6 +18,13 @@
 //! - JSON bodies are never cut, since a cut would leave invalid JSON: the limit is advisory and
 //!   the proxy charges whatever was delivered beyond it.
 //! - `BodyOutcome::bytes` counts upstream data bytes delivered, not the marker.
+//!
+//! # Certainty
+//! A count is only worth a refund when it is certain (docs/config.md, "count integrity"). The
+//! counter judges the shape it saw ([`RecordCounter::verdict`]): a JSON body must be one
+//! top-level object whose declared field holds an array, closed, with nothing after it; every
+//! NDJSON record must start with `{`. [`BodyOutcome::uncertain`] names why a count is not
+//! certain (`shape`, `malformed`, `truncated`, `client-gone`), or is `None`.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -71,6 +78,8 @@ enum Kind {
 struct LineState {
     /// A record's first non-whitespace byte has passed but not its newline.
     in_record: bool,
+    /// A record started with something other than `{` (not the declared shape).
+    odd: bool,
     /// The last byte passed was `\n` (or nothing passed yet): the marker needs no leading newline.
     line_start: bool,
 }
@@ -96,6 +105,12 @@ struct JsonState {
     in_target: bool,
     /// An element of the target array has started and its `,` or `]` not yet seen.
     elem_open: bool,
+    /// The target array was entered at least once.
+    target_seen: bool,
+    /// The top-level value has closed (depth came back to 0).
+    closed_top: bool,
+    /// Something other than whitespace came after the top-level value.
+    trailing: bool,
 }
 
 /// Bit masks of one 64-byte block: quotes, backslashes, `{`/`[`, `}`/`]` (bit j = byte j), 16
@@ -125,7 +140,7 @@ const fn is_ws(b: u8) -> bool {
 impl RecordCounter {
     pub fn new(format: RecordFormat) -> Self {
         let kind = match format {
-            RecordFormat::Ndjson => Kind::Ndjson(LineState { in_record: false, line_start: true }),
+            RecordFormat::Ndjson => Kind::Ndjson(LineState { in_record: false, odd: false, line_start: true }),
             RecordFormat::JsonArrayField(field) => Kind::Json(JsonState { field, ..JsonState::default() }),
         };
         RecordCounter { count: 0, kind }
@@ -160,6 +175,18 @@ impl RecordCounter {
         self.count
     }
 
+    /// After [`finish`](Self::finish): `None` when the body had the declared shape, so its count
+    /// is certain; else why not: `shape` (not an object, the field missing or not an array, an
+    /// NDJSON record not an object) or `malformed` (unclosed, unbalanced, or data after the end).
+    pub fn verdict(&self) -> Option<&'static str> {
+        match &self.kind {
+            Kind::Ndjson(s) => s.odd.then_some("shape"),
+            Kind::Json(s) if s.in_string || s.depth != 0 || !s.closed_top || s.trailing => Some("malformed"),
+            Kind::Json(s) if !s.top_object || !s.target_seen => Some("shape"),
+            Kind::Json(_) => None,
+        }
+    }
+
     /// NDJSON between records, where a cut leaves no partial line.
     fn at_boundary(&self) -> bool {
         matches!(&self.kind, Kind::Ndjson(s) if !s.in_record)
@@ -192,6 +219,7 @@ impl LineState {
                         return (i, true);
                     }
                     self.in_record = true;
+                    self.odd |= b != b'{';
                 }
                 self.line_start = b == b'\n';
                 i += 1;
@@ -249,6 +277,9 @@ impl JsonState {
             }
             let b = chunk[i];
             i += 1;
+            if self.depth == 0 && self.closed_top && !is_ws(b) {
+                self.trailing = true;
+            }
             match b {
                 b'"' => {
                     if self.depth == 1 && self.expect_key {
@@ -267,8 +298,10 @@ impl JsonState {
                     }
                     self.depth += 1;
                     self.in_target |= target;
+                    self.target_seen |= target;
                 }
                 b'}' | b']' => {
+                    self.closed_top |= self.depth == 1;
                     self.depth = self.depth.saturating_sub(1);
                     if self.in_target && self.depth == 1 {
                         *count += u64::from(self.elem_open);
@@ -398,6 +431,9 @@ pub struct BodyOutcome {
     /// Upstream data bytes delivered to the client.
     pub bytes: u64,
     pub end: EndReason,
+    /// Why `records` is not a certain count (see the module docs), `None` when it is. Only
+    /// meaningful for a counted body.
+    pub uncertain: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,6 +446,32 @@ pub enum EndReason {
     UpstreamError(String),
     /// No frame from upstream within the idle timeout.
     IdleTimeout,
+}
+
+/// How sure the charge of a response is, for the audit line's `count` field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Certainty {
+    /// Not a charged request.
+    #[default]
+    NotCharged,
+    /// Records counted with certainty (body or count header), or nothing delivered (an error).
+    Exact,
+    /// The route charges its reservation by design (no count configured).
+    Reserved,
+    /// Not counted with certainty: charged the full reservation, for this reason.
+    Uncertain(&'static str),
+}
+
+impl Certainty {
+    /// `exact`, `reserved` or `uncertain:<reason>`; `None` when not charged.
+    pub fn label(self) -> Option<std::borrow::Cow<'static, str>> {
+        match self {
+            Certainty::NotCharged => None,
+            Certainty::Exact => Some("exact".into()),
+            Certainty::Reserved => Some("reserved".into()),
+            Certainty::Uncertain(r) => Some(format!("uncertain:{r}").into()),
+        }
+    }
 }
 
 /// Lowers a [`CountingBody`]'s record limit from another task.
@@ -456,7 +518,13 @@ impl Progress {
     fn end(&mut self, end: EndReason) {
         if let Some(f) = self.on_end.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
             let records = self.counter.as_ref().map_or(0, RecordCounter::count);
-            f(BodyOutcome { records, bytes: self.bytes, end });
+            let uncertain = match &end {
+                EndReason::Complete => self.counter.as_ref().and_then(RecordCounter::verdict),
+                EndReason::Cut => None,
+                EndReason::ClientGone => Some("client-gone"),
+                EndReason::UpstreamError(_) | EndReason::IdleTimeout => Some("truncated"),
+            };
+            f(BodyOutcome { records, bytes: self.bytes, end, uncertain });
         }
     }
 }
@@ -656,6 +724,14 @@ where
                 if data.is_empty() {
                     continue;
                 }
+            } else if this.inner.is_end_stream() {
+                // The last frame of a body of known length: hyper writes it and drops the body
+                // without asking for the end, which would read as the client going away.
+                if let Some(c) = this.progress.counter.as_mut() {
+                    c.finish();
+                }
+                *this.state = State::Done;
+                this.progress.end(EndReason::Complete);
             }
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
@@ -711,6 +787,32 @@ mod tests {
 
     fn results() -> RecordFormat {
         RecordFormat::JsonArrayField("results".into())
+    }
+
+    fn verdict(format: RecordFormat, body: &str) -> Option<&'static str> {
+        let mut c = RecordCounter::new(format);
+        c.feed(body.as_bytes(), None);
+        c.finish();
+        c.verdict()
+    }
+
+    #[test]
+    fn verdict_names_what_makes_a_count_uncertain() {
+        assert_eq!(verdict(results(), r#"{"page":1,"results":[{"a":1},{"b":[2]}]}"#), None);
+        assert_eq!(verdict(results(), " {\"results\":[]}\n"), None);
+        // The declared field missing, renamed, escaped, or not an array: the shape changed.
+        assert_eq!(verdict(results(), r#"{"hits":[{"a":1}]}"#), Some("shape"));
+        assert_eq!(verdict(results(), r#"{"result\u0073":[{"a":1}]}"#), Some("shape"));
+        assert_eq!(verdict(results(), r#"{"results":{"a":1}}"#), Some("shape"));
+        assert_eq!(verdict(results(), r#"[{"results":[1]}]"#), Some("shape"));
+        assert_eq!(verdict(results(), ""), Some("malformed"));
+        // Cut short, unbalanced, or something after the end.
+        assert_eq!(verdict(results(), r#"{"results":[{"a":1},{"b""#), Some("malformed"));
+        assert_eq!(verdict(results(), r#"{"results":[{"a":1}]}]"#), Some("malformed"));
+        assert_eq!(verdict(results(), r#"{"results":[]}{"results":[{"a":1}]}"#), Some("malformed"));
+        assert_eq!(verdict(RecordFormat::Ndjson, "{\"a\":1}\n{\"b\":2}"), None);
+        assert_eq!(verdict(RecordFormat::Ndjson, "{\"a\":1}\n[1,2]\n"), Some("shape"));
+        assert_eq!(verdict(RecordFormat::Ndjson, "id,name\n1,x\n"), Some("shape"));
     }
 
     #[test]
@@ -865,8 +967,14 @@ mod tests {
         seen.lock().unwrap().clone()
     }
 
+    /// The outcome of a body of the declared shape that ended with `end`.
     fn outcome(records: u64, bytes: u64, end: EndReason) -> Vec<BodyOutcome> {
-        vec![BodyOutcome { records, bytes, end }]
+        let uncertain = match end {
+            EndReason::Complete | EndReason::Cut => None,
+            EndReason::ClientGone => Some("client-gone"),
+            EndReason::UpstreamError(_) | EndReason::IdleTimeout => Some("truncated"),
+        };
+        vec![BodyOutcome { records, bytes, end, uncertain }]
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub struct DemoOptions {
     pub fast: bool,
     /// Show a progress bar on stderr (only drawn when stderr is a terminal).
     pub progress: bool,
+    /// The mock CV API gzips every CV answer whatever cvgate asks (a backend with compression
+    /// forced on); clients send `Accept-Encoding: gzip` either way, as browsers and python do.
+    pub upstream_compress: bool,
 }
 
 /// Whose behaviour a scenario shows.
@@ -168,6 +171,8 @@ impl ScenarioReport {
 pub struct DemoReport {
     pub config: String,
     pub fast: bool,
+    /// The upstream compressed every CV answer (`--upstream-compress`).
+    pub upstream_compress: bool,
     pub requests: u64,
     pub elapsed_ms: u64,
     pub scenarios: Vec<ScenarioReport>,
@@ -400,13 +405,24 @@ impl Conn {
             let req = Request::get(path)
                 .header(http::header::HOST, "cvgate.demo")
                 .header(http::header::AUTHORIZATION, bearer)
+                .header(http::header::ACCEPT_ENCODING, "gzip")
                 .body(Empty::new())?;
             let sent = async {
                 tx.ready().await?;
                 let resp = tx.send_request(req).await?;
                 let status = resp.status();
-                let body = resp.into_body().collect().await?.to_bytes();
-                Ok::<_, hyper::Error>((status, body))
+                let coding = crate::codec::content_coding(resp.headers());
+                let body = resp.into_body();
+                // What the client reads: decoded, when the proxy compressed it for the client.
+                let body = match coding {
+                    Ok(Some(c)) => {
+                        let failure = crate::codec::Failure::default();
+                        let guard = crate::codec::BombGuard::default();
+                        crate::codec::decode(body, c, guard, failure).collect().await.map(|b| b.to_bytes())
+                    }
+                    _ => body.collect().await.map(|b| b.to_bytes()).map_err(Into::into),
+                };
+                Ok::<_, crate::problem::BoxError>((status, body?))
             };
             match sent.await {
                 Ok(r) => {
@@ -504,12 +520,22 @@ pub fn most_in_one_window(h: &HorizonBudget, deliveries: &[(u64, u64)]) -> u64 {
     best
 }
 
-async fn run_plan(base: &Config, dir: &Path, plan: &Plan, bar: &ProgressBar) -> anyhow::Result<ScenarioReport> {
+async fn run_plan(
+    base: &Config,
+    dir: &Path,
+    plan: &Plan,
+    bar: &ProgressBar,
+    opts: &DemoOptions,
+) -> anyhow::Result<ScenarioReport> {
     bar.set_message(plan.id);
     let mock = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("binding the mock CV API")?;
     let mock_addr = mock.local_addr()?;
     let mock_stop = CancellationToken::new();
-    tokio::spawn(crate::mock_api::serve(mock, mock_stop.clone().cancelled_owned()));
+    let mock_opts = crate::mock_api::MockOptions {
+        force_encoding: opts.upstream_compress.then(|| "gzip".to_string()),
+        ..crate::mock_api::MockOptions::default()
+    };
+    tokio::spawn(crate::mock_api::serve_with(mock, mock_opts, mock_stop.clone().cancelled_owned()));
 
     let config = scenario_config(base, dir, mock_addr)?;
     let first = plan.steps.first().context("empty scenario")?.at;
@@ -656,12 +682,14 @@ pub async fn run(path: &Path, opts: &DemoOptions) -> anyhow::Result<DemoReport> 
     };
     let mut scenarios = Vec::with_capacity(plans.len());
     for plan in &plans {
-        scenarios.push(run_plan(&config, &dir, plan, &bar).await.with_context(|| format!("scenario {}", plan.id))?);
+        scenarios
+            .push(run_plan(&config, &dir, plan, &bar, opts).await.with_context(|| format!("scenario {}", plan.id))?);
     }
     bar.finish_and_clear();
     Ok(DemoReport {
         config: path.display().to_string(),
         fast: opts.fast,
+        upstream_compress: opts.upstream_compress,
         requests: total,
         elapsed_ms: started.elapsed().as_millis() as u64,
         scenarios,
@@ -697,11 +725,12 @@ pub fn render(r: &DemoReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "cvgate demo: {} scenarios, {} requests through the real proxy in {:.1} s (manual clock; config {})\n",
+        "cvgate demo: {} scenarios, {} requests through the real proxy in {:.1} s (manual clock; config {}{})\n",
         r.scenarios.len(),
         thousands(r.requests),
         r.elapsed_ms as f64 / 1000.0,
-        r.config
+        r.config,
+        if r.upstream_compress { "; the upstream gzips every answer" } else { "" }
     );
     let _ = writeln!(
         out,
@@ -833,8 +862,8 @@ async fn serve(path: &Path, json: bool) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// See [`run`]; with `serve`, also when the configured ports are taken.
-pub async fn main(path: PathBuf, json: bool, serve_after: bool, fast: bool) -> anyhow::Result<()> {
-    let report = run(&path, &DemoOptions { fast, progress: !json }).await?;
+pub async fn main(path: PathBuf, json: bool, serve_after: bool, opts: DemoOptions) -> anyhow::Result<()> {
+    let report = run(&path, &DemoOptions { progress: !json, ..opts }).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

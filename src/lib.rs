@@ -14,6 +14,9 @@
 //! - [`quota`]: CV budgets per account, organisation, IP prefix, country and globally, over
 //!   several horizons; GCRA maths, the engine and its stores.
 //! - [`forward`]: the pooled upstream client and proxy header rules.
+//! - [`integrity`]: what a charged route asks of the upstream (no ranges, no compression by
+//!   default) and whether an answer's head lets its records be counted with certainty.
+//! - [`codec`]: decodes a compressed upstream body to count it; compresses again for the client.
 //! - [`count`]: counts records in a streaming response body and cuts it at a record boundary.
 //! - [`problem`]: the one place errors become RFC 9457 problem+json answers.
 //! - [`admin`]: the admin API (quota state, blocks, pauses, reload, effective config).
@@ -31,12 +34,14 @@ pub mod blocks;
 pub mod cli;
 pub mod clock;
 pub mod closure;
+pub mod codec;
 pub mod config;
 pub mod count;
 pub mod demo;
 pub mod forward;
 pub mod geo;
 pub mod identity;
+pub mod integrity;
 pub mod listener;
 pub mod metrics;
 pub mod mock_api;

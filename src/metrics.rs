@@ -24,6 +24,9 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// Export streams cut at a record boundary, by reason (quota, closed).
     pub streams_truncated: IntCounterVec,
+    /// Charged responses whose records could not be counted with certainty (charged their
+    /// full reservation), by route and reason.
+    pub count_uncertain: IntCounterVec,
     /// 1 while a closure window is active, by window.
     pub closed: IntGaugeVec,
     /// 1 while a route group is paused, by group.
@@ -137,6 +140,12 @@ impl Metrics {
                 "cvgate_streams_truncated_total",
                 "Export streams ended at a record boundary, by reason.",
                 &["reason"],
+            ),
+            count_uncertain: counter_vec(
+                &r,
+                "cvgate_count_uncertain_total",
+                "Charged responses whose records could not be counted with certainty, charged their full reservation, by route and reason.",
+                &["route", "reason"],
             ),
             closed: gauge_vec(&r, "cvgate_closed", "1 while the closure window is active.", &["window"]),
             paused: gauge_vec(&r, "cvgate_paused", "1 while the route group is paused.", &["group"]),

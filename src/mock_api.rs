@@ -14,6 +14,15 @@
 //!   POST body is read to the end and its length reported. The response carries hop-by-hop
 //!   headers the proxy must remove.
 //! - `GET /debug/bytes?mib=N` → N MiB of NDJSON-like filler, streamed (memory tests).
+//!
+//! Like a real backend it is less kind than a test would like ([`MockOptions`]):
+//! - CV answers are compressed (gzip, br, zstd, deflate) when the request's `Accept-Encoding`
+//!   asks, or always in `force_encoding` (`--force-encoding`; an unknown name such as
+//!   `x-custom` sends plain bytes labelled with it);
+//! - search and export answer `Range: bytes=A-B` / `bytes=A-` (or `?range=bytes=A-B`, as some
+//!   APIs take it in the query) with `206 Partial Content` and `Content-Range`;
+//! - `results_key` (`--results-key`) renames the search's result array (a backend that changed
+//!   its JSON), and `?format=csv` answers a search as `text/csv`.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -27,7 +36,23 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+use crate::codec::Coding;
 use crate::problem::{full, ProxyBody};
+
+/// How the mock misbehaves like a real backend (see the module docs).
+#[derive(Debug, Clone)]
+pub struct MockOptions {
+    /// Content coding applied to every CV answer whatever the client asked.
+    pub force_encoding: Option<String>,
+    /// The search answer's result array key.
+    pub results_key: String,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        Self { force_encoding: None, results_key: "results".into() }
+    }
+}
 
 /// Total CVs in the synthetic corpus.
 pub const TOTAL: u64 = 1_000_000;
@@ -166,7 +191,7 @@ fn query_offset(q: &str) -> u64 {
     h % (TOTAL / 2)
 }
 
-async fn search(q: &str) -> Response<ProxyBody> {
+async fn search(q: &str, opts: &MockOptions) -> Response<ProxyBody> {
     if let Some(ms) = num(q, "header_delay_ms") {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -177,7 +202,19 @@ async fn search(q: &str) -> Response<ProxyBody> {
     let n = num(q, "results").unwrap_or_else(|| size.min(total.saturating_sub(start)));
     let base = query_offset(q) + start;
     let mut out = String::with_capacity(64 + n as usize * 600);
-    let _ = write!(out, r#"{{"page":{page},"size":{size},"total":{total},"results":["#);
+    if query_param(q, "format") == Some("csv") {
+        out.push_str("id,record\n");
+        for i in 0..n {
+            let _ = write!(out, "{},\"", base + i + 1);
+            write_cv(&mut out, base + i + 1);
+            out.push_str("\"\n");
+        }
+        let mut r = json(StatusCode::OK, out);
+        r.headers_mut().insert(header::CONTENT_TYPE, "text/csv".parse().expect("static"));
+        return r;
+    }
+    let key = &opts.results_key;
+    let _ = write!(out, r#"{{"page":{page},"size":{size},"total":{total},"{key}":["#);
     for i in 0..n {
         if i > 0 {
             out.push(',');
@@ -188,6 +225,61 @@ async fn search(q: &str) -> Response<ProxyBody> {
     let mut r = json(StatusCode::OK, out);
     r.headers_mut().insert("x-result-count", n.into());
     r
+}
+
+/// `bytes=A-B` or `bytes=A-` of a body of `len` bytes, as an inclusive range.
+fn byte_range(spec: &str, len: usize) -> Option<(usize, usize)> {
+    let (a, b) = spec.trim().strip_prefix("bytes=")?.split_once('-')?;
+    let a: usize = a.trim().parse().ok()?;
+    let b: usize = if b.trim().is_empty() { len.checked_sub(1)? } else { b.trim().parse().ok()? };
+    (a <= b && a < len).then_some((a, b.min(len - 1)))
+}
+
+/// A `206 Partial Content` answer with the requested bytes of `resp`'s (plain) body.
+async fn partial(resp: Response<ProxyBody>, spec: &str) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    let Ok(all) = body.collect().await.map(|b| b.to_bytes()) else {
+        return json(StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"body"}"#.into());
+    };
+    let Some((a, b)) = byte_range(spec, all.len()) else {
+        let mut r = json(StatusCode::RANGE_NOT_SATISFIABLE, r#"{"error":"range"}"#.into());
+        r.headers_mut().insert(header::CONTENT_RANGE, format!("bytes */{}", all.len()).parse().expect("ascii"));
+        return r;
+    };
+    parts.status = StatusCode::PARTIAL_CONTENT;
+    parts.headers.remove("x-result-count");
+    parts.headers.insert(header::CONTENT_RANGE, format!("bytes {a}-{b}/{}", all.len()).parse().expect("ascii"));
+    Response::from_parts(parts, full(all.slice(a..=b)))
+}
+
+/// Compress `resp` as the client asked (or as forced), like a backend with compression on.
+fn compressed(resp: Response<ProxyBody>, accept: Option<&str>, opts: &MockOptions) -> Response<ProxyBody> {
+    let (name, coding) = match &opts.force_encoding {
+        Some(f) => {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::CONTENT_ENCODING, f.parse().expect("a header value"));
+            (f.clone(), crate::codec::content_coding(&h).ok().flatten())
+        }
+        None => match accept.and_then(|a| negotiate_any(a)) {
+            Some(c) => (c.as_str().to_string(), Some(c)),
+            None => return resp,
+        },
+    };
+    let (mut parts, body) = resp.into_parts();
+    parts.headers.insert(header::CONTENT_ENCODING, name.parse().expect("a header value"));
+    parts.headers.append(header::VARY, "accept-encoding".parse().expect("static"));
+    let body = match coding {
+        Some(c) => crate::codec::encode(body, c),
+        None => body, // a coding nobody knows: plain bytes under its name
+    };
+    Response::from_parts(parts, body)
+}
+
+/// The client's preferred coding, deflate included (a backend offers what it has).
+fn negotiate_any(accept: &str) -> Option<Coding> {
+    crate::codec::negotiate(Some(accept)).or_else(|| {
+        accept.split(',').any(|c| c.split(';').next().is_some_and(|n| n.trim() == "deflate")).then_some(Coding::Deflate)
+    })
 }
 
 fn export(q: &str) -> Response<ProxyBody> {
@@ -263,15 +355,24 @@ async fn echo(req: Request<Incoming>) -> Response<ProxyBody> {
     r
 }
 
-/// Route one request of the mock API.
+/// Route one request of the mock API (default options).
 pub async fn handle(req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    handle_with(req, &MockOptions::default()).await
+}
+
+/// Route one request of the mock API.
+pub async fn handle_with(req: Request<Incoming>, opts: &MockOptions) -> Result<Response<ProxyBody>, Infallible> {
     let q = req.uri().query().unwrap_or("").to_string();
     let path = req.uri().path().to_string();
     let get = req.method() == Method::GET;
+    let header = |n: header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let accept = header(header::ACCEPT_ENCODING);
+    let range = header(header::RANGE).or_else(|| query_param(&q, "range").map(|r| r.replace("%3D", "=")));
+    let cv = path.starts_with("/api/v1/cvs");
     let resp = match (get, path.as_str()) {
         (_, "/debug/echo") => echo(req).await,
         (true, "/debug/bytes") => filler(&q),
-        (true, "/api/v1/cvs" | "/api/v1/cvs/") => search(&q).await,
+        (true, "/api/v1/cvs" | "/api/v1/cvs/") => search(&q, opts).await,
         (true, "/api/v1/cvs/export") => export(&q),
         (true, p) if p.starts_with("/api/v1/cvs/") => {
             match p["/api/v1/cvs/".len()..].trim_start_matches("cv-").parse::<u64>() {
@@ -291,11 +392,25 @@ pub async fn handle(req: Request<Incoming>) -> Result<Response<ProxyBody>, Infal
         ),
         _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
     };
+    let ranged = matches!(path.as_str(), "/api/v1/cvs" | "/api/v1/cvs/" | "/api/v1/cvs/export");
+    let resp = match range {
+        Some(spec) if ranged && get && resp.status() == StatusCode::OK => partial(resp, &spec).await,
+        _ => resp,
+    };
+    if cv && resp.status().is_success() {
+        return Ok(compressed(resp, accept.as_deref(), opts));
+    }
     Ok(resp)
 }
 
 /// Serve the mock API on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+    serve_with(listener, MockOptions::default(), shutdown).await;
+}
+
+/// [`serve`] with [`MockOptions`].
+pub async fn serve_with(listener: TcpListener, opts: MockOptions, shutdown: impl std::future::Future<Output = ()>) {
+    let opts = std::sync::Arc::new(opts);
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {
@@ -308,18 +423,22 @@ pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Out
         };
         let _ = stream.set_nodelay(true);
         let b = builder.clone();
+        let opts = opts.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(handle);
+            let svc = hyper::service::service_fn(move |req| {
+                let opts = opts.clone();
+                async move { handle_with(req, &opts).await }
+            });
             let _ = b.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
 
 /// Bind `addr` and serve forever (the `mock-cv-api` command).
-pub async fn run(addr: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(addr: SocketAddr, opts: MockOptions) -> anyhow::Result<()> {
     let l = TcpListener::bind(addr).await?;
-    tracing::info!(addr = %l.local_addr()?, "mock CV API listening");
-    serve(l, std::future::pending()).await;
+    tracing::info!(addr = %l.local_addr()?, ?opts, "mock CV API listening");
+    serve_with(l, opts, std::future::pending()).await;
     Ok(())
 }
 

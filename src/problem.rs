@@ -52,6 +52,8 @@ pub enum ProxyError {
     UpstreamTimeout,
     /// The upstream connection failed in another way.
     UpstreamFailed,
+    /// A charged answer in a content coding cvgate cannot decode, where it may not pass uncounted.
+    UpstreamUndecodable,
     /// Too many requests in flight in this process.
     Overloaded,
 }
@@ -75,6 +77,7 @@ impl ProxyError {
             Self::UpstreamUnreachable => "upstream-unreachable",
             Self::UpstreamTimeout => "upstream-timeout",
             Self::UpstreamFailed => "upstream-failed",
+            Self::UpstreamUndecodable => "upstream-undecodable",
             Self::Overloaded => "overloaded",
         }
     }
@@ -90,7 +93,7 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::QuotaExceeded { .. } | Self::TooLarge { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::UpstreamUnreachable | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnreachable | Self::UpstreamFailed | Self::UpstreamUndecodable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -143,6 +146,9 @@ impl ProxyError {
             Self::UpstreamUnreachable => ("Bad gateway", "The CV service could not be reached.".to_string()),
             Self::UpstreamTimeout => ("Gateway timeout", "The CV service did not answer in time.".to_string()),
             Self::UpstreamFailed => ("Bad gateway", "The CV service failed to answer.".to_string()),
+            Self::UpstreamUndecodable => {
+                ("Bad gateway", "The CV service answered in a content coding this gateway cannot read.".to_string())
+            }
             Self::Overloaded => ("Overloaded", "Too many requests in flight; retry shortly.".to_string()),
         };
         (title, detail, x)

@@ -9,8 +9,12 @@
 //! paging      page × size beyond the route's depth             → 403 paging-too-deep
 //! reserve     expected CVs from every bucket, all or nothing   → 429 + Retry-After + RateLimit
 //! forward     stream the request to the upstream (pooled)      → 502 / 504
-//! count       wrap the response body: count records as they pass, cut at the grant
-//! settle      when the body ends or is dropped: refund the unused part or charge the excess
+//!             (charged routes: no Range/If-*, Accept-Encoding: identity — see `integrity`)
+//! judge       can the answer's records be counted with certainty? (status, type, coding)
+//! count       wrap the response body: decode if compressed, count records as they pass, cut
+//!             at the grant, compress again for the client when the route says so
+//! settle      when the body ends or is dropped: refund the unused part or charge the excess —
+//!             only on a certain count; an uncertain one is charged its full reservation
 //! ```
 //! Every early answer is a [`ProxyError`], turned into problem+json in one place. The request's
 //! facts are gathered in a [`Ctx`] that the end of the story (audit line, metrics) reads once.
@@ -19,14 +23,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderValue, CONTENT_LENGTH};
+use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, ETAG, VARY};
 use http::{Request, Response};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 
 use crate::blocks::{Event, Who};
-use crate::count::{BodyOutcome, CountingBody, EndReason, RecordFormat};
+use crate::codec::{Coding, Failure};
+use crate::count::{BodyOutcome, Certainty, CountingBody, EndReason, RecordFormat};
 use crate::forward::{request_id, Hop, X_REQUEST_ID};
+use crate::integrity::Plan;
 use crate::listener::ConnInfo;
 use crate::problem::{ProxyBody, ProxyError};
 use crate::quota::{CostMode, Rejection, Reservation, Subject};
@@ -54,6 +60,8 @@ pub struct Ctx {
     pub status: u16,
     pub bytes: u64,
     pub truncated: bool,
+    /// How sure `delivered` is (charged requests).
+    pub count: Certainty,
     /// A charged (CV) route: audited whatever the decision (other routes only when rejected).
     pub audited: bool,
 }
@@ -197,7 +205,16 @@ async fn run(
         ctx.would_reject.push((scope.as_str().to_string(), horizon.to_string()));
     }
 
-    // forward
+    // forward (a charged route asks for a whole, plain, countable answer)
+    let format = match &route.count {
+        Count::Body(f) => Some(f),
+        _ => None,
+    };
+    let client_coding = if route.is_charged() {
+        crate::integrity::prepare_request(req.headers_mut(), &route.encoding, format)
+    } else {
+        None
+    };
     let hop = Hop {
         peer,
         peer_trusted: cfg.identity.is_trusted_proxy(peer),
@@ -216,63 +233,144 @@ async fn run(
         }
     };
     shared.metrics.upstream_latency.with_label_values(&[&route.name]).observe(sent.elapsed().as_secs_f64());
-    let (mut parts, body) = upstream.into_parts();
+    let (parts, body) = upstream.into_parts();
+
+    // judge: can this answer's records be counted with certainty, and how?
+    let plan = if route.is_charged() {
+        crate::integrity::judge(parts.status, &parts.headers, format, &route.encoding, route.up_to)
+    } else {
+        Plan::Uncounted { uncertain: None }
+    };
+    if plan == Plan::Refuse {
+        shared.metrics.count_uncertain.with_label_values(&[&route.name, "encoding"]).inc();
+        if let Some(r) = &reservation {
+            shared.quota.settle(r, 0).await; // refused: nothing delivered
+        }
+        return Err(ProxyError::UpstreamUndecodable);
+    }
     ctx.status = parts.status.as_u16();
     ctx.decision = "allowed".into();
-    if let Some(r) = &reservation {
-        for (k, v) in crate::quota::ratelimit_headers(r) {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                parts.headers.insert(k, v);
+    let cut_at = (format == Some(&RecordFormat::Ndjson))
+        .then(|| cfg.closure.next_cut_after(&route.group, account, org, now))
+        .flatten();
+    let respond = Respond { route: &route, reservation, plan, client_coding, started, cut_at };
+    Ok(respond.wrap(shared, &cfg.limits, parts, body, ctx))
+}
+
+/// The answer's way back: headers, then the body layers (decode → count/cut → encode), with
+/// settle and the audit line at the body's end.
+struct Respond<'a> {
+    route: &'a Route,
+    reservation: Option<Arc<Reservation>>,
+    plan: Plan,
+    client_coding: Option<Coding>,
+    started: Instant,
+    /// When a closure window with `in_flight: cut` ends a running export.
+    cut_at: Option<jiff::Timestamp>,
+}
+
+impl Respond<'_> {
+    fn wrap(
+        self,
+        shared: &Arc<Shared>,
+        limits: &crate::config::Limits,
+        mut parts: http::response::Parts,
+        body: Incoming,
+        ctx: &mut Ctx,
+    ) -> Response<ProxyBody> {
+        let Respond { route, reservation, plan, client_coding, started, cut_at } = self;
+        if let Some(r) = &reservation {
+            for (k, v) in crate::quota::ratelimit_headers(r) {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    parts.headers.insert(k, v);
+                }
             }
         }
-    }
+        let (format, decode, pre) = match plan {
+            Plan::Count { decode, uncertain } => match &route.count {
+                Count::Body(f) => (Some(f.clone()), decode, uncertain),
+                _ => (None, None, uncertain),
+            },
+            Plan::Uncounted { uncertain } => (None, None, uncertain),
+            Plan::Refuse => (None, None, None),
+        };
+        // Without a body count: nothing on an error, the count header, or the reservation.
+        let mut pre = pre;
+        let header_count = match &route.count {
+            _ if format.is_some() => None,
+            _ if !parts.status.is_success() => Some(0),
+            Count::Header(h) => {
+                let n = parts.headers.get(h).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+                if n.is_none() {
+                    pre = pre.or(Some("count-header"));
+                }
+                Some(n.unwrap_or(ctx.reserved))
+            }
+            _ => Some(ctx.reserved),
+        };
+        let by_design = route.count == Count::Reserved && parts.status.is_success() && route.is_charged();
+        let limit = format.as_ref().and_then(|_| route.up_to.then_some(ctx.reserved));
+        let transformed = decode.is_some() || (format.is_some() && client_coding.is_some());
+        if decode.is_some() || (format.is_some() && limit.is_some()) || transformed {
+            parts.headers.remove(CONTENT_LENGTH); // decoded, re-encoded or cut short
+        }
+        if decode.is_some() {
+            parts.headers.remove(CONTENT_ENCODING);
+        }
+        let encode = client_coding.filter(|_| format.is_some());
+        if transformed {
+            weaken_etag(&mut parts.headers);
+        }
+        if let Some(c) = encode {
+            parts.headers.insert(CONTENT_ENCODING, HeaderValue::from_static(c.as_str()));
+        }
+        if route.encoding.compress && format.is_some() {
+            parts.headers.append(VARY, HeaderValue::from_static("accept-encoding"));
+        }
 
-    // count + settle
-    let success = parts.status.is_success();
-    let (format, limit, header_count) = match &route.count {
-        _ if !success => (None, None, Some(0)),
-        // No count in the response: the reservation is the charge (a refund only on failure, above).
-        Count::Reserved => (None, None, Some(ctx.reserved)),
-        Count::Header(h) => (
-            None,
-            None,
-            Some(
-                parts
-                    .headers
-                    .get(h)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(ctx.reserved),
-            ),
-        ),
-        Count::Body(f) => (Some(f.clone()), route.up_to.then_some(ctx.reserved), None),
-    };
-    if format.is_some() && limit.is_some() {
-        parts.headers.remove(CONTENT_LENGTH); // the body may be cut short
+        let failure = Failure::default();
+        let inner = match decode {
+            Some(c) => Either::Right(crate::codec::decode(body, c, limits.bomb, failure.clone())),
+            None => Either::Left(body),
+        };
+        let cut = CutByWindow::default();
+        // The context moves into the settle step, which writes the audit line when the body ends.
+        let end = Settle {
+            shared: shared.clone(),
+            reservation,
+            ctx: std::mem::take(ctx),
+            started,
+            header_count,
+            pre,
+            failure,
+            by_design,
+            cut: cut.clone(),
+        };
+        let counted = CountingBody::new(
+            inner,
+            format,
+            limit,
+            Some(limits.idle_body_timeout),
+            Box::new(move |o: BodyOutcome| end.done(o)),
+        );
+        if let Some(at) = cut_at {
+            cut.schedule(shared, counted.cut_handle(), at);
+        }
+        let body = match encode {
+            Some(c) => crate::codec::encode(counted.boxed(), c),
+            None => counted.boxed(),
+        };
+        Response::from_parts(parts, body)
     }
-    let cuttable = format == Some(RecordFormat::Ndjson);
-    let cut = CutByWindow::default();
-    // The context moves into the settle step, which writes the audit line when the body ends.
-    let end = Settle {
-        shared: shared.clone(),
-        reservation,
-        ctx: std::mem::take(ctx),
-        started,
-        header_count,
-        cut: cut.clone(),
-    };
-    let counted = CountingBody::new(
-        body,
-        format,
-        limit,
-        Some(cfg.limits.idle_body_timeout),
-        Box::new(move |o: BodyOutcome| end.done(o)),
-    );
-    // A closure window with `in_flight: cut` ends a running export at a record boundary.
-    if let Some(cut_at) = cuttable.then(|| cfg.closure.next_cut_after(&route.group, account, org, now)).flatten() {
-        cut.schedule(shared, counted.cut_handle(), cut_at);
+}
+
+/// A body cvgate changed (decoded, re-encoded) keeps only a weak validator (RFC 9110 §8.8.1).
+fn weaken_etag(h: &mut http::HeaderMap) {
+    if let Some(v) = h.get(ETAG).and_then(|v| v.to_str().ok()).filter(|v| !v.starts_with("W/")) {
+        if let Ok(weak) = HeaderValue::from_str(&format!("W/{v}")) {
+            h.insert(ETAG, weak);
+        }
     }
-    Ok(Response::from_parts(parts, counted.boxed()))
 }
 
 /// Settles the reservation and writes the audit line when the response body ends.
@@ -281,7 +379,14 @@ struct Settle {
     reservation: Option<Arc<Reservation>>,
     ctx: Ctx,
     started: Instant,
+    /// The charge when the body is not counted (error status, count header, reservation).
     header_count: Option<u64>,
+    /// Why the head already made the count uncertain (status, partial, content-type, encoding).
+    pre: Option<&'static str>,
+    /// Why the decoder ended the body (decode-error, bomb), if it did.
+    failure: Failure,
+    /// The route charges its reservation by design (no count configured).
+    by_design: bool,
     cut: CutByWindow,
 }
 
@@ -313,10 +418,26 @@ impl CutByWindow {
 
 impl Settle {
     fn done(self, o: BodyOutcome) {
-        let Settle { shared, reservation, mut ctx, started, header_count, cut } = self;
+        let Settle { shared, reservation, mut ctx, started, header_count, pre, failure, by_design, cut } = self;
         let by_window = cut.stop();
-        let delivered = header_count.unwrap_or(o.records);
+        // The rule: a refund only on a certain count; otherwise the full reservation (or what
+        // was counted, if more).
+        let uncertain = pre.or_else(|| failure.get().copied()).or(header_count.map_or(o.uncertain, |_| None));
+        let counted = header_count.unwrap_or(o.records);
+        let delivered = if uncertain.is_some() { counted.max(ctx.reserved) } else { counted };
         ctx.delivered = if reservation.is_some() || header_count.is_some() { delivered } else { o.records };
+        if reservation.is_some() {
+            ctx.count = match uncertain {
+                Some(reason) => {
+                    let route = ctx.route.clone().unwrap_or_else(|| "-".into());
+                    shared.metrics.count_uncertain.with_label_values(&[&route, reason]).inc();
+                    shared.uncertain_log.warn(&route, reason, &ctx.request_id);
+                    Certainty::Uncertain(reason)
+                }
+                None if by_design => Certainty::Reserved,
+                None => Certainty::Exact,
+            };
+        }
         ctx.bytes = o.bytes;
         ctx.truncated = matches!(o.end, EndReason::Cut);
         if ctx.truncated {

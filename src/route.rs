@@ -12,6 +12,7 @@ use http::Method;
 
 use crate::config::raw::{RawCost, RawRoute};
 use crate::count::RecordFormat;
+use crate::integrity::{RouteEncoding, Undecodable};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,8 @@ pub struct Route {
     pub up_to: bool,
     pub count: Count,
     pub deep_paging: Option<DeepPaging>,
+    /// Content codings: what is asked upstream, whether to compress for the client.
+    pub encoding: RouteEncoding,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +180,7 @@ impl Route {
                 errs.push((format!("{p}.deep_paging.max_depth"), "must be greater than 0".into()));
             }
         }
+        let encoding = parse_encoding(&r.encoding, &format!("{p}.encoding"), &mut errs);
         if !errs.is_empty() {
             return Err(errs);
         }
@@ -191,6 +195,7 @@ impl Route {
             up_to,
             count,
             deep_paging,
+            encoding,
         })
     }
 
@@ -208,6 +213,7 @@ impl Route {
             up_to: false,
             count: Count::Reserved,
             deep_paging: None,
+            encoding: RouteEncoding::default(),
         }
     }
 
@@ -251,6 +257,25 @@ fn parse_pattern(path: &str) -> Result<(Vec<Segment>, bool), String> {
         }
     }
     Ok((segs, prefix))
+}
+
+fn parse_encoding(r: &crate::config::raw::RawEncoding, p: &str, errs: &mut Errors) -> RouteEncoding {
+    let upstream = match http::HeaderValue::from_str(r.upstream.trim()) {
+        Ok(v) if !r.upstream.trim().is_empty() => v,
+        _ => {
+            errs.push((format!("{p}.upstream"), format!("not an Accept-Encoding value: {:?}", r.upstream)));
+            http::HeaderValue::from_static("identity")
+        }
+    };
+    let undecodable = match r.undecodable.as_str() {
+        "charge" => Undecodable::Charge,
+        "refuse" => Undecodable::Refuse,
+        other => {
+            errs.push((format!("{p}.undecodable"), format!("expected charge or refuse, got {other:?}")));
+            Undecodable::Charge
+        }
+    };
+    RouteEncoding { upstream, compress: r.compress, undecodable }
 }
 
 fn parse_cost(c: &RawCost, p: &str, errs: &mut Errors) -> (Reserve, bool, Count) {

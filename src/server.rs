@@ -61,6 +61,8 @@ pub struct Shared {
     pub blocks: Arc<crate::blocks::Blocks>,
     /// CVs per account in the current hour, for the bounded top-N gauge.
     pub top_accounts: crate::metrics::TopAccounts,
+    /// The rate-limited warning for responses whose count is uncertain.
+    pub uncertain_log: crate::integrity::UncertainLog,
     /// With the Redis store: blocks and pauses shared by every replica (see [`Shared::sync_flags`]).
     pub flags: Option<Arc<dyn crate::quota::redis::SharedFlags>>,
     /// The config file, for reloads.
@@ -270,6 +272,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         certs: certs.clone(),
         blocks: crate::blocks::Blocks::open(config.blocks.file.clone())?,
         top_accounts: crate::metrics::TopAccounts::default(),
+        uncertain_log: crate::integrity::UncertainLog::default(),
         flags,
         config_path,
         clock,

@@ -55,13 +55,33 @@ fn day_budget(hs: &[HorizonBudget]) -> u64 {
 async fn demo_attacks_stay_within_budgets_and_legit_users_are_never_refused() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
     let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let report = cvgate::demo::run(&path, &DemoOptions { fast: true, progress: false }).await.unwrap();
+    let plain = DemoOptions { fast: true, progress: false, upstream_compress: false };
+    let report = cvgate::demo::run(&path, &plain).await.unwrap();
     eprintln!("{}", cvgate::demo::render(&report));
+    check(&config, &report);
+
+    // Issue 15: an upstream that gzips every answer (and clients that send Accept-Encoding: gzip)
+    // leaks exactly what a plain one does: cvgate counts after decoding.
+    let gzip = DemoOptions { upstream_compress: true, ..plain };
+    let compressed = cvgate::demo::run(&path, &gzip).await.unwrap();
+    eprintln!("{}", cvgate::demo::render(&compressed));
+    assert!(compressed.upstream_compress);
+    check(&config, &compressed);
+    for (p, c) in report.scenarios.iter().zip(&compressed.scenarios) {
+        assert_eq!(p.id, c.id);
+        let cvs = |s: &ScenarioReport| (s.attacker.as_ref().map(|a| a.delivered_cvs), s.legit.delivered_cvs);
+        assert_eq!(cvs(p), cvs(c), "{}: the same CVs get through with a compressing upstream", p.id);
+    }
+}
+
+/// The leak bounds every run of the demo must keep.
+fn check(config: &Config, report: &DemoReport) {
+    let config = config.clone();
 
     for (id, scope) in
         [("may4", Scope::Account), ("accounts30", Scope::Org), ("orgs30", Scope::Ip), ("week", Scope::Account)]
     {
-        let s = scenario(&report, id);
+        let s = scenario(report, id);
         let attacker = s.attacker.as_ref().expect("an attack has an attacker");
         let hs = horizons(&config, scope);
         // A span off by under a second changes a continuous bound by at most one CV.
@@ -106,13 +126,13 @@ async fn demo_attacks_stay_within_budgets_and_legit_users_are_never_refused() {
     // organisations behind one /24 the prefix's day (config.yaml's day horizons are fixed, so a
     // day budget is a cap, not a rate the attack paced by the hour budget keeps drawing on).
     for (id, scope) in [("may4", Scope::Account), ("accounts30", Scope::Org), ("orgs30", Scope::Ip)] {
-        let s = scenario(&report, id);
+        let s = scenario(report, id);
         assert!(s.span_secs < 86_400, "{id} is one day");
         let day = day_budget(&horizons(&config, scope));
         let got = s.attacker.as_ref().unwrap().delivered_cvs;
         assert!(got <= day, "{id}: {got} CVs leaked, {} day budget {day}", scope.as_str());
     }
-    let may4 = scenario(&report, "may4");
+    let may4 = scenario(report, "may4");
     assert_eq!(may4.first_stop.as_ref().unwrap().scope, "account");
     let acct = horizons(&config, Scope::Account);
     let day = day_budget(&acct);
@@ -120,7 +140,7 @@ async fn demo_attacks_stay_within_budgets_and_legit_users_are_never_refused() {
     // Spread over a week, the account still gets no more than a budget within any one window
     // of a fixed horizon: a day's cap each UTC day, the week's each week from Monday. (The week
     // from Saturday 4 May crosses a Monday, so the attack meets two week windows.)
-    let week = scenario(&report, "week");
+    let week = scenario(report, "week");
     assert!(week.span_secs > 6 * 86_400, "the attack spans the week");
     assert!(week.rejections.keys().any(|k| k.starts_with("account/")));
     let limit = week.limit.as_ref().unwrap();
@@ -135,13 +155,13 @@ async fn demo_attacks_stay_within_budgets_and_legit_users_are_never_refused() {
     // Legitimate use: nothing refused, and the agency's volume is more than a default account
     // or organisation could fetch in a day (so its tier, not luck, is what lets it through).
     for id in ["agency", "employer"] {
-        let s = scenario(&report, id);
+        let s = scenario(report, id);
         assert!(s.attacker.is_none() && s.limit.is_none());
         assert_eq!(s.legit.refused_cvs, 0, "{id}: {:?} {:?}", s.rejections, s.other_refusals);
         assert_eq!(s.legit.delivered_cvs, s.legit.requested_cvs, "{id}");
         assert!(s.rejections.is_empty() && s.other_refusals.is_empty(), "{id}");
     }
-    let agency = scenario(&report, "agency");
+    let agency = scenario(report, "agency");
     assert!(agency.legit.requested_cvs > day_budget(&horizons(&config, Scope::Org)));
     assert!(agency.legit.requested_cvs / 5 > day, "each recruiter fetches more than a default account's day");
 

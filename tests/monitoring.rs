@@ -246,6 +246,10 @@ async fn make_traffic(p: &Proxy) {
     let r = s.send(get("/api/v1/cvs?size=1&header_delay_ms=3000", false, &[("authorization", &bearer(&t2))])).await;
     assert_eq!(r.status(), 504);
     let _ = body_bytes(r).await;
+    // an answer in another content type: charged in full, counted as uncertain
+    let r = s.send(get("/api/v1/cvs?size=1&format=csv", false, &[("authorization", &bearer(&t2))])).await;
+    assert_eq!(r.status(), 200);
+    let _ = body_bytes(r).await;
     // a block through the admin path (cvgate_blocks_created_total)
     let now = cvgate::clock::Clock::now(&*p.running.shared.clock);
     p.running

@@ -138,6 +138,8 @@ pub struct Limits {
     pub max_inflight_requests: usize,
     pub h2_max_concurrent_streams: u32,
     pub shutdown_grace: Duration,
+    /// Decompression-bomb limits for a compressed upstream body on a counted route.
+    pub bomb: crate::codec::BombGuard,
 }
 
 /// Collects errors with their key paths while validating.
@@ -270,7 +272,18 @@ impl Config {
             max_inflight_requests: lr.max_inflight_requests,
             h2_max_concurrent_streams: lr.h2_max_concurrent_streams,
             shutdown_grace: e.duration("limits.shutdown_grace", &lr.shutdown_grace),
+            bomb: crate::codec::BombGuard {
+                max_bytes: lr.max_decoded_bytes,
+                max_ratio: lr.max_decompression_ratio,
+                ..crate::codec::BombGuard::default()
+            },
         };
+        if lr.max_decoded_bytes == 0 {
+            e.push("limits.max_decoded_bytes", "must be greater than 0");
+        }
+        if lr.max_decompression_ratio == 0 {
+            e.push("limits.max_decompression_ratio", "must be greater than 0");
+        }
         if limits.max_header_bytes < 1024 {
             e.push("limits.max_header_bytes", "must be at least 1024");
         }

@@ -149,6 +149,10 @@ pub struct RawLimits {
     pub max_inflight_requests: usize,
     pub h2_max_concurrent_streams: u32,
     pub shutdown_grace: String,
+    /// Most bytes one compressed upstream body may decode to (decompression-bomb guard).
+    pub max_decoded_bytes: u64,
+    /// Most decoded bytes per compressed byte, checked past the first MiB (bomb guard).
+    pub max_decompression_ratio: u64,
 }
 
 impl Default for RawLimits {
@@ -162,6 +166,8 @@ impl Default for RawLimits {
             max_inflight_requests: 4096,
             h2_max_concurrent_streams: 128,
             shutdown_grace: "30s".into(),
+            max_decoded_bytes: 1 << 30,
+            max_decompression_ratio: 100,
         }
     }
 }
@@ -183,6 +189,27 @@ pub struct RawRoute {
     pub cost: Option<RawCost>,
     /// Deep-paging guard: reject when page × size exceeds `max_depth`.
     pub deep_paging: Option<RawDeepPaging>,
+    /// Content codings on a charged route (count integrity).
+    pub encoding: RawEncoding,
+}
+
+/// `routes[].encoding`: what a charged route asks of the upstream and gives the client.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RawEncoding {
+    /// `Accept-Encoding` sent upstream: `identity` (default), or e.g. `gzip, br` to let the
+    /// upstream compress (cvgate decodes gzip, deflate, br and zstd to count).
+    pub upstream: String,
+    /// Compress the answer again for a client that accepts gzip, br or zstd.
+    pub compress: bool,
+    /// A body in a coding cvgate cannot decode: `charge` (the full reservation) or `refuse` (502).
+    pub undecodable: String,
+}
+
+impl Default for RawEncoding {
+    fn default() -> Self {
+        Self { upstream: "identity".into(), compress: false, undecodable: "charge".into() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -227,6 +254,7 @@ pub fn default_routes() -> Vec<RawRoute> {
         identity: Some("employer".into()),
         cost: Some(cost),
         deep_paging: None,
+        encoding: RawEncoding::default(),
     };
     vec![
         cv(
@@ -264,6 +292,7 @@ pub fn default_routes() -> Vec<RawRoute> {
             identity: Some("anonymous".into()),
             cost: None,
             deep_paging: None,
+            encoding: RawEncoding::default(),
         },
     ]
 }
