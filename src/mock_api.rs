@@ -260,7 +260,7 @@ fn compressed(resp: Response<ProxyBody>, accept: Option<&str>, opts: &MockOption
             h.insert(header::CONTENT_ENCODING, f.parse().expect("a header value"));
             (f.clone(), crate::codec::content_coding(&h).ok().flatten())
         }
-        None => match accept.and_then(|a| negotiate_any(a)) {
+        None => match accept.and_then(negotiate_any) {
             Some(c) => (c.as_str().to_string(), Some(c)),
             None => return resp,
         },

@@ -180,7 +180,11 @@ impl Route {
                 errs.push((format!("{p}.deep_paging.max_depth"), "must be greater than 0".into()));
             }
         }
-        let encoding = parse_encoding(&r.encoding, &format!("{p}.encoding"), &mut errs);
+        let mut encoding = parse_encoding(&r.encoding, &format!("{p}.encoding"), &mut errs);
+        if up_to {
+            // An export cut at its grant cannot pass uncounted: whatever the file says, refuse.
+            encoding.undecodable = Undecodable::Refuse;
+        }
         if !errs.is_empty() {
             return Err(errs);
         }
