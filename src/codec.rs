@@ -205,13 +205,14 @@ where
 pub fn encode(body: ProxyBody, coding: Coding) -> ProxyBody {
     let input = BodyDataStream::new(body).map_err(io::Error::other);
     let reader = StreamReader::new(input);
-    // Levels tuned for a proxy's CPU: gzip 6 and zstd 3 are their defaults, brotli 4 (its
-    // default 11 costs ~20x the CPU for a few per cent).
+    // The fastest level of each (nginx's `gzip_comp_level` defaults to 1 for the same reason):
+    // on a 20-CV page gzip 6 took 43 µs, gzip 1 15 µs; brotli 4 57 µs, brotli 1 18 µs; zstd 3
+    // 39 µs, zstd 1 22 µs (benches/codec.rs, docs/BENCHMARKS.md). CV JSON still shrinks ~4x.
     let encoder: std::pin::Pin<Box<dyn AsyncRead + Send + Sync>> = match coding {
-        Coding::Gzip => Box::pin(codecs::GzipEncoder::with_quality(reader, Level::Default)),
-        Coding::Deflate => Box::pin(codecs::ZlibEncoder::with_quality(reader, Level::Default)),
-        Coding::Br => Box::pin(codecs::BrotliEncoder::with_quality(reader, Level::Precise(4))),
-        Coding::Zstd => Box::pin(codecs::ZstdEncoder::with_quality(reader, Level::Default)),
+        Coding::Gzip => Box::pin(codecs::GzipEncoder::with_quality(reader, Level::Fastest)),
+        Coding::Deflate => Box::pin(codecs::ZlibEncoder::with_quality(reader, Level::Fastest)),
+        Coding::Br => Box::pin(codecs::BrotliEncoder::with_quality(reader, Level::Precise(1))),
+        Coding::Zstd => Box::pin(codecs::ZstdEncoder::with_quality(reader, Level::Fastest)),
     };
     let frames = ReaderStream::with_capacity(encoder, OUT_CHUNK).map(|r| r.map(Frame::data).map_err(BoxError::from));
     BodyExt::boxed(StreamBody::new(frames))
@@ -345,6 +346,23 @@ mod tests {
             let want = count_through(plain.clone(), None, &[], &format);
             proptest::prop_assert_eq!(want, ids.len() as u64);
             proptest::prop_assert_eq!(count_through(plain, Some(coding), &splits, &format), want);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cv_page_shrinks_at_the_fastest_levels() {
+        let mut page = String::from("{\"results\":[");
+        for id in 1..=20 {
+            if id > 1 {
+                page.push(',');
+            }
+            crate::mock_api::write_cv(&mut page, id * 7919);
+        }
+        page.push_str("]}");
+        for c in [Coding::Gzip, Coding::Br, Coding::Zstd] {
+            let packed = compress(Bytes::from(page.clone()), c).await;
+            eprintln!("{c:?}: {} -> {} bytes", page.len(), packed.len());
+            assert!(packed.len() * 3 < page.len(), "{c:?}: {} of {}", packed.len(), page.len());
         }
     }
 

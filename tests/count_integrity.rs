@@ -337,3 +337,33 @@ async fn a_decompression_bomb_is_charged_in_full_with_bounded_memory() {
     assert_eq!(lines[0]["count"], "uncertain:bomb");
     assert_eq!(lines[0]["delivered"], 200);
 }
+
+/// Over TLS and HTTP/2 a gzipped export is decoded, cut at its grant and ends with the
+/// truncation trailers (the route does not compress again, so nothing stands between).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_h2_a_gzipped_export_is_cut_with_its_trailers() {
+    let mock = mock_with(MockOptions { force_encoding: Some("gzip".into()), ..MockOptions::default() }).await;
+    let p = start_proxy(&mock, &cfg("")).await;
+    let t = token(&p, "acct-1", KVK);
+    let (alpn, mut s) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    let h = [("authorization", bearer(&t)), ("accept-encoding", "gzip".to_string())];
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = s.send(get("/api/v1/cvs/export?limit=5000&chunk=33", true, &h)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r.into_parts().0, "ratelimit").split(';').find_map(|p| p.strip_prefix("r=")), Some("0"));
+    let r = s.send(get("/api/v1/cvs/export?limit=5000&chunk=33", true, &h)).await;
+    assert_eq!(r.status(), 429, "the first export took the whole day");
+
+    // A fresh budget: the export is granted 1000 (the day), cut there with trailers.
+    let p = start_proxy(&mock, &cfg("")).await;
+    let (_, mut s) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;
+    let t = token(&p, "acct-1", KVK);
+    let r = s.send(get("/api/v1/cvs/export?limit=5000&chunk=33", true, &[("authorization", &bearer(&t))])).await;
+    assert!(r.headers().get("content-encoding").is_none());
+    let collected = r.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("h2 trailers");
+    assert_eq!(trailers["cvgate-truncated"], "true");
+    assert_eq!(trailers["cvgate-records"], "1000");
+    assert_eq!(export_lines(&collected.to_bytes()), (1000, Some(1000)));
+}
