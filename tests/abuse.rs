@@ -52,15 +52,22 @@ async fn proxy_with_recorder(extra: &str) -> (Proxy, Seen) {
     (p, seen)
 }
 
+/// `text` with its one `from` replaced by `to`. Panics unless `from` occurs exactly once: a patch
+/// that matched nothing would silently test the unpatched config.
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(text.matches(from).count(), 1, "expected {from:?} once in:\n{text}");
+    text.replace(from, to)
+}
+
 /// A proxy in front of `upstream` whose `limits.header_read_timeout` and `max_connections` are
 /// replaced (the harness's test config fixes the other limits).
 async fn proxy_with_limits(upstream: SocketAddr, header_read_timeout: &str, max_connections: usize) -> Proxy {
     let (dir, cert) = cert_dir();
-    let yaml = test_yaml(&format!("http://{upstream}"), dir.path(), &identity_yaml(&[])).replace(
+    let yaml = replace_once(
+        &test_yaml(&format!("http://{upstream}"), dir.path(), &identity_yaml(&[])),
         "limits:\n  header_read_timeout: 1s\n",
         &format!("limits:\n  header_read_timeout: {header_read_timeout}\n  max_connections: {max_connections}\n"),
     );
-    assert!(yaml.contains("max_connections"), "the harness's limits section changed");
     start_proxy_in(dir, cert, &yaml).await
 }
 

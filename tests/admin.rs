@@ -10,6 +10,13 @@ use serde_json::{json, Value};
 
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 
+/// `text` with its one `from` replaced by `to`. Panics unless `from` occurs exactly once: a patch
+/// that matched nothing would silently test the unpatched config.
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(text.matches(from).count(), 1, "expected {from:?} once in:\n{text}");
+    text.replace(from, to)
+}
+
 /// The harness config with the admin API on port 0, a token, blocks in the temp dir and small
 /// account budgets.
 fn admin_yaml(upstream: &str, dir: &std::path::Path, day_budget: u64, auto_rules: bool) -> String {
@@ -27,7 +34,7 @@ blocks:
         identity = identity_yaml(&[]),
         blocks = dir.join("blocks.json").display(),
     );
-    test_yaml(upstream, dir, &extra).replace("  admin: null", "  admin: \"127.0.0.1:0\"")
+    replace_once(&test_yaml(upstream, dir, &extra), "  admin: null", "  admin: \"127.0.0.1:0\"")
 }
 
 /// One admin call over a fresh HTTP/1.1 connection.
@@ -189,7 +196,7 @@ async fn reload_applies_a_new_budget_keeping_spent_and_a_bad_reload_changes_noth
     assert_eq!(search(&p, &tok, 20).await.0, 200);
 
     // A good file with a bigger budget: applies at once, spent CVs stay spent.
-    std::fs::write(&p.config_path, good.replace("budget: 1000", "budget: 5000")).unwrap();
+    std::fs::write(&p.config_path, replace_once(&good, "budget: 1000", "budget: 5000")).unwrap();
     let (status, _) = admin(&p, "POST", "/v1/reload", None, ADMIN_TOKEN).await;
     assert_eq!(status, 200);
     let (_, v) = admin(&p, "GET", "/v1/quota?account=acct-1", None, ADMIN_TOKEN).await;
@@ -198,8 +205,7 @@ async fn reload_applies_a_new_budget_keeping_spent_and_a_bad_reload_changes_noth
 
     // The day horizon made a fixed (calendar-day) cap: still the same CVs spent, and its reset is
     // the end of the UTC day instead of the time the continuous refill would take.
-    let fixed = good.replace("budget: 1000, window: 24h }", "budget: 5000, window: 24h, fixed: true }");
-    assert_ne!(fixed, good, "the test config has the day horizon to rewrite");
+    let fixed = replace_once(&good, "budget: 1000, window: 24h }", "budget: 5000, window: 24h, fixed: true }");
     std::fs::write(&p.config_path, fixed).unwrap();
     let (status, _) = admin(&p, "POST", "/v1/reload", None, ADMIN_TOKEN).await;
     assert_eq!(status, 200);

@@ -316,6 +316,13 @@ async fn the_server_chooses_the_cipher_suite() {
     p.running.shutdown().await;
 }
 
+/// `text` with its one `from` replaced by `to`. Panics unless `from` occurs exactly once: a patch
+/// that matched nothing would silently test the unpatched config.
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(text.matches(from).count(), 1, "expected {from:?} once in:\n{text}");
+    text.replace(from, to)
+}
+
 /// `limits.idle_timeout`: an HTTP/2 connection with no request in flight is closed (GOAWAY) once
 /// it has been idle that long, even though its client answers keep-alive pings; a connection
 /// that keeps asking stays open.
@@ -323,8 +330,11 @@ async fn the_server_chooses_the_cipher_suite() {
 async fn idle_h2_connections_are_closed_after_the_idle_timeout() {
     let mock = start_mock().await;
     let (dir, cert) = cert_dir();
-    let yaml = test_yaml(&format!("http://{mock}"), dir.path(), &identity_yaml(&[]))
-        .replace("  shutdown_grace: 10s", "  shutdown_grace: 10s\n  idle_timeout: 2s");
+    let yaml = replace_once(
+        &test_yaml(&format!("http://{mock}"), dir.path(), &identity_yaml(&[])),
+        "  shutdown_grace: 10s",
+        "  shutdown_grace: 10s\n  idle_timeout: 2s",
+    );
     let p = start_proxy_in(dir, cert, &yaml).await;
     let (_, mut idle) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;
     let (_, mut busy) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;

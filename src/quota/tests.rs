@@ -76,22 +76,31 @@ fn rng(seed: u64) -> impl FnMut() -> u64 {
     }
 }
 
+/// One tick of the hammer's clock; refill makes its bounds a range.
+const SECOND: Duration = Duration::from_secs(1);
+
 /// 64 tasks on a multi-thread runtime reserve random amounts (exact and up-to) and settle to a
-/// random delivered count, while the clock steps forward and a sweeper runs. For the watched
-/// bucket, the CVs delivered never exceed capacity + refill over the elapsed time, and delivered +
-/// still available is at least the capacity (no CV lost to a race).
-async fn hammer(p: Arc<QuotaPolicy>, subjects: Vec<(String, Option<String>, String)>, watch: &str) {
+/// random delivered count, while the clock steps `step` at a time (`ZERO`: it stands still) and
+/// a sweeper runs; then, the clock stopped, the watched bucket alone is drained. Demand (about a
+/// million CVs) far exceeds every budget, so for the watched bucket, with refill = elapsed / T:
+/// - delivered + drained ≤ capacity + refill: never over-granted;
+/// - delivered + drained ≥ capacity: no CV lost to a race, and what `peek` shows is grantable;
+///   on a still clock (no refill) the two meet: exactly the capacity;
+/// - the hammer itself emptied it: some grant left it at 0 (a store that refused everything, or
+///   all but a trickle, would leave it for the drain).
+async fn hammer(p: Arc<QuotaPolicy>, subjects: Vec<(String, Option<String>, String)>, watch: &str, step: Duration) {
     let (clock, store, engine) = setup(1_000_000);
     let engine = Arc::new(engine);
     let start = clock.now_nanos();
     let delivered = Arc::new(AtomicU64::new(0));
+    let emptied = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let subjects = Arc::new(subjects);
     let mut tasks = Vec::new();
     let watch_key: Arc<str> = Arc::from(watch);
     for t in 0..64u64 {
-        let (e, p, d, subs, watch) =
-            (engine.clone(), p.clone(), delivered.clone(), subjects.clone(), watch_key.clone());
+        let (e, p, d, emptied, subs, watch) =
+            (engine.clone(), p.clone(), delivered.clone(), emptied.clone(), subjects.clone(), watch_key.clone());
         tasks.push(tokio::spawn(async move {
             let mut r = rng(t + 1);
             for _ in 0..300 {
@@ -102,8 +111,11 @@ async fn hammer(p: Arc<QuotaPolicy>, subjects: Vec<(String, Option<String>, Stri
                 if let Ok(res) = e.reserve(&p, &s, mode).await {
                     let actual = r() % (res.granted + 1);
                     // Charge all buckets of this subject that contain the watched key.
-                    if res.buckets.iter().any(|b| *b.key == *watch) {
+                    if let Some(i) = res.buckets.iter().position(|b| *b.key == *watch) {
                         d.fetch_add(actual, Ordering::SeqCst);
+                        if res.states[i].remaining == 0 {
+                            emptied.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
                     e.settle(&res, actual).await;
                 }
@@ -115,7 +127,7 @@ async fn hammer(p: Arc<QuotaPolicy>, subjects: Vec<(String, Option<String>, Stri
         let (c, d) = (clock.clone(), done.clone());
         tokio::spawn(async move {
             while !d.load(Ordering::SeqCst) {
-                c.advance(Duration::from_secs(1));
+                c.advance(step);
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
         })
@@ -141,20 +153,48 @@ async fn hammer(p: Arc<QuotaPolicy>, subjects: Vec<(String, Option<String>, Stri
     let s0 = Subject { account: Some(a), org: o.as_deref(), ip: ip.parse().unwrap(), country: "NL" };
     let spec = engine.buckets(&p, &s0).into_iter().find(|b| b.key == watch).expect("watched key");
     let params = spec.params();
-    let bound = params.capacity() + elapsed / params.interval_ns();
+    let (capacity, bound) = (params.capacity(), params.capacity() + elapsed / params.interval_ns());
     let got = delivered.load(Ordering::SeqCst);
-    let left = store.peek(std::slice::from_ref(&spec)).await.unwrap()[0];
-    eprintln!("{watch}: delivered {got}, bound {bound}, elapsed {} s, now {left:?}", elapsed / 1_000_000_000);
-    assert!(got <= bound, "{watch}: delivered {got} > capacity + refill {bound}");
+    let watched = std::slice::from_ref(&spec);
+    let left = store.peek(watched).await.unwrap()[0];
+    let drained = match store.reserve(watched, CostMode::UpTo { max: capacity, min: 1 }).await.unwrap() {
+        ReserveOutcome::Granted { granted, .. } => granted,
+        _ => 0,
+    };
+    let emptied = emptied.load(Ordering::SeqCst);
+    eprintln!(
+        "{watch}: delivered {got} + drained {drained}, capacity {capacity}, bound {bound}, elapsed {} s, \
+         {emptied} grants emptied it",
+        elapsed / 1_000_000_000
+    );
+    assert_eq!(drained, left.remaining, "{watch}: peek showed {left:?}, the drain got {drained}");
+    let again = store.reserve(watched, CostMode::UpTo { max: capacity, min: 1 }).await.unwrap();
+    assert!(matches!(again, ReserveOutcome::Rejected { .. }), "{watch}: drained, still grants: {again:?}");
+    assert!(got + drained <= bound, "{watch}: {got} delivered + {drained} drained > capacity + refill {bound}");
     // Nothing leaks either: every CV was delivered or is still in the bucket (refill only adds).
-    assert!(got + left.remaining >= params.capacity(), "{watch}: {got} delivered + {} left", left.remaining);
+    assert!(got + drained >= capacity, "{watch}: {got} delivered + {drained} drained < capacity {capacity}");
+    assert!(emptied > 0, "{watch}: demand far over capacity, yet no grant emptied the bucket ({got} delivered)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_one_account_never_over_grants() {
     let p = policy(|r| r.scopes.account = scope(&[("burst", 400, "1m"), ("day", 2000, "24h")]));
     // The burst horizon binds here: watch the tightest bucket, so the bound is tight.
-    hammer(Arc::new(p), vec![("acct-1".into(), None, "192.0.2.1".into())], "a:acct-1|burst").await;
+    hammer(Arc::new(p), vec![("acct-1".into(), None, "192.0.2.1".into())], "a:acct-1|burst", SECOND).await;
+}
+
+/// On a still clock nothing refills and no refund can overfill a bucket: delivered + drained is
+/// exactly the capacity, for one account and for an org charged through 30 accounts at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reservations_grant_exactly_the_capacity_on_a_still_clock() {
+    let p = policy(|r| r.scopes.account = scope(&[("burst", 400, "1m"), ("day", 2000, "24h")]));
+    hammer(Arc::new(p), vec![("acct-1".into(), None, "192.0.2.1".into())], "a:acct-1|burst", Duration::ZERO).await;
+    let p = policy(|r| {
+        r.scopes.account = scope(&[("day", 2000, "24h")]);
+        r.scopes.org = scope(&[("day", 5000, "24h")]);
+    });
+    let subs = (0..30).map(|i| (format!("acct-{i}"), Some("12345678".to_string()), format!("192.0.2.{i}"))).collect();
+    hammer(Arc::new(p), subs, "o:12345678|day", Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -164,7 +204,7 @@ async fn concurrent_org_of_30_accounts_never_over_grants() {
         r.scopes.org = scope(&[("day", 5000, "24h"), ("week", 15000, "7d")]);
     });
     let subs = (0..30).map(|i| (format!("acct-{i}"), Some("12345678".to_string()), format!("192.0.2.{i}"))).collect();
-    hammer(Arc::new(p), subs, "o:12345678|day").await;
+    hammer(Arc::new(p), subs, "o:12345678|day", SECOND).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -176,7 +216,7 @@ async fn concurrent_ip_prefix_of_30_orgs_never_over_grants() {
     });
     let subs =
         (0..30).map(|i| (format!("acct-{i}"), Some(format!("1000{i:04}")), format!("203.0.113.{}", 10 + i))).collect();
-    hammer(Arc::new(p), subs, "i:203.0.113.0/24|hour").await;
+    hammer(Arc::new(p), subs, "i:203.0.113.0/24|hour", SECOND).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
