@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::blocks::{Block, BlockScope};
 use crate::problem::{full, ProxyBody};
 use crate::quota::Subject;
-use crate::server::Shared;
+use crate::state::Shared;
 
 fn reply(status: StatusCode, v: Value) -> Response<ProxyBody> {
     Response::builder()
@@ -118,7 +118,7 @@ async fn add_block(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBod
     let now = shared.clock.now();
     let until = match v["duration"].as_str() {
         None => None,
-        Some(d) => match crate::quota::parse_window(d) {
+        Some(d) => match crate::duration::parse_positive(d) {
             Ok(ns) => now.checked_add(jiff::SignedDuration::from_nanos(ns.get() as i64)).ok(),
             Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "bad-duration", e),
         },

@@ -27,7 +27,7 @@ use jiff::Timestamp;
 use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::Ctx;
+use crate::ctx::Ctx;
 
 /// `audit:` in config.yaml.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

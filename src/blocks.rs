@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -197,7 +197,7 @@ impl BlocksConfig {
     /// Every error with its key path relative to `blocks`. `base` resolves a relative file.
     pub fn from_raw(raw: &RawBlocks, base: &Path) -> Result<Self, Vec<(String, String)>> {
         let mut errs = Vec::new();
-        let dur = |p: String, s: &str, errs: &mut Vec<(String, String)>| match crate::config::parse_duration(s) {
+        let dur = |p: String, s: &str, errs: &mut Vec<(String, String)>| match crate::duration::parse(s) {
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
                 errs.push((p, "must be greater than 0".into()));
@@ -243,7 +243,7 @@ impl BlocksConfig {
         if raw.escalation_factor == 0 {
             errs.push(("escalation_factor".into(), "must be at least 1".into()));
         }
-        let max_duration = match crate::quota::parse_window(&raw.max_duration) {
+        let max_duration = match crate::duration::parse_positive(&raw.max_duration) {
             Ok(ns) => Duration::from_nanos(ns.get()),
             Err(e) => {
                 errs.push(("max_duration".into(), e));
@@ -303,12 +303,18 @@ impl Blocks {
     }
 
     /// Switch to another file (a reload that names a new one); the current list is written there.
+    ///
+    /// # Errors
+    /// The new file cannot be written: the list stays with the old file.
     pub fn set_file(&self, file: Option<PathBuf>) -> anyhow::Result<()> {
-        let changed = *self.file.lock().expect("blocks file lock") != file;
-        if changed {
-            *self.file.lock().expect("blocks file lock") = file;
-            self.persist(Timestamp::UNIX_EPOCH)?;
+        let mut current = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        if *current == file {
+            return Ok(());
         }
+        if let Some(path) = &file {
+            self.write_to(path, Timestamp::UNIX_EPOCH)?;
+        }
+        *current = file;
         Ok(())
     }
 
@@ -360,30 +366,21 @@ impl Blocks {
         if b.key.is_empty() {
             anyhow::bail!("empty key");
         }
-        {
-            let mut st = self.state.write().expect("blocks lock");
-            st.blocks.retain(|x| !(x.scope == b.scope && x.key == b.key));
-            st.blocks.push(b.clone());
+        let replaced = self.swap(b.scope, &b.key, Some(b.clone()));
+        if let Err(e) = self.persist(now) {
+            // Not persisted, not active: an error must mean the block did not happen.
+            self.swap(b.scope, &b.key, replaced);
+            return Err(e);
         }
-        tracing::warn!(scope = b.scope.as_str(), key = %b.key, reason = %b.reason, until = ?b.until, source = %b.source, "blocked");
-        self.persist(now)?;
+        tracing::warn!(scope = b.scope.as_str(), key = ?b.key, reason = ?b.reason, until = ?b.until, source = ?b.source, "blocked");
         Ok(b)
     }
 
     /// Replace the list with `shared` (the replicas' common list, from Redis), persisting when
     /// it changed. Expired entries are dropped.
     pub fn replace(&self, mut shared: Vec<Block>, now: Timestamp) -> anyhow::Result<()> {
-        // Blocks made here in the last seconds may not have reached Redis yet: keep them.
-        let recent = jiff::SignedDuration::from_secs(5);
-        shared.extend(
-            self.state
-                .read()
-                .expect("blocks lock")
-                .blocks
-                .iter()
-                .filter(|b| now.duration_since(b.created) < recent)
-                .cloned(),
-        );
+        // Blocks made here that have not reached Redis yet come laid over `shared` by the
+        // caller (`share::Outbox::read`), so nothing local is lost here.
         shared.retain(|b| b.active(now));
         shared.sort_by(|a, b| (a.scope, &a.key).cmp(&(b.scope, &b.key)));
         shared.dedup_by(|a, b| a.scope == b.scope && a.key == b.key);
@@ -411,17 +408,13 @@ impl Blocks {
         } else {
             key.to_string()
         };
-        let removed = {
-            let mut st = self.state.write().expect("blocks lock");
-            let before = st.blocks.len();
-            st.blocks.retain(|x| !(x.scope == scope && x.key == key));
-            before != st.blocks.len()
-        };
-        if removed {
-            tracing::warn!(scope = scope.as_str(), key = %key, "unblocked");
-            self.persist(now)?;
+        let Some(removed) = self.swap(scope, &key, None) else { return Ok(false) };
+        if let Err(e) = self.persist(now) {
+            self.swap(scope, &key, Some(removed)); // still blocked: the unblock did not happen
+            return Err(e);
         }
-        Ok(removed)
+        tracing::warn!(scope = scope.as_str(), key = ?key, "unblocked");
+        Ok(true)
     }
 
     /// Feed an event to the automatic rules; returns the blocks it caused.
@@ -498,8 +491,27 @@ impl Blocks {
     }
 
     /// Write the list atomically: temp file in the same directory, fsync, rename.
+    /// Put `with` in place of the block on (`scope`, `key`) (none: remove it); returns the block
+    /// that was there.
+    fn swap(&self, scope: BlockScope, key: &str, with: Option<Block>) -> Option<Block> {
+        let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        let old = st.blocks.iter().position(|x| x.scope == scope && x.key == key).map(|i| st.blocks.swap_remove(i));
+        st.blocks.extend(with);
+        old
+    }
+
+    /// Write the list to the current file. The file lock is held for the whole write, so
+    /// writers never share the temporary file and the last one to finish wrote the newest
+    /// list (each takes its snapshot under the lock).
     fn persist(&self, now: Timestamp) -> anyhow::Result<()> {
-        let Some(path) = self.file.lock().expect("blocks file lock").clone() else { return Ok(()) };
+        let file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(path) = file.as_ref() else { return Ok(()) };
+        self.write_to(path, now)
+    }
+
+    /// Snapshot the list (dropping expired blocks unless `now` is the epoch) and write it to
+    /// `path` atomically: a temporary file, fsync, rename, fsync of the directory.
+    fn write_to(&self, path: &std::path::Path, now: Timestamp) -> anyhow::Result<()> {
         let json = {
             let mut st = self.state.write().expect("blocks lock");
             st.blocks.retain(|b| b.active(now) || now == Timestamp::UNIX_EPOCH);
@@ -514,7 +526,10 @@ impl Blocks {
             f.write_all(&json)?;
             f.sync_all()?;
         }
-        std::fs::rename(&tmp, &path)?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?; // the rename itself survives a crash
+        }
         Ok(())
     }
 }

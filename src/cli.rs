@@ -139,7 +139,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let ttl = match crate::config::parse_duration(&ttl) {
+            let ttl = match crate::duration::parse(&ttl) {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!("cvgate token: --ttl: {e}");

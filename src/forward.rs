@@ -6,6 +6,7 @@
 //! X-Forwarded-* headers and a request id are set, and Host is set for HTTP/1.1 upstreams even
 //! when the client spoke HTTP/2 (which has `:authority` and no Host).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
@@ -16,10 +17,9 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::Upstream;
 use crate::problem::ProxyError;
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use crate::problem::X_REQUEST_ID;
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -64,6 +64,22 @@ pub fn request_id(h: &HeaderMap) -> String {
         Some(id) if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) => id.to_string(),
         _ => uuid::Uuid::new_v4().to_string(),
     }
+}
+
+/// The `upstream` section: where the CV API is and how to talk to it (validated by `config`).
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub uri: http::Uri,
+    pub https: bool,
+    pub authority: http::uri::Authority,
+    /// Path prefix prepended to every forwarded path ("" for none), without trailing '/'.
+    pub path_prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub preserve_host: bool,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
 }
 
 type Connector = HttpsConnector<HttpConnector>;

@@ -19,14 +19,19 @@
 //! - [`codec`]: decodes a compressed upstream body to count it; compresses again for the client.
 //! - [`count`]: counts records in a streaming response body and cuts it at a record boundary.
 //! - [`problem`]: the one place errors become RFC 9457 problem+json answers.
+//! - [`ctx`]: the facts of one request, gathered on the way and read once at its end.
 //! - [`admin`]: the admin API (quota state, blocks, pauses, reload, effective config).
 //! - [`audit`]: one JSON line per CV request and per rejection, written off the request path.
 //! - [`metrics`]: Prometheus families; [`ops`]: `/metrics`, `/healthz`, `/readyz`, housekeeping.
 //!
 //! Beside the path: [`config`] (load, validate, report every error with key and line),
-//! [`server`] (start-up, reload, shutdown, shared state), [`clock`] (the only reader of time),
+//! [`state`] (what outlives a reload, and the runtime one config file makes), [`server`] (the
+//! composition root: start-up, signals, shutdown; nothing imports it), [`clock`] (the only reader
+//! of time), [`duration`] (the one duration grammar),
 //! [`mock_api`] (the stand-in CV API), [`demo`] (replays the 4 May 2024 incident and its
 //! evasions through the real proxy), [`cli`].
+
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod audit;
@@ -37,7 +42,9 @@ pub mod closure;
 pub mod codec;
 pub mod config;
 pub mod count;
+pub mod ctx;
 pub mod demo;
+pub mod duration;
 pub mod forward;
 pub mod geo;
 pub mod identity;
@@ -51,4 +58,6 @@ pub mod proxy;
 pub mod quota;
 pub mod route;
 pub mod server;
+pub mod share;
+pub mod state;
 pub mod tls;

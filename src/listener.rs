@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -21,10 +22,46 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::{ServiceBuilder, ServiceExt};
 
-use crate::config::Limits;
+use crate::metrics::Metrics;
 use crate::problem::{BoxError, ProxyBody, ProxyError};
-use crate::proxy;
-use crate::server::Shared;
+
+/// What the listener needs of the shared state (implemented by `state::Shared`, which the
+/// listener does not know): the current limits, the in-flight cap and the connection metrics.
+pub trait Conns: Send + Sync + 'static {
+    fn limits(&self) -> Limits;
+    fn inflight(&self) -> &Arc<Semaphore>;
+    fn metrics(&self) -> &Metrics;
+}
+
+/// What answers one request: `proxy::handle`, handed in by the wiring (the listener knows
+/// nothing of the proxy's story). Never fails: every error is an answer.
+pub trait Handler<S>: Fn(Arc<S>, Request<Incoming>, ConnInfo) -> Self::Fut + Copy + Send + Sync + 'static {
+    type Fut: std::future::Future<Output = Response<ProxyBody>> + Send + 'static;
+}
+
+impl<S, F, Fut> Handler<S> for F
+where
+    F: Fn(Arc<S>, Request<Incoming>, ConnInfo) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    type Fut = Fut;
+}
+
+/// The `limits` section: connection and request limits (validated by `config`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (gracefully: GOAWAY on h2).
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub idle_body_timeout: Duration,
+    pub max_connections: usize,
+    pub max_inflight_requests: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub shutdown_grace: Duration,
+    /// Decompression-bomb limits for a compressed upstream body on a counted route.
+    pub bomb: crate::codec::BombGuard,
+}
 
 /// What the proxy knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -41,13 +78,15 @@ pub struct Listener {
     pub tls: Option<TlsAcceptor>,
 }
 
-/// Accept connections until `stop` is cancelled; connection tasks are spawned on `tasks`.
-pub async fn accept_loop(
+/// Accept connections until `stop` is cancelled; connection tasks are spawned on `tasks`, and
+/// each request is answered by `handler`.
+pub async fn accept_loop<S: Conns>(
     l: Listener,
-    shared: Arc<Shared>,
+    shared: Arc<S>,
     conns: Arc<Semaphore>,
     stop: CancellationToken,
     tasks: TaskTracker,
+    handler: impl Handler<S>,
 ) {
     loop {
         let (stream, peer) = tokio::select! {
@@ -63,7 +102,7 @@ pub async fn accept_loop(
             },
         };
         let Ok(permit) = conns.clone().try_acquire_owned() else {
-            shared.metrics.connections_refused.inc();
+            shared.metrics().connections_refused.inc();
             drop(stream); // over the connection cap: close at once
             continue;
         };
@@ -72,38 +111,39 @@ pub async fn accept_loop(
         let tls = l.tls.clone();
         let stop = stop.clone();
         tasks.spawn(async move {
-            shared.metrics.connections_active.inc();
-            serve_connection(stream, peer, tls, shared.clone(), stop).await;
-            shared.metrics.connections_active.dec();
+            shared.metrics().connections_active.inc();
+            serve_connection(stream, peer, tls, shared.clone(), stop, handler).await;
+            shared.metrics().connections_active.dec();
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(
+async fn serve_connection<S: Conns>(
     stream: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
+    shared: Arc<S>,
     stop: CancellationToken,
+    handler: impl Handler<S>,
 ) {
-    let limits = shared.runtime().config.limits.clone();
+    let limits = shared.limits();
     let info = ConnInfo { peer, tls: tls.is_some() };
     match tls {
-        None => serve_http(TokioIo::new(stream), None, info, &limits, shared, stop).await,
+        None => serve_http(TokioIo::new(stream), None, info, &limits, shared, stop, handler).await,
         Some(acceptor) => {
             let hs = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await;
             match hs {
                 Ok(Ok(tls_stream)) => {
                     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    serve_http(TokioIo::new(tls_stream), Some(h2), info, &limits, shared, stop).await
+                    serve_http(TokioIo::new(tls_stream), Some(h2), info, &limits, shared, stop, handler).await
                 }
                 Ok(Err(e)) => {
-                    shared.metrics.tls_handshake_failures.inc();
+                    shared.metrics().tls_handshake_failures.inc();
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 }
                 Err(_) => {
-                    shared.metrics.tls_handshake_failures.inc();
+                    shared.metrics().tls_handshake_failures.inc();
                     tracing::debug!(%peer, "TLS handshake timed out");
                 }
             }
@@ -135,13 +175,14 @@ impl hyper::service::Service<Request<Incoming>> for Answering {
 
 /// Serve HTTP on an established (maybe TLS) stream. `alpn_h2`: `Some(true)` when ALPN chose h2,
 /// `Some(false)` when it chose http/1.1 or nothing; `None` (plain TCP) detects the h2 preface.
-async fn serve_http<I>(
+async fn serve_http<I, S: Conns>(
     io: I,
     alpn_h2: Option<bool>,
     info: ConnInfo,
     limits: &Limits,
-    shared: Arc<Shared>,
+    shared: Arc<S>,
     stop: CancellationToken,
+    handler: impl Handler<S>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -180,7 +221,7 @@ async fn serve_http<I>(
         let shared = svc_shared.clone();
         let busy = svc_activity.begin();
         async move {
-            let resp = proxy::handle(shared, req, info).await;
+            let resp = handler(shared, req, info).await;
             drop(busy); // the body may still stream: a graceful close lets it finish
             Ok::<_, Infallible>(resp)
         }
@@ -188,7 +229,7 @@ async fn serve_http<I>(
     // Cross-cutting, in request order: shed load when the in-flight cap is reached.
     let svc = ServiceBuilder::new()
         .load_shed()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(shared.inflight.clone()))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(shared.inflight().clone()))
         .service(svc);
     let svc: tower::util::BoxCloneService<Request<Incoming>, Response<ProxyBody>, BoxError> =
         tower::util::BoxCloneService::new(svc);

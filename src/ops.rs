@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::problem::{full, ProxyBody};
-use crate::server::Shared;
+use crate::state::Shared;
 
 fn text(status: StatusCode, ctype: &'static str, body: String) -> Response<ProxyBody> {
     Response::builder().status(status).header(header::CONTENT_TYPE, ctype).body(full(body)).expect("response")

@@ -12,6 +12,9 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use serde_json::{json, Map, Value};
 
 /// Error type of every body the proxy sends.
+/// The request id header, set on every answer and forwarded upstream.
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response the proxy sends.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -180,7 +183,7 @@ impl ProxyError {
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert(crate::forward::X_REQUEST_ID, v);
+            h.insert(X_REQUEST_ID, v);
         }
         if let Some(s) = self.retry_after() {
             h.insert(RETRY_AFTER, HeaderValue::from(s));

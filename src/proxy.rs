@@ -19,7 +19,6 @@
 //! Every early answer is a [`ProxyError`], turned into problem+json in one place. The request's
 //! facts are gathered in a [`Ctx`] that the end of the story (audit line, metrics) reads once.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,40 +30,14 @@ use hyper::body::Incoming;
 use crate::blocks::{Event, Who};
 use crate::codec::{Coding, Failure};
 use crate::count::{BodyOutcome, Certainty, CountingBody, EndReason, RecordFormat};
+pub use crate::ctx::Ctx;
 use crate::forward::{request_id, Hop, X_REQUEST_ID};
 use crate::integrity::Plan;
 use crate::listener::ConnInfo;
 use crate::problem::{ProxyBody, ProxyError};
 use crate::quota::{CostMode, Rejection, Reservation, Subject};
 use crate::route::{Access, Count, Reserve, Route};
-use crate::server::{Runtime, Shared};
-
-/// What one request did; read once at the end for the audit line and metrics.
-#[derive(Debug, Clone, Default)]
-pub struct Ctx {
-    pub request_id: String,
-    pub route: Option<Arc<str>>,
-    pub group: Option<Arc<str>>,
-    pub account: Option<String>,
-    pub org: Option<String>,
-    pub client_ip: Option<IpAddr>,
-    pub country: String,
-    pub tier: Option<String>,
-    pub reserved: u64,
-    pub delivered: u64,
-    /// `allowed`, or the problem slug that answered.
-    pub decision: String,
-    /// Scope and horizon that fired (quota), when any.
-    pub fired: Option<(String, String)>,
-    pub would_reject: Vec<(String, String)>,
-    pub status: u16,
-    pub bytes: u64,
-    pub truncated: bool,
-    /// How sure `delivered` is (charged requests).
-    pub count: Certainty,
-    /// A charged (CV) route: audited whatever the decision (other routes only when rejected).
-    pub audited: bool,
-}
+use crate::state::{Runtime, Shared};
 
 /// Handle one request from a client connection. Never fails: every error is an answer.
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
@@ -72,8 +45,13 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: ConnInfo)
     let rt = shared.runtime();
     let id = request_id(req.headers());
     let id_header = HeaderValue::from_str(&id).ok();
-    let mut ctx = Ctx { request_id: id, country: "ZZ".into(), ..Ctx::default() };
-    let result = run(&shared, &rt, req, conn, &mut ctx).await;
+    let ctx = Ctx { request_id: id, country: "ZZ".into(), ..Ctx::default() };
+    // If the client goes away before an answer (the future is dropped mid-await, e.g. while
+    // the upstream thinks), the guard still writes the request's one audit line.
+    let mut pending = Unanswered { shared: shared.clone(), ctx, started, answered: false };
+    let result = run(&shared, &rt, req, conn, &mut pending.ctx).await;
+    pending.answered = true;
+    let mut ctx = std::mem::take(&mut pending.ctx);
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
@@ -453,6 +431,32 @@ impl Settle {
             tokio::spawn(async move { s.quota.settle(&r, delivered).await });
         }
         finish(&shared, ctx, started);
+    }
+}
+
+/// A request whose answer has not been made yet; dropped unanswered, it was cancelled by the
+/// client, and its audit line says so (`cancelled`, status 499 as nginx logs it). A
+/// reservation taken before the cancel stays charged: nothing was counted.
+struct Unanswered {
+    shared: Arc<Shared>,
+    ctx: Ctx,
+    started: Instant,
+    answered: bool,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let mut ctx = std::mem::take(&mut self.ctx);
+        ctx.decision = "cancelled".into();
+        ctx.status = 499;
+        if ctx.reserved > 0 {
+            ctx.delivered = ctx.reserved;
+            ctx.count = Certainty::Uncertain("cancelled");
+        }
+        finish(&self.shared, ctx, self.started);
     }
 }
 

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use http::Method;
+use serde::{Deserialize, Serialize};
 
-use crate::config::raw::{RawCost, RawRoute};
 use crate::count::RecordFormat;
 use crate::integrity::{RouteEncoding, Undecodable};
 
@@ -263,7 +263,7 @@ fn parse_pattern(path: &str) -> Result<(Vec<Segment>, bool), String> {
     Ok((segs, prefix))
 }
 
-fn parse_encoding(r: &crate::config::raw::RawEncoding, p: &str, errs: &mut Errors) -> RouteEncoding {
+fn parse_encoding(r: &RawEncoding, p: &str, errs: &mut Errors) -> RouteEncoding {
     let upstream = match http::HeaderValue::from_str(r.upstream.trim()) {
         Ok(v) if !r.upstream.trim().is_empty() => v,
         _ => {
@@ -334,10 +334,134 @@ fn parse_cost(c: &RawCost, p: &str, errs: &mut Errors) -> (Reserve, bool, Count)
     (reserve, c.up_to, count)
 }
 
+/// One route: which requests it matches and how they are treated.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(default)]
+pub struct RawRoute {
+    pub name: String,
+    /// Route group, e.g. `cv` or `vacancies`: what closure windows and pauses name.
+    pub group: String,
+    /// Methods matched; empty = any.
+    pub methods: Vec<String>,
+    /// `/api/v1/cvs/{id}` (a `{name}` matches one segment) or `/api/v1/vacancies/*` (prefix).
+    pub path: String,
+    /// `employer` (verified account with accepted assurance and a KvK number) or `anonymous`.
+    pub identity: Option<String>,
+    /// How many CVs a request costs.
+    pub cost: Option<RawCost>,
+    /// Deep-paging guard: reject when page × size exceeds `max_depth`.
+    pub deep_paging: Option<RawDeepPaging>,
+    /// Content codings on a charged route (count integrity).
+    pub encoding: RawEncoding,
+}
+
+/// `routes[].encoding`: what a charged route asks of the upstream and gives the client.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RawEncoding {
+    /// `Accept-Encoding` sent upstream: `identity` (default), or e.g. `gzip, br` to let the
+    /// upstream compress (cvgate decodes gzip, deflate, br and zstd to count).
+    pub upstream: String,
+    /// Compress the answer again for a client that accepts gzip, br or zstd.
+    pub compress: bool,
+    /// A body in a coding cvgate cannot decode: `charge` (the full reservation) or `refuse` (502).
+    pub undecodable: String,
+}
+
+impl Default for RawEncoding {
+    fn default() -> Self {
+        Self { upstream: "identity".into(), compress: false, undecodable: "charge".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(default)]
+pub struct RawCost {
+    /// Fixed reservation per request (e.g. 1 for a single CV).
+    pub fixed: Option<u64>,
+    /// Reservation from a query parameter (e.g. `size`), with default and cap.
+    pub query: Option<String>,
+    pub default: Option<u64>,
+    pub max: Option<u64>,
+    /// `true`: grant what the budget allows (at least 1) instead of rejecting; the stream is
+    /// cut at a record boundary when the grant is used up (exports).
+    pub up_to: bool,
+    /// How records are counted in the response: `header:X-Result-Count`, `json_array:results`,
+    /// `ndjson`, or `none` (the reservation is the charge).
+    pub count: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RawDeepPaging {
+    pub page_param: String,
+    pub size_param: String,
+    pub default_size: u64,
+    pub max_depth: u64,
+}
+
+impl Default for RawDeepPaging {
+    fn default() -> Self {
+        Self { page_param: "page".into(), size_param: "size".into(), default_size: 20, max_depth: 2000 }
+    }
+}
+
+/// The CV API's routes, as served by `cvgate mock-cv-api` and werk.nl's CV API.
+pub fn default_routes() -> Vec<RawRoute> {
+    let cv = |name: &str, path: &str, cost: RawCost| RawRoute {
+        name: name.into(),
+        group: "cv".into(),
+        methods: vec!["GET".into()],
+        path: path.into(),
+        identity: Some("employer".into()),
+        cost: Some(cost),
+        deep_paging: None,
+        encoding: RawEncoding::default(),
+    };
+    vec![
+        cv(
+            "cv_export",
+            "/api/v1/cvs/export",
+            RawCost {
+                query: Some("limit".into()),
+                default: Some(1000),
+                max: Some(10_000),
+                up_to: true,
+                count: Some("ndjson".into()),
+                ..RawCost::default()
+            },
+        ),
+        RawRoute {
+            deep_paging: Some(RawDeepPaging::default()),
+            ..cv(
+                "cv_search",
+                "/api/v1/cvs",
+                RawCost {
+                    query: Some("size".into()),
+                    default: Some(20),
+                    max: Some(200),
+                    count: Some("json_array:results".into()),
+                    ..RawCost::default()
+                },
+            )
+        },
+        cv("cv_get", "/api/v1/cvs/{id}", RawCost { fixed: Some(1), ..RawCost::default() }),
+        RawRoute {
+            name: "vacancies".into(),
+            group: "vacancies".into(),
+            methods: vec![],
+            path: "/api/v1/vacancies/*".into(),
+            identity: Some("anonymous".into()),
+            cost: None,
+            deep_paging: None,
+            encoding: RawEncoding::default(),
+        },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::raw::default_routes;
 
     #[test]
     fn default_routes_match_the_cv_api() {

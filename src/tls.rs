@@ -51,18 +51,42 @@ impl CertStore {
     /// Re-read the certificate files, switching to `files` (a reload may name new paths).
     /// `None` keeps serving the current certificate. On error the current certificate stays.
     pub fn reload(&self, files: Option<(PathBuf, PathBuf)>) -> anyhow::Result<bool> {
-        let Some((c, k)) = files else { return Ok(false) };
-        let key = load_pair(&c, &k)?;
-        self.current.store(Arc::new(key));
-        tracing::info!(cert = %c.display(), "TLS certificate loaded");
-        *self.files.lock().expect("cert files lock") = Some((c, k));
-        Ok(true)
+        match Self::prepare(files)? {
+            Some(p) => {
+                self.install(p);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Load `files` without serving them yet (a reload builds everything before it changes
+    /// anything); `None` when no files are configured.
+    ///
+    /// # Errors
+    /// The files cannot be read or do not hold a matching certificate chain and key.
+    pub fn prepare(files: Option<(PathBuf, PathBuf)>) -> anyhow::Result<Option<PreparedCert>> {
+        let Some((c, k)) = files else { return Ok(None) };
+        Ok(Some(PreparedCert { key: load_pair(&c, &k)?, files: (c, k) }))
+    }
+
+    /// Serve a prepared certificate from the next handshake on.
+    pub fn install(&self, p: PreparedCert) {
+        self.current.store(Arc::new(p.key));
+        tracing::info!(cert = %p.files.0.display(), "TLS certificate loaded");
+        *self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(p.files);
     }
 
     /// The files the certificate was last loaded from.
     pub fn files(&self) -> Option<(PathBuf, PathBuf)> {
         self.files.lock().expect("cert files lock").clone()
     }
+}
+
+/// A certificate loaded by [`CertStore::prepare`], not yet served.
+pub struct PreparedCert {
+    key: CertifiedKey,
+    files: (PathBuf, PathBuf),
 }
 
 impl ResolvesServerCert for CertStore {

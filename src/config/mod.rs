@@ -22,6 +22,9 @@ use crate::route::RouteTable;
 use lines::LineIndex;
 use raw::RawConfig;
 
+pub use crate::forward::Upstream;
+pub use crate::listener::Limits;
+
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -112,36 +115,6 @@ pub struct TlsListen {
     pub files: Option<(PathBuf, PathBuf)>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    pub uri: http::Uri,
-    pub https: bool,
-    pub authority: http::uri::Authority,
-    /// Path prefix prepended to every forwarded path ("" for none), without trailing '/'.
-    pub path_prefix: String,
-    pub ca_file: Option<PathBuf>,
-    pub preserve_host: bool,
-    pub connect_timeout: Duration,
-    pub response_header_timeout: Duration,
-    pub pool_idle_timeout: Duration,
-    pub pool_max_idle_per_host: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub header_read_timeout: Duration,
-    /// A connection with no request in flight for this long is closed (gracefully: GOAWAY on h2).
-    pub idle_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub idle_body_timeout: Duration,
-    pub max_connections: usize,
-    pub max_inflight_requests: usize,
-    pub h2_max_concurrent_streams: u32,
-    pub shutdown_grace: Duration,
-    /// Decompression-bomb limits for a compressed upstream body on a counted route.
-    pub bomb: crate::codec::BombGuard,
-}
-
 /// Collects errors with their key paths while validating.
 #[derive(Default)]
 pub(crate) struct Errs(pub Vec<(String, String)>);
@@ -195,10 +168,9 @@ impl Errs {
     }
 }
 
-/// Parse a duration such as `30s`, `2m`, `1h 30m`, `250ms` (jiff's friendly format).
+/// Parse a duration (the one grammar of [`crate::duration`]: `30s`, `1h 30m`, `7d`, ...).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s.parse().map_err(|e| format!("not a duration like 30s, 5m or 1h: {s:?} ({e})"))?;
-    Duration::try_from(d).map_err(|_| format!("a duration must not be negative: {s:?}"))
+    crate::duration::parse(s)
 }
 
 impl Config {

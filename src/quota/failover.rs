@@ -132,7 +132,7 @@ impl StoreConfig {
     pub fn from_raw(raw: &RawStore) -> Result<StoreConfig, Vec<(String, String)>> {
         let mut errs = Vec::new();
         let r = &raw.redis;
-        let dur = |errs: &mut Vec<(String, String)>, path: &str, s: &str| match crate::config::parse_duration(s) {
+        let dur = |errs: &mut Vec<(String, String)>, path: &str, s: &str| match crate::duration::parse(s) {
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
                 errs.push((path.to_string(), "must be greater than 0".to_string()));

@@ -459,16 +459,7 @@ fn parse_offset(s: &str) -> Result<u64, String> {
 /// # Errors
 /// A message for unparsable, calendar (months/years), zero or negative durations.
 pub fn parse_window(s: &str) -> Result<NonZeroU64, String> {
-    let span: jiff::Span =
-        s.trim().parse().map_err(|e| format!("{s:?} is not a duration (e.g. 1m, 1h, 24h, 7d): {e}"))?;
-    let d = span
-        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .map_err(|_| format!("{s:?}: months and years have no fixed length; use days or weeks"))?;
-    let ns = d.as_nanos();
-    if ns <= 0 {
-        return Err(format!("{s:?}: must be greater than 0"));
-    }
-    u64::try_from(ns).ok().and_then(NonZeroU64::new).ok_or_else(|| format!("{s:?}: too long"))
+    crate::duration::parse_positive(s)
 }
 
 #[cfg(test)]

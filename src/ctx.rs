@@ -1,0 +1,34 @@
+//! The facts of one request, gathered on its way through the proxy and read once at its end
+//! (the audit line, the metrics). A leaf: it names no other part of the path.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::count::Certainty;
+
+/// What one request did; read once at the end for the audit line and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Ctx {
+    pub request_id: String,
+    pub route: Option<Arc<str>>,
+    pub group: Option<Arc<str>>,
+    pub account: Option<String>,
+    pub org: Option<String>,
+    pub client_ip: Option<IpAddr>,
+    pub country: String,
+    pub tier: Option<String>,
+    pub reserved: u64,
+    pub delivered: u64,
+    /// `allowed`, or the problem slug that answered.
+    pub decision: String,
+    /// Scope and horizon that fired (quota), when any.
+    pub fired: Option<(String, String)>,
+    pub would_reject: Vec<(String, String)>,
+    pub status: u16,
+    pub bytes: u64,
+    pub truncated: bool,
+    /// How sure `delivered` is (charged requests).
+    pub count: Certainty,
+    /// A charged (CV) route: audited whatever the decision (other routes only when rejected).
+    pub audited: bool,
+}

@@ -1,0 +1,213 @@
+//! State shared by every connection, and what one config file makes of it.
+//!
+//! [`Shared`] holds what must outlive a reload — quota buckets, pauses, blocks, metrics, the
+//! audit log — and the current [`Runtime`], everything derived from one config file (validated
+//! config, token verifier, upstream client), swapped whole and atomically on reload: a reload
+//! builds everything first and changes nothing when any part fails. The wiring that creates it
+//! (listeners, tasks, signals) is `server`, which nothing imports.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+
+use crate::clock::SharedClock;
+use crate::config::{Config, ConfigErrors};
+use crate::forward::Upstreams;
+use crate::identity::Identifier;
+use crate::metrics::Metrics;
+use crate::quota::QuotaEngine;
+use crate::tls::CertStore;
+
+/// Everything derived from one config file; replaced whole on reload.
+pub struct Runtime {
+    pub config: Config,
+    pub identifier: Identifier,
+    pub upstreams: Upstreams,
+}
+
+impl Runtime {
+    pub fn build(config: Config, clock: &SharedClock) -> anyhow::Result<Self> {
+        let identifier = Identifier::new(config.identity.clone(), clock.clone());
+        let upstreams = Upstreams::new(&config.upstream)?;
+        Ok(Self { config, identifier, upstreams })
+    }
+}
+
+/// State shared by every connection; survives reloads.
+pub struct Shared {
+    pub(crate) runtime: ArcSwap<Runtime>,
+    pub clock: SharedClock,
+    pub quota: QuotaEngine,
+    pub metrics: Metrics,
+    /// The audit log (opened at start; flushed at shutdown).
+    pub audit: crate::audit::AuditLog,
+    /// Route groups paused by an operator (503 `paused`).
+    pub paused: RwLock<BTreeSet<String>>,
+    /// In-flight request cap (tower's concurrency limit shares it across connections).
+    pub inflight: Arc<Semaphore>,
+    pub certs: Option<Arc<CertStore>>,
+    /// Blocked accounts, organisations and IP prefixes (persisted).
+    pub blocks: Arc<crate::blocks::Blocks>,
+    /// CVs per account in the current hour, for the bounded top-N gauge.
+    pub top_accounts: crate::metrics::TopAccounts,
+    /// The rate-limited warning for responses whose count is uncertain.
+    pub uncertain_log: crate::integrity::UncertainLog,
+    /// With the Redis store: blocks and pauses shared by every replica (see [`Shared::sync_flags`]).
+    pub flags: Option<Arc<dyn crate::quota::redis::SharedFlags>>,
+    /// The config file, for reloads.
+    pub config_path: Option<PathBuf>,
+    /// Block, unblock and pause changes on their way to Redis, in order (see [`crate::share`]).
+    pub outbox: Arc<crate::share::Outbox>,
+}
+
+impl Shared {
+    /// The current runtime (config, identifier, upstream client).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Pause or resume a route group.
+    pub fn set_paused(&self, group: &str, paused: bool) {
+        let mut p = self.paused.write().expect("pause lock");
+        if paused {
+            p.insert(group.to_string());
+        } else {
+            p.remove(group);
+        }
+        self.metrics.paused.with_label_values(&[group]).set(i64::from(paused));
+    }
+
+    /// Pause or resume a route group on every replica (through Redis when configured).
+    pub fn pause(&self, group: &str, paused: bool) {
+        self.set_paused(group, paused);
+        self.share(|o| o.pause(group.to_string(), paused));
+    }
+
+    /// Block on every replica: here at once, and through Redis (when configured) for the others.
+    pub fn block(&self, b: crate::blocks::Block) -> anyhow::Result<crate::blocks::Block> {
+        let b = self.blocks.add(b, self.clock.now())?;
+        self.count_block(&b);
+        self.share(|o| o.block(b.clone()));
+        Ok(b)
+    }
+
+    /// Unblock on every replica; `false` when there was no such block here.
+    pub fn unblock(&self, scope: crate::blocks::BlockScope, key: &str) -> anyhow::Result<bool> {
+        let removed = self.blocks.remove(scope, key, self.clock.now())?;
+        self.share(|o| o.unblock(scope, removed_key(scope, key)));
+        Ok(removed)
+    }
+
+    /// Blocks made here by a rule, shared with the other replicas.
+    pub fn share_blocks(&self, made: Vec<crate::blocks::Block>) {
+        for b in made {
+            self.count_block(&b);
+            self.share(|o| o.block(b));
+        }
+    }
+
+    fn count_block(&self, b: &crate::blocks::Block) {
+        self.metrics.blocks_created.with_label_values(&[b.scope.as_str(), &b.source]).inc();
+    }
+
+    /// Queue a change for the other replicas (with the Redis store) and write it soon; see
+    /// [`crate::share`] for why nothing is lost while Redis is down.
+    fn share(&self, change: impl FnOnce(&crate::share::Outbox)) {
+        if let Some(flags) = &self.flags {
+            change(&self.outbox);
+            crate::share::flush_soon(&self.outbox, flags, self.metrics.store_errors.clone());
+        }
+    }
+
+    /// Housekeeping, once a second with the Redis store: take the shared blocks and pauses as
+    /// they are in Redis (a block or pause made on any replica applies here within a second, and
+    /// survives a restart of every replica) once every local change has reached it. When Redis
+    /// cannot be written or read, the local state stays.
+    pub async fn sync_flags(&self) {
+        let Some(flags) = &self.flags else { return };
+        let Some(state) = self.outbox.read(&**flags).await else { return };
+        if let Err(e) = self.blocks.replace(state.blocks, self.clock.now()) {
+            tracing::warn!(error = %e, "could not persist shared blocks");
+        }
+        let before = self.paused.read().unwrap_or_else(PoisonError::into_inner).clone();
+        for g in before.difference(&state.paused) {
+            self.set_paused(g, false);
+        }
+        for g in state.paused.difference(&before) {
+            self.set_paused(g, true);
+        }
+    }
+
+    pub fn is_paused(&self, group: &str) -> bool {
+        self.paused.read().expect("pause lock").contains(group)
+    }
+
+    /// Re-read the config file and swap it in. On any error the running config stays, every
+    /// error is logged, and `cvgate_config_reloads_total{result="failed"}` counts it.
+    pub fn reload(&self) -> Result<(), ConfigErrors> {
+        let Some(path) = &self.config_path else { return Ok(()) };
+        let result = Config::load(path).and_then(|c| self.apply(c).map_err(|e| ConfigErrors::single(path, e)));
+        match &result {
+            Ok(()) => {
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(file = %path.display(), "config reloaded");
+            }
+            Err(errs) => {
+                self.metrics.config_reloads.with_label_values(&["failed"]).inc();
+                for e in &errs.errors {
+                    tracing::error!(file = %errs.file, error = %e, "config reload rejected; keeping the running config");
+                }
+            }
+        }
+        result
+    }
+
+    /// Swap in an already validated config. Quota buckets are kept (the engine resizes them
+    /// lazily, keeping what was spent).
+    ///
+    /// All or nothing: the runtime (token keys, upstream client and its CA) and the certificate
+    /// are built first; the block list's move to a new file is the one step that writes, and it
+    /// switches files only once the new one is written. Any failure leaves everything as it was.
+    pub fn apply(&self, config: Config) -> anyhow::Result<()> {
+        let cert = match (&self.certs, &config.listen.tls) {
+            (Some(_), Some(tls)) => CertStore::prepare(tls.files.clone()).context("reloading the TLS certificate")?,
+            _ => None,
+        };
+        let blocks_file = config.blocks.file.clone();
+        let rt = Runtime::build(config, &self.clock)?;
+        self.blocks.set_file(blocks_file).context("moving the block list")?;
+        if let (Some(certs), Some(cert)) = (&self.certs, cert) {
+            certs.install(cert);
+        }
+        self.runtime.store(Arc::new(rt));
+        Ok(())
+    }
+}
+
+impl crate::listener::Conns for Shared {
+    fn limits(&self) -> crate::listener::Limits {
+        self.runtime().config.limits.clone()
+    }
+
+    fn inflight(&self) -> &Arc<Semaphore> {
+        &self.inflight
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+/// The key an unblock names, as blocks store it (an IP block's CIDR truncated).
+fn removed_key(scope: crate::blocks::BlockScope, key: &str) -> String {
+    match scope {
+        crate::blocks::BlockScope::Ip => {
+            key.parse::<ipnet::IpNet>().map_or_else(|_| key.to_string(), |n| n.trunc().to_string())
+        }
+        _ => key.to_string(),
+    }
+}

@@ -1,0 +1,305 @@
+//! Issue 16, state that cannot be lost or corrupted, each bug reproduced as a fault test:
+//! concurrent admin block calls with a SIGKILL in the middle, a refused reload, a block whose
+//! persistence fails, an account id with `|` across two replicas, a block made while Redis is
+//! down, and requests cancelled by the client after they were forwarded (one audit line each).
+
+mod common;
+#[path = "common/redis.rs"]
+mod redis_server;
+
+use std::time::Duration;
+
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use redis_server::RedisServer;
+use serde_json::{json, Value};
+
+const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+
+/// An admin call over a fresh HTTP/1.1 connection to `addr`.
+async fn admin_at(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin")
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
+        .unwrap();
+    let r = s.send_request(req).await.unwrap();
+    let status = r.status().as_u16();
+    let b = r.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&b).unwrap_or(Value::Null))
+}
+
+/// The harness config with the admin API, no automatic rules, blocks in `blocks_file`.
+fn admin_config(upstream: &str, dir: &std::path::Path, blocks_file: &str, extra: &str) -> String {
+    let extra = format!(
+        "{}admin: {{ token: \"{ADMIN_TOKEN}\" }}\nblocks:\n  file: \"{blocks_file}\"\n  rules: []\n{extra}",
+        identity_yaml(&[])
+    );
+    let yaml = test_yaml(upstream, dir, &extra);
+    assert_eq!(yaml.matches("  admin: null").count(), 1);
+    yaml.replace("  admin: null", "  admin: \"127.0.0.1:0\"")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `cvgate serve` as a child process, killed (SIGKILL) on drop.
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn serve(config: &std::path::Path, admin: u16) -> Serve {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("CVGATE_LOG", "error")
+        .spawn()
+        .unwrap();
+    let s = Serve(child);
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", admin)).await.is_ok() {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cvgate serve did not open its admin port");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_admin_block_calls_never_corrupt_the_file_even_under_sigkill() {
+    let mock = start_mock().await;
+    let (dir, _) = cert_dir();
+    let blocks = dir.path().join("state/blocks.json");
+    let admin = free_port();
+    let yaml = admin_config(&format!("http://{mock}"), dir.path(), &blocks.display().to_string(), "")
+        .replace("  admin: \"127.0.0.1:0\"", &format!("  admin: \"127.0.0.1:{admin}\""));
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
+
+    for round in 0..2 {
+        let proc = serve(&config, admin).await;
+        // 10 clients, 10 calls each: block, unblock, block again... every answer must be a success.
+        let mut clients = Vec::new();
+        for c in 0..10 {
+            clients.push(tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for i in 0..10 {
+                    let key = format!("acct-{round}-{c}-{}", i / 2);
+                    let (st, _) = if i % 2 == 0 {
+                        admin_at(
+                            addr,
+                            "POST",
+                            "/v1/blocks",
+                            Some(json!({"scope": "account", "key": key, "reason": "flood"})),
+                        )
+                        .await
+                    } else {
+                        admin_at(addr, "DELETE", &format!("/v1/blocks/account/{key}"), None).await
+                    };
+                    statuses.push(st);
+                }
+                statuses
+            }));
+        }
+        // Meanwhile, the file on disk always parses.
+        let reader_path = blocks.clone();
+        let reader = tokio::spawn(async move {
+            let mut reads = 0;
+            for _ in 0..200 {
+                if let Ok(text) = std::fs::read_to_string(&reader_path) {
+                    serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("torn block file ({e}): {text}"));
+                    reads += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            reads
+        });
+        for c in clients {
+            let statuses = c.await.unwrap();
+            assert!(statuses.iter().all(|s| *s == 200 || *s == 201), "{statuses:?}");
+        }
+        assert!(reader.await.unwrap() > 0, "the file was read");
+        // Each client ends on an unblock except its last key... every key was blocked then
+        // unblocked: nothing of this round is left. A last block, then SIGKILL at once.
+        let (st, _) = admin_at(
+            addr,
+            "POST",
+            "/v1/blocks",
+            Some(json!({"scope": "account", "key": format!("keep-{round}"), "reason": "r"})),
+        )
+        .await;
+        assert!(st == 200 || st == 201);
+        drop(proc); // SIGKILL
+        let text = std::fs::read_to_string(&blocks).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let keys: Vec<&str> = v["blocks"].as_array().unwrap().iter().map(|b| b["key"].as_str().unwrap()).collect();
+        assert!(keys.contains(&format!("keep-{round}").as_str()), "{keys:?}");
+        assert!(
+            !keys.iter().any(|k| k.starts_with(&format!("acct-{round}-"))),
+            "an acknowledged unblock came back: {keys:?}"
+        );
+    }
+    // It starts again from what the SIGKILL left.
+    let _proc = serve(&config, admin).await;
+    let (st, v) = admin_at(addr, "GET", "/v1/blocks", None).await;
+    assert_eq!(st, 200);
+    let keys: Vec<&str> = v["blocks"].as_array().unwrap().iter().map(|b| b["key"].as_str().unwrap()).collect();
+    assert!(keys.contains(&"keep-0") && keys.contains(&"keep-1"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_leaves_the_block_list_where_it_was() {
+    let mock = start_mock().await;
+    let (dir, cert) = cert_dir();
+    let first = dir.path().join("blocks.json");
+    let yaml = admin_config(&format!("http://{mock}"), dir.path(), &first.display().to_string(), "");
+    let p = start_proxy_in(dir, cert, &yaml).await;
+    let addr = p.running.admin_addr.unwrap();
+    // A config that validates but cannot be applied (its certificate file is missing), naming a
+    // new block file: refused as a whole.
+    let moved = p.dir.path().join("moved/blocks.json");
+    let bad = yaml
+        .replace(&first.display().to_string(), &moved.display().to_string())
+        .replace(&p.dir.path().join("cert.pem").display().to_string(), "/nonexistent/cert.pem");
+    assert_ne!(bad, yaml);
+    std::fs::write(&p.config_path, &bad).unwrap();
+    let (st, _) = admin_at(addr, "POST", "/v1/reload", None).await;
+    assert_eq!(st, 422, "the reload is refused");
+    let (st, _) =
+        admin_at(addr, "POST", "/v1/blocks", Some(json!({"scope": "account", "key": "acct-9", "reason": "r"}))).await;
+    assert!(st == 200 || st == 201, "blocking still works after a refused reload: {st}");
+    assert!(!moved.exists(), "the refused reload moved the block list");
+    assert!(std::fs::read_to_string(&first).unwrap().contains("acct-9"));
+    p.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_that_cannot_be_persisted_is_an_error_and_blocks_nothing() {
+    let mock = start_mock().await;
+    let (dir, cert) = cert_dir();
+    // The block file's directory cannot be made: its parent is a regular file.
+    std::fs::write(dir.path().join("not-a-dir"), "x").unwrap();
+    let file = dir.path().join("not-a-dir/blocks.json");
+    let yaml = admin_config(&format!("http://{mock}"), dir.path(), &file.display().to_string(), "");
+    let p = start_proxy_in(dir, cert, &yaml).await;
+    let addr = p.running.admin_addr.unwrap();
+    let (st, _) =
+        admin_at(addr, "POST", "/v1/blocks", Some(json!({"scope": "account", "key": "acct-1", "reason": "r"}))).await;
+    assert!(st >= 400, "a block that was not persisted is not a success: {st}");
+    let (_, v) = admin_at(addr, "GET", "/v1/blocks", None).await;
+    assert_eq!(v["blocks"].as_array().map(Vec::len), Some(0), "{v}");
+    let t = token(&p, "acct-1", "12345678");
+    let mut s = plain_connect(p.plain).await;
+    let r = s.send(get("/api/v1/cvs?size=1", false, &[("authorization", &bearer(&t))])).await;
+    assert_eq!(r.status(), 200, "not blocked");
+    p.running.shutdown().await;
+}
+
+async fn replica(mock: &str, redis: &str) -> Proxy {
+    let (dir, cert) = cert_dir();
+    let store = format!(
+        "store:\n  kind: redis\n  redis:\n    url: \"{redis}\"\n    timeout: 250ms\n    replicas: 2\n    failure_policy: {{ default: fail_open_local }}\n    breaker: {{ failures: 3, probe_every: 300ms }}\n"
+    );
+    let yaml = admin_config(mock, dir.path(), &dir.path().join("blocks.json").display().to_string(), &store);
+    start_proxy_in(dir, cert, &yaml).await
+}
+
+/// Status of a one-CV search by `account` on `p`, polled until it is `want` or 5 s pass.
+async fn status_becomes(p: &Proxy, account: &str, want: u16) -> u16 {
+    let t = token(p, account, "12345678");
+    let mut last = 0;
+    for _ in 0..50 {
+        let mut s = plain_connect(p.plain).await;
+        let r = s.send(get("/api/v1/cvs?size=1", false, &[("authorization", &bearer(&t))])).await;
+        last = r.status().as_u16();
+        let _ = body_bytes(r).await;
+        if last == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_ids_with_a_bar_and_blocks_made_while_redis_is_down_reach_every_replica() {
+    let mut redis = RedisServer::start();
+    let mock = format!("http://{}", start_mock().await);
+    let a = replica(&mock, &redis.url()).await;
+    let b = replica(&mock, &redis.url()).await;
+    let admin_a = a.running.admin_addr.unwrap();
+
+    // `acct-1|x` blocked on A reaches B; unblocking `acct-1` (another account) leaves it blocked.
+    let (st, _) =
+        admin_at(admin_a, "POST", "/v1/blocks", Some(json!({"scope": "account", "key": "acct-1|x", "reason": "r"})))
+            .await;
+    assert!(st == 200 || st == 201);
+    assert_eq!(status_becomes(&b, "acct-1|x", 403).await, 403, "the block with a | did not reach B");
+    let (st, _) =
+        admin_at(admin_a, "POST", "/v1/blocks", Some(json!({"scope": "account", "key": "acct-1", "reason": "r"})))
+            .await;
+    assert!(st == 200 || st == 201);
+    assert_eq!(status_becomes(&b, "acct-1", 403).await, 403);
+    let (st, _) = admin_at(admin_a, "DELETE", "/v1/blocks/account/acct-1", None).await;
+    assert_eq!(st, 200);
+    assert_eq!(status_becomes(&b, "acct-1", 200).await, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await; // two syncs
+    assert_eq!(status_becomes(&b, "acct-1|x", 403).await, 403, "unblocking acct-1 also cleared acct-1|x");
+    assert_eq!(status_becomes(&a, "acct-1|x", 403).await, 403);
+
+    // Redis goes down; a block made on A meanwhile reaches B once Redis is back.
+    redis.kill();
+    let (st, _) =
+        admin_at(admin_a, "POST", "/v1/blocks", Some(json!({"scope": "account", "key": "acct-down", "reason": "r"})))
+            .await;
+    assert!(st == 200 || st == 201, "a block is made locally while Redis is down: {st}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart();
+    assert_eq!(status_becomes(&b, "acct-down", 403).await, 403, "the block made while Redis was down was lost");
+    assert_eq!(status_becomes(&a, "acct-down", 403).await, 403, "A dropped its own block when Redis came back");
+    a.running.shutdown().await;
+    b.running.shutdown().await;
+}
+
+/// The client resets its HTTP/2 streams while the upstream is still thinking: every forwarded
+/// request still gets exactly one audit line, `cancelled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cancelled_after_forwarding_each_get_one_audit_line() {
+    let mock = start_mock().await;
+    let extra = "audit:\n  sink: file\n  path: audit.log\nblocks: { rules: [] }\n";
+    let p = start_proxy(&format!("http://{mock}"), extra).await;
+    let t = token(&p, "acct-1", "12345678");
+    let (_, mut s) = tls_connect(p.tls, &p.cert_pem, &[b"h2"]).await;
+    let auth = bearer(&t);
+    for i in 0..20 {
+        let req = get(&format!("/api/v1/cvs?size=5&header_delay_ms=400&query=q{i}"), true, &[("authorization", &auth)]);
+        // Dropping the response future resets the stream (RST_STREAM CANCEL) after ~100 ms.
+        let r = tokio::time::timeout(Duration::from_millis(100), s.send(req)).await;
+        assert!(r.is_err(), "the answer cannot have come yet");
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    p.running.shutdown().await;
+    let text = std::fs::read_to_string(p.dir.path().join("audit.log")).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 20, "{text}");
+    for l in &lines {
+        assert_eq!(l["decision"], "cancelled", "{l}");
+        assert_eq!(l["status"], 499);
+        assert_eq!(l["count"], "uncertain:cancelled");
+        assert_eq!(l["delivered"], 5, "the reservation stays charged");
+    }
+}
