@@ -83,6 +83,12 @@ pub async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
             shared.metrics.closed.with_label_values(&[window.as_str()]).set(i64::from(closed));
         }
         shared.sync_flags().await;
+        // Prune expired blocks and stale rule events; write rule-made blocks (file I/O: off
+        // the runtime's threads).
+        let (blocks, within) = (shared.blocks.clone(), rt.config.blocks.longest_window());
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || blocks.maintain(now, within)).await {
+            tracing::warn!(error = %e, "could not write the block list; retrying in a second");
+        }
         for (scope, n) in shared.blocks.counts(now) {
             shared.metrics.blocks_active.with_label_values(&[scope.as_str()]).set(n);
         }

@@ -50,6 +50,10 @@ impl Running {
         }
         // After the drain, so the lines of the requests that just finished are written too.
         self.shared.audit.close().await;
+        // Blocks made by rules since the last housekeeping tick.
+        if let Err(e) = self.shared.blocks.maintain(self.shared.clock.now(), Duration::ZERO) {
+            tracing::warn!(error = %e, "could not write the block list at shutdown");
+        }
     }
 
     /// A token that is cancelled when shutdown begins.

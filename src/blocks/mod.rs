@@ -4,16 +4,24 @@
 //! day budget used up → block for 24 h; repeated deep-paging attempts → block), and a repeat
 //! offender's block lasts longer each time (`escalation`). Blocks are kept in a JSON file written
 //! atomically (temp file, fsync, rename), so a crash mid-write never loses the list, and they are
-//! read back at start: a block survives restarts. Expired blocks stop applying at once and are
-//! pruned from the file on the next write. The offence history (for escalation) is kept with
-//! them.
+//! read back at start: a block survives restarts. A block made or removed through the admin API
+//! is on disk before the call answers; one made by a rule on the request path is written by the
+//! next [`Blocks::maintain`] (once a second), so a flood of blocks costs one write a second, not
+//! one fsync'd rewrite each. Expired blocks stop applying at once and are pruned every second,
+//! file or no file. The offence history (for escalation) is kept with them. Checking a request
+//! is a hash lookup per scope ([`index`]).
+
+mod index;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
+
+use index::Index;
 
 use ipnet::IpNet;
 use jiff::Timestamp;
@@ -194,6 +202,11 @@ pub struct BlocksConfig {
 }
 
 impl BlocksConfig {
+    /// The longest `within` of any rule: how long rule events are worth keeping.
+    pub fn longest_window(&self) -> Duration {
+        self.rules.iter().map(|r| r.within).max().unwrap_or_default()
+    }
+
     /// Every error with its key path relative to `blocks`. `base` resolves a relative file.
     pub fn from_raw(raw: &RawBlocks, base: &Path) -> Result<Self, Vec<(String, String)>> {
         let mut errs = Vec::new();
@@ -259,14 +272,22 @@ impl BlocksConfig {
     }
 }
 
-/// The live block list. Cheap to check on every request (read lock, hash lookups, a short
-/// CIDR scan).
+/// The live block list. Cheap to check on every request (read lock, a hash lookup per scope).
 #[derive(Debug)]
 pub struct Blocks {
-    state: RwLock<BlockFile>,
+    state: RwLock<State>,
     file: Mutex<Option<PathBuf>>,
-    /// Recent events per (rule, subject), for thresholds.
+    /// Recent events per (rule, subject), for thresholds; pruned by [`Blocks::maintain`].
     events: Mutex<HashMap<(String, String), VecDeque<Timestamp>>>,
+    /// Changes not on disk yet (rule-made blocks, pruning): written by [`Blocks::maintain`].
+    dirty: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    index: Index,
+    /// Offences per `scope:key`, for escalation.
+    offences: BTreeMap<String, u32>,
 }
 
 /// Why a request is blocked.
@@ -292,14 +313,20 @@ impl Blocks {
     /// The file exists but cannot be read or parsed: refusing to start beats silently
     /// forgetting every block.
     pub fn open(file: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
-        let state = match &file {
+        let saved: BlockFile = match &file {
             Some(f) if f.exists() => {
                 let text = std::fs::read_to_string(f)?;
                 serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a block file: {e}", f.display()))?
             }
             _ => BlockFile::default(),
         };
-        Ok(Arc::new(Self { state: RwLock::new(state), file: Mutex::new(file), events: Mutex::new(HashMap::new()) }))
+        let state = State { index: Index::from_blocks(saved.blocks), offences: saved.offences };
+        Ok(Arc::new(Self {
+            state: RwLock::new(state),
+            file: Mutex::new(file),
+            events: Mutex::new(HashMap::new()),
+            dirty: AtomicBool::new(false),
+        }))
     }
 
     /// Switch to another file (a reload that names a new one); the current list is written there.
@@ -320,30 +347,51 @@ impl Blocks {
 
     /// Is this request's account, organisation or IP blocked now?
     pub fn check(&self, who: &Who<'_>, now: Timestamp) -> Option<Blocked> {
-        let st = self.state.read().expect("blocks lock");
-        st.blocks
-            .iter()
-            .filter(|b| b.active(now))
-            .find(|b| match b.scope {
-                BlockScope::Account => who.account == Some(b.key.as_str()),
-                BlockScope::Org => who.org == Some(b.key.as_str()),
-                BlockScope::Ip => b.key.parse::<IpNet>().is_ok_and(|n| n.contains(&who.ip)),
-            })
-            .map(|b| Blocked { scope: b.scope, until: b.until })
+        self.state.read().unwrap_or_else(PoisonError::into_inner).index.check(who, now)
     }
 
-    /// Active blocks.
+    /// Active blocks, by scope and key.
     pub fn list(&self, now: Timestamp) -> Vec<Block> {
-        self.state.read().expect("blocks lock").blocks.iter().filter(|b| b.active(now)).cloned().collect()
+        let mut v: Vec<Block> = self.read().index.iter().filter(|b| b.active(now)).cloned().collect();
+        v.sort_by(|a, b| (a.scope, &a.key).cmp(&(b.scope, &b.key)));
+        v
     }
 
     /// Active blocks per scope (for the gauge).
     pub fn counts(&self, now: Timestamp) -> [(BlockScope, i64); 3] {
         let mut c = [(BlockScope::Account, 0), (BlockScope::Org, 0), (BlockScope::Ip, 0)];
-        for b in self.state.read().expect("blocks lock").blocks.iter().filter(|b| b.active(now)) {
+        for b in self.read().index.iter().filter(|b| b.active(now)) {
             c[b.scope as usize].1 += 1;
         }
         c
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Once a second (housekeeping): drop expired blocks and stale rule events, and write what
+    /// changed since the last write (rule-made blocks). Blocking I/O: run it off the runtime.
+    ///
+    /// # Errors
+    /// The file cannot be written (retried on the next call).
+    pub fn maintain(&self, now: Timestamp, events_within: Duration) -> anyhow::Result<()> {
+        let pruned = self.state.write().unwrap_or_else(PoisonError::into_inner).index.prune(now);
+        if pruned > 0 {
+            self.dirty.store(true, Ordering::Release);
+        }
+        let oldest = now - jiff::SignedDuration::try_from(events_within).unwrap_or_default();
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, q| q.back().is_some_and(|t| *t >= oldest));
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.persist(now) {
+                self.dirty.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Add (or replace) a block and persist the list.
@@ -372,8 +420,12 @@ impl Blocks {
             self.swap(b.scope, &b.key, replaced);
             return Err(e);
         }
-        tracing::warn!(scope = b.scope.as_str(), key = ?b.key, reason = ?b.reason, until = ?b.until, source = ?b.source, "blocked");
+        Self::log_block(&b);
         Ok(b)
+    }
+
+    fn log_block(b: &Block) {
+        tracing::warn!(scope = b.scope.as_str(), key = ?b.key, reason = ?b.reason, until = ?b.until, source = ?b.source, "blocked");
     }
 
     /// Replace the list with `shared` (the replicas' common list, from Redis), persisting when
@@ -385,13 +437,13 @@ impl Blocks {
         shared.sort_by(|a, b| (a.scope, &a.key).cmp(&(b.scope, &b.key)));
         shared.dedup_by(|a, b| a.scope == b.scope && a.key == b.key);
         let changed = {
-            let mut st = self.state.write().expect("blocks lock");
-            let mut current: Vec<Block> = st.blocks.iter().filter(|b| b.active(now)).cloned().collect();
+            let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            let mut current: Vec<&Block> = st.index.iter().filter(|b| b.active(now)).collect();
             current.sort_by(|a, b| (a.scope, &a.key).cmp(&(b.scope, &b.key)));
-            if current == shared {
+            if current.len() == shared.len() && current.iter().zip(&shared).all(|(a, b)| *a == b) {
                 false
             } else {
-                st.blocks = shared;
+                st.index = Index::from_blocks(shared);
                 true
             }
         };
@@ -466,7 +518,7 @@ impl Blocks {
                 continue;
             }
             let offences = {
-                let mut st = self.state.write().expect("blocks lock");
+                let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
                 let n = st.offences.entry(format!("{}:{key}", rule.block.as_str())).or_insert(0);
                 *n += 1;
                 *n
@@ -482,21 +534,23 @@ impl Blocks {
                 created: now,
                 until,
             };
-            match self.add(b, now) {
-                Ok(b) => made.push(b),
-                Err(e) => tracing::error!(error = %e, "automatic block not persisted"),
-            }
+            // On the request path: in effect now, on disk with the next `maintain`.
+            self.swap(b.scope, &b.key, Some(b.clone()));
+            self.dirty.store(true, Ordering::Release);
+            Self::log_block(&b);
+            made.push(b);
         }
         made
     }
 
-    /// Write the list atomically: temp file in the same directory, fsync, rename.
     /// Put `with` in place of the block on (`scope`, `key`) (none: remove it); returns the block
     /// that was there.
     fn swap(&self, scope: BlockScope, key: &str, with: Option<Block>) -> Option<Block> {
         let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
-        let old = st.blocks.iter().position(|x| x.scope == scope && x.key == key).map(|i| st.blocks.swap_remove(i));
-        st.blocks.extend(with);
+        let old = st.index.remove(scope, key);
+        if let Some(b) = with {
+            st.index.insert(b);
+        }
         old
     }
 
@@ -513,9 +567,11 @@ impl Blocks {
     /// `path` atomically: a temporary file, fsync, rename, fsync of the directory.
     fn write_to(&self, path: &std::path::Path, now: Timestamp) -> anyhow::Result<()> {
         let json = {
-            let mut st = self.state.write().expect("blocks lock");
-            st.blocks.retain(|b| b.active(now) || now == Timestamp::UNIX_EPOCH);
-            serde_json::to_vec_pretty(&*st)?
+            let st = self.read();
+            let mut blocks: Vec<Block> =
+                st.index.iter().filter(|b| b.active(now) || now == Timestamp::UNIX_EPOCH).cloned().collect();
+            blocks.sort_by(|a, b| (a.scope, &a.key).cmp(&(b.scope, &b.key)));
+            serde_json::to_vec_pretty(&BlockFile { blocks, offences: st.offences.clone() })?
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
@@ -545,6 +601,36 @@ mod tests {
     fn who<'a>(account: &'a str, org: &'a str, ip: &str) -> Who<'a> {
         let ip: IpAddr = ip.parse().unwrap();
         Who { account: Some(account), org: Some(org), ip, ip_prefix: crate::identity::ip_prefix(ip, 24, 56) }
+    }
+
+    #[test]
+    fn rule_blocks_reach_the_file_with_maintain_and_expired_ones_go_without_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("blocks.json");
+        let now = t("2026-11-24T10:00:00Z");
+        let cfg = BlocksConfig::from_raw(&RawBlocks::default(), dir.path()).unwrap();
+        let b = Blocks::open(Some(file.clone())).unwrap();
+        let w = who("acct-1", "12345678", "192.0.2.1");
+        let made = b.observe(&cfg, Event::Quota, Some(("account", "day")), &w, now);
+        assert_eq!(made.len(), 1);
+        assert!(b.check(&w, now).is_some(), "in effect at once");
+        assert!(!file.exists(), "not written on the request path");
+        b.maintain(now, cfg.longest_window()).unwrap();
+        assert!(std::fs::read_to_string(&file).unwrap().contains("acct-1"));
+
+        // In memory only: an expired block is pruned anyway (it used to stay, costing every check).
+        let m = Blocks::open(None).unwrap();
+        let mk = Block {
+            scope: BlockScope::Ip,
+            key: "203.0.113.0/24".into(),
+            reason: "r".into(),
+            source: "manual".into(),
+            created: now,
+            until: Some(t("2026-11-24T11:00:00Z")),
+        };
+        m.add(mk, now).unwrap();
+        m.maintain(t("2026-11-24T12:00:00Z"), Duration::from_secs(3600)).unwrap();
+        assert!(m.read().index.iter().next().is_none(), "pruned");
     }
 
     #[test]
