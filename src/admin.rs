@@ -42,11 +42,12 @@ fn reply(status: StatusCode, v: Value) -> Response<ProxyBody> {
         .expect("response")
 }
 
+/// An admin problem, through the one problem+json builder (`urn:cvgate:problem:admin-<slug>`,
+/// with an `instance` like every other answer).
 fn problem(status: StatusCode, slug: &str, detail: impl Into<String>) -> Response<ProxyBody> {
-    let v = json!({"type": format!("urn:cvgate:problem:admin-{slug}"), "title": slug, "status": status.as_u16(), "detail": detail.into()});
-    let mut r = reply(status, v);
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
-    r
+    let title = status.canonical_reason().unwrap_or("Error");
+    let id = uuid::Uuid::new_v4().to_string();
+    crate::problem::answer(status, &format!("admin-{slug}"), title, detail.into(), serde_json::Map::new(), &id)
 }
 
 fn authorised(shared: &Shared, req: &Request<Incoming>) -> bool {
@@ -189,12 +190,13 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
             Err(errs) => {
                 let list: Vec<Value> =
                     errs.errors.iter().map(|e| json!({"path": e.path, "line": e.line, "message": e.message})).collect();
-                let v = json!({"type": "urn:cvgate:problem:admin-reload-rejected", "title": "reload rejected", "status": 422,
-                               "detail": "config rejected; the running config stays", "file": errs.file, "errors": list});
-                let mut r = reply(StatusCode::UNPROCESSABLE_ENTITY, v);
-                r.headers_mut()
-                    .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
-                r
+                let mut extra = serde_json::Map::new();
+                extra.insert("file".into(), json!(errs.file));
+                extra.insert("errors".into(), Value::Array(list));
+                let detail = "config rejected; the running config stays".to_string();
+                let id = uuid::Uuid::new_v4().to_string();
+                let status = StatusCode::UNPROCESSABLE_ENTITY;
+                crate::problem::answer(status, "admin-reload-rejected", "Reload rejected", detail, extra, &id)
             }
         },
         (Method::GET, ["v1", "config"]) => reply(StatusCode::OK, redacted_config(&shared)),

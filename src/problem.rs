@@ -167,24 +167,9 @@ impl ProxyError {
 
     /// The problem+json response. `request_id` becomes `instance`.
     pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
-        let status = self.status();
         let (title, detail, extra) = self.title_detail();
-        let mut doc = Map::new();
-        doc.insert("type".into(), json!(format!("urn:cvgate:problem:{}", self.slug())));
-        doc.insert("title".into(), json!(title));
-        doc.insert("status".into(), json!(status.as_u16()));
-        doc.insert("detail".into(), json!(detail));
-        doc.insert("instance".into(), json!(format!("urn:cvgate:request:{request_id}")));
-        doc.extend(extra);
-        let body = serde_json::to_vec(&Value::Object(doc)).expect("json");
-        let mut resp = Response::new(full(body));
-        *resp.status_mut() = status;
+        let mut resp = answer(self.status(), self.slug(), title, detail, extra, request_id);
         let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert(X_REQUEST_ID, v);
-        }
         if let Some(s) = self.retry_after() {
             h.insert(RETRY_AFTER, HeaderValue::from(s));
         }
@@ -204,6 +189,36 @@ impl ProxyError {
         }
         resp
     }
+}
+
+/// A problem+json answer: every answer cvgate makes itself goes through here, the proxy's
+/// ([`ProxyError::into_response`]) and the admin API's. `type` is `urn:cvgate:problem:<slug>`,
+/// `instance` the request id (also in `X-Request-Id`), `extra` members follow.
+pub fn answer(
+    status: StatusCode,
+    slug: &str,
+    title: &str,
+    detail: String,
+    extra: Map<String, Value>,
+    request_id: &str,
+) -> Response<ProxyBody> {
+    let mut doc = Map::new();
+    doc.insert("type".into(), json!(format!("urn:cvgate:problem:{slug}")));
+    doc.insert("title".into(), json!(title));
+    doc.insert("status".into(), json!(status.as_u16()));
+    doc.insert("detail".into(), json!(detail));
+    doc.insert("instance".into(), json!(format!("urn:cvgate:request:{request_id}")));
+    doc.extend(extra);
+    let body = serde_json::to_vec(&Value::Object(doc)).expect("json");
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(X_REQUEST_ID, v);
+    }
+    resp
 }
 
 impl std::fmt::Display for ProxyError {

@@ -1,23 +1,25 @@
-//! The story of one request, top to bottom.
+//! The story of one request, top to bottom, in phases (like pingora's `ProxyHttp`), each a
+//! function below in this order:
 //!
 //! ```text
-//! check       header size, path sanity                         → 431 / 400
-//! route       method + path → Route (group, access, cost)      → 404 when unmatched
-//! identify    verified JWT or trusted-gateway headers          → 401 / 403
-//! pause       operator paused the route group                  → 503 paused
-//! closure     a closure window is active for the group         → 503 closed + Retry-After
-//! paging      page × size beyond the route's depth             → 403 paging-too-deep
-//! reserve     expected CVs from every bucket, all or nothing   → 429 + Retry-After + RateLimit
-//! forward     stream the request to the upstream (pooled)      → 502 / 504
+//! admit       client IP and country; header size, path sanity  → 431 / 400
+//!             route: method + path → Route (group, access, cost) → 404 when unmatched
+//!             identify: verified JWT or trusted-gateway headers  → 401 / 403
+//!             block, pause, closure window, deep paging          → 403 / 503 / 503 / 403
+//! reserve     expected CVs from every bucket, all or nothing     → 429 + Retry-After + RateLimit
+//! forward     stream the request to the upstream (pooled)        → 502 / 504
 //!             (charged routes: no Range/If-*, Accept-Encoding: identity — see `integrity`)
-//! judge       can the answer's records be counted with certainty? (status, type, coding)
-//! count       wrap the response body: decode if compressed, count records as they pass, cut
-//!             at the grant, compress again for the client when the route says so
+//! judge       can the answer's records be counted with certainty? (status, type, coding) → 502
+//! respond     the body layers (`Respond::wrap`): decode if compressed, count records as they
+//!             pass, cut at the grant, compress again for the client when the route says so
 //! settle      when the body ends or is dropped: refund the unused part or charge the excess —
 //!             only on a certain count; an uncertain one is charged its full reservation
+//! finish      the audit line and metrics, exactly once (also for an early answer, and for a
+//!             request the client cancels before its answer: `Unanswered`)
 //! ```
-//! Every early answer is a [`ProxyError`], turned into problem+json in one place. The request's
-//! facts are gathered in a [`Ctx`] that the end of the story (audit line, metrics) reads once.
+//! Every early answer is a [`ProxyError`], turned into problem+json in one place ([`handle`]),
+//! where its metrics are counted too (`count_error`). The request's facts are gathered in a
+//! [`Ctx`] that the end of the story reads once.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,6 +57,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: ConnInfo)
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
+            count_error(&shared.metrics, &e, ctx.route.as_deref());
             ctx.decision = e.slug().to_string();
             if let ProxyError::QuotaExceeded { scope, horizon, .. } = &e {
                 ctx.fired = Some(((*scope).to_string(), horizon.clone()));
@@ -71,6 +74,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: ConnInfo)
     resp
 }
 
+/// The phases in order; each early answer is an error, turned into a problem in [`handle`].
 async fn run(
     shared: &Arc<Shared>,
     rt: &Arc<Runtime>,
@@ -78,161 +82,196 @@ async fn run(
     conn: ConnInfo,
     ctx: &mut Ctx,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let cfg = &rt.config;
     let started = Instant::now(); // the audit line's duration covers the whole request
+    let a = admit(shared, rt, &mut req, conn, ctx)?;
+    let reservation = reserve(shared, rt, &a, req.uri().query().unwrap_or(""), ctx).await?;
+    let (upstream, client_coding) = match forward(shared, rt, &a, req, conn, ctx).await {
+        Ok(x) => x,
+        Err(e) => return Err(give_back(shared, reservation.as_ref(), e).await),
+    };
+    let (parts, body) = upstream.into_parts();
+    // judge: can this answer's records be counted with certainty, and how?
+    let plan = match a.route.is_charged() {
+        true => crate::integrity::judge(parts.status, &parts.headers, a.format(), &a.route.encoding, a.route.up_to),
+        false => Plan::Uncounted { uncertain: None },
+    };
+    if plan == Plan::Refuse {
+        return Err(give_back(shared, reservation.as_ref(), ProxyError::UpstreamUndecodable).await);
+    }
+    ctx.status = parts.status.as_u16();
+    ctx.decision = "allowed".into();
+    let cut_at = (a.format() == Some(&RecordFormat::Ndjson))
+        .then(|| rt.config.closure.next_cut_after(&a.route.group, a.account(), a.org(), a.now))
+        .flatten();
+    let respond = Respond { route: &a.route, reservation, plan, client_coding, started, cut_at };
+    Ok(respond.wrap(shared, &rt.config.limits, parts, body, ctx))
+}
 
-    // who is asking, from where (before any answer, so every audit line has the client IP)
+/// What admission established: the route, who is asking, from where, and when.
+struct Admitted {
+    route: Arc<Route>,
+    identity: Option<crate::identity::Identity>,
+    client_ip: std::net::IpAddr,
+    ip_prefix: ipnet::IpNet,
+    now: jiff::Timestamp,
+}
+
+impl Admitted {
+    fn account(&self) -> Option<&str> {
+        self.identity.as_ref().map(|i| i.account.as_str())
+    }
+
+    fn org(&self) -> Option<&str> {
+        self.identity.as_ref().and_then(|i| i.org.as_deref())
+    }
+
+    fn who(&self) -> Who<'_> {
+        Who { account: self.account(), org: self.org(), ip: self.client_ip, ip_prefix: self.ip_prefix }
+    }
+
+    /// The route's counted body format, if it counts the body.
+    fn format(&self) -> Option<&RecordFormat> {
+        match &self.route.count {
+            Count::Body(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+/// admit: who is asking and from where (first, so every audit line has the client IP), then
+/// header and path checks, route, identity, blocks, pauses, closure windows, deep paging.
+fn admit(
+    shared: &Shared,
+    rt: &Runtime,
+    req: &mut Request<Incoming>,
+    conn: ConnInfo,
+    ctx: &mut Ctx,
+) -> Result<Admitted, ProxyError> {
+    let cfg = &rt.config;
     let peer = conn.peer.ip();
     let client_ip = rt.identifier.client_ip(req.headers(), peer);
     ctx.client_ip = Some(client_ip);
     ctx.country = cfg.geo.locate(req.headers_mut(), cfg.identity.is_trusted_proxy(peer), client_ip);
-
-    // check
-    check_headers(&req, cfg.limits.max_header_bytes)?;
-    let path = req.uri().path();
-    if !path_is_sane(path) {
+    check_headers(req, cfg.limits.max_header_bytes)?;
+    if !path_is_sane(req.uri().path()) {
         return Err(ProxyError::BadRequest("path has dot segments, encoded slashes or empty segments"));
     }
-
-    // route
-    let route = match cfg.routes.find(req.method(), path) {
+    let route = match cfg.routes.find(req.method(), req.uri().path()) {
         Some(r) => r.clone(),
         None if cfg.routes.forward_unmatched => Arc::new(Route::unmatched()),
         None => return Err(ProxyError::NoRoute),
     };
-    ctx.route = Some(route.name.clone());
-    ctx.group = Some(route.group.clone());
-    ctx.audited = route.is_charged();
-
+    (ctx.route, ctx.group, ctx.audited) = (Some(route.name.clone()), Some(route.group.clone()), route.is_charged());
     // identify (strips gateway headers from untrusted peers before anything else reads them)
-    let identity = rt.identifier.identify(req.headers_mut(), peer).map_err(|e| auth_error(shared, e))?;
+    let identity = rt.identifier.identify(req.headers_mut(), peer).map_err(auth_error)?;
     if let Some(id) = &identity {
-        ctx.account = Some(id.account.clone());
-        ctx.org = id.org.clone();
+        (ctx.account, ctx.org) = (Some(id.account.clone()), id.org.clone());
     }
     if route.access == Access::Employer {
-        rt.identifier.require_employer(identity.as_ref()).map_err(|e| auth_error(shared, e))?;
+        rt.identifier.require_employer(identity.as_ref()).map_err(auth_error)?;
     }
-    let account = identity.as_ref().map(|i| i.account.as_str());
-    let org = identity.as_ref().and_then(|i| i.org.as_deref());
-
-    // block
-    let now = shared.clock.now();
-    let who = Who { account, org, ip: client_ip, ip_prefix: crate::quota::ip_prefix(&cfg.quota, client_ip) };
-    if let Some(b) = shared.blocks.check(&who, now) {
+    let ip_prefix = crate::quota::ip_prefix(&cfg.quota, client_ip);
+    let a = Admitted { route, identity, client_ip, ip_prefix, now: shared.clock.now() };
+    if let Some(b) = shared.blocks.check(&a.who(), a.now) {
         return Err(ProxyError::Blocked { scope: b.scope.as_str(), until: b.until.map(|u| u.to_string()) });
     }
-
-    // pause, closure
-    if shared.is_paused(&route.group) {
-        return Err(ProxyError::Paused { group: route.group.to_string() });
+    if shared.is_paused(&a.route.group) {
+        return Err(ProxyError::Paused { group: a.route.group.to_string() });
     }
-    if let Some(c) = cfg.closure.decide(&route.group, account, org, now) {
-        return Err(ProxyError::Closed {
-            window: c.window.clone(),
-            opens_at: c.opens_at_rfc3339(),
-            retry_after: c.retry_after_secs,
-        });
+    if let Some(c) = cfg.closure.decide(&a.route.group, a.account(), a.org(), a.now) {
+        let (window, opens_at, retry_after) = (c.window.clone(), c.opens_at_rfc3339(), c.retry_after_secs);
+        return Err(ProxyError::Closed { window, opens_at, retry_after });
     }
+    check_paging(shared, cfg, &a, req.uri().query().unwrap_or(""))?;
+    Ok(a)
+}
 
-    // paging
-    let query = req.uri().query().unwrap_or("");
-    if let Some(dp) = &route.deep_paging {
-        let page = number_param(query, &dp.page_param)?.unwrap_or(1).max(1);
-        let mut size = number_param(query, &dp.size_param)?.unwrap_or(dp.default_size);
-        if let Reserve::Query { param, max, .. } = &route.reserve {
-            if *param == dp.size_param {
-                size = size.min(*max); // the upstream is never asked for more than the cap
-            }
-        }
-        let depth = page.saturating_mul(size);
-        if depth > dp.max_depth {
-            shared.share_blocks(shared.blocks.observe(&cfg.blocks, Event::DeepPaging, None, &who, now));
-            return Err(ProxyError::TooDeep { depth, max_depth: dp.max_depth });
+/// paging: page × size beyond the route's depth is refused (walking the whole database page by
+/// page), and counts toward the deep-paging block rule.
+fn check_paging(shared: &Shared, cfg: &crate::config::Config, a: &Admitted, query: &str) -> Result<(), ProxyError> {
+    let Some(dp) = &a.route.deep_paging else { return Ok(()) };
+    let page = number_param(query, &dp.page_param)?.unwrap_or(1).max(1);
+    let mut size = number_param(query, &dp.size_param)?.unwrap_or(dp.default_size);
+    if let Reserve::Query { param, max, .. } = &a.route.reserve {
+        if *param == dp.size_param {
+            size = size.min(*max); // the upstream is never asked for more than the cap
         }
     }
-
-    // reserve
-    let subject = Subject { account, org, ip: client_ip, country: &ctx.country };
-    let reservation = match expected_cost(&route, query)? {
-        None => None,
-        Some(n) => {
-            let mode = if route.up_to { CostMode::UpTo { max: n, min: 1 } } else { CostMode::Exact(n) };
-            match shared.quota.reserve(&cfg.quota, &subject, mode).await {
-                Ok(r) => Some(Arc::new(r)),
-                Err(rej) => {
-                    let e = rejection(shared, rej);
-                    if let ProxyError::QuotaExceeded { scope, horizon, .. } = &e {
-                        shared.share_blocks(shared.blocks.observe(
-                            &cfg.blocks,
-                            Event::Quota,
-                            Some((scope, horizon)),
-                            &who,
-                            now,
-                        ));
-                    }
-                    return Err(e);
-                }
-            }
-        }
-    };
-    ctx.reserved = reservation.as_ref().map_or(0, |r| r.granted);
-    ctx.tier = reservation.as_ref().and_then(|r| r.tier.as_deref().map(str::to_string));
-    for (scope, horizon) in reservation.iter().flat_map(|r| r.would_reject.iter()) {
-        shared.metrics.quota_would_reject.with_label_values(&[scope.as_str(), horizon]).inc();
-        ctx.would_reject.push((scope.as_str().to_string(), horizon.to_string()));
+    let depth = page.saturating_mul(size);
+    if depth > dp.max_depth {
+        shared.share_blocks(shared.blocks.observe(&cfg.blocks, Event::DeepPaging, None, &a.who(), a.now));
+        return Err(ProxyError::TooDeep { depth, max_depth: dp.max_depth });
     }
+    Ok(())
+}
 
-    // forward (a charged route asks for a whole, plain, countable answer)
-    let format = match &route.count {
-        Count::Body(f) => Some(f),
-        _ => None,
-    };
-    let client_coding = if route.is_charged() {
-        crate::integrity::prepare_request(req.headers_mut(), &route.encoding, format)
-    } else {
-        None
-    };
-    let hop = Hop {
-        peer,
-        peer_trusted: cfg.identity.is_trusted_proxy(peer),
-        proto: if conn.tls { "https" } else { "http" },
-        request_id: &ctx.request_id,
-    };
-    let sent = Instant::now();
-    let upstream = match rt.upstreams.send(req, &hop).await {
-        Ok(r) => r,
-        Err(e) => {
-            shared.metrics.upstream_errors.with_label_values(&[e.slug()]).inc();
-            if let Some(r) = &reservation {
-                shared.quota.settle(r, 0).await; // nothing delivered: give it all back
+/// reserve: the expected CVs from every bucket of every scope, all or nothing. A quota refusal
+/// counts toward the block rules.
+async fn reserve(
+    shared: &Shared,
+    rt: &Runtime,
+    a: &Admitted,
+    query: &str,
+    ctx: &mut Ctx,
+) -> Result<Option<Arc<Reservation>>, ProxyError> {
+    let cfg = &rt.config;
+    let Some(n) = expected_cost(&a.route, query)? else { return Ok(None) };
+    let mode = if a.route.up_to { CostMode::UpTo { max: n, min: 1 } } else { CostMode::Exact(n) };
+    let subject = Subject { account: a.account(), org: a.org(), ip: a.client_ip, country: &ctx.country };
+    let r = match shared.quota.reserve(&cfg.quota, &subject, mode).await {
+        Ok(r) => Arc::new(r),
+        Err(rej) => {
+            let e = rejection(rej);
+            if let ProxyError::QuotaExceeded { scope, horizon, .. } = &e {
+                let fired = Some((*scope, horizon.as_str()));
+                shared.share_blocks(shared.blocks.observe(&cfg.blocks, Event::Quota, fired, &a.who(), a.now));
             }
             return Err(e);
         }
     };
-    shared.metrics.upstream_latency.with_label_values(&[&route.name]).observe(sent.elapsed().as_secs_f64());
-    let (parts, body) = upstream.into_parts();
-
-    // judge: can this answer's records be counted with certainty, and how?
-    let plan = if route.is_charged() {
-        crate::integrity::judge(parts.status, &parts.headers, format, &route.encoding, route.up_to)
-    } else {
-        Plan::Uncounted { uncertain: None }
-    };
-    if plan == Plan::Refuse {
-        shared.metrics.count_uncertain.with_label_values(&[&route.name, "encoding"]).inc();
-        if let Some(r) = &reservation {
-            shared.quota.settle(r, 0).await; // refused: nothing delivered
-        }
-        return Err(ProxyError::UpstreamUndecodable);
+    ctx.reserved = r.granted;
+    ctx.tier = r.tier.as_deref().map(str::to_string);
+    for (scope, horizon) in &r.would_reject {
+        shared.metrics.quota_would_reject.with_label_values(&[scope.as_str(), horizon]).inc();
+        ctx.would_reject.push((scope.as_str().to_string(), horizon.to_string()));
     }
-    ctx.status = parts.status.as_u16();
-    ctx.decision = "allowed".into();
-    let cut_at = (format == Some(&RecordFormat::Ndjson))
-        .then(|| cfg.closure.next_cut_after(&route.group, account, org, now))
-        .flatten();
-    let respond = Respond { route: &route, reservation, plan, client_coding, started, cut_at };
-    Ok(respond.wrap(shared, &cfg.limits, parts, body, ctx))
+    Ok(Some(r))
+}
+
+/// forward: a charged route asks for a whole, plain, countable answer (see `integrity`); the
+/// request streams to the upstream over a pooled connection. Returns the answer's head and
+/// body, and the coding the client accepts for the way back.
+async fn forward(
+    shared: &Shared,
+    rt: &Runtime,
+    a: &Admitted,
+    mut req: Request<Incoming>,
+    conn: ConnInfo,
+    ctx: &Ctx,
+) -> Result<(Response<Incoming>, Option<Coding>), ProxyError> {
+    let client_coding = match a.route.is_charged() {
+        true => crate::integrity::prepare_request(req.headers_mut(), &a.route.encoding, a.format()),
+        false => None,
+    };
+    let hop = Hop {
+        peer: conn.peer.ip(),
+        peer_trusted: rt.config.identity.is_trusted_proxy(conn.peer.ip()),
+        proto: if conn.tls { "https" } else { "http" },
+        request_id: &ctx.request_id,
+    };
+    let sent = Instant::now();
+    let resp = rt.upstreams.send(req, &hop).await?;
+    shared.metrics.upstream_latency.with_label_values(&[&a.route.name]).observe(sent.elapsed().as_secs_f64());
+    Ok((resp, client_coding))
+}
+
+/// Nothing was delivered (the upstream failed, or its answer was refused): the reservation is
+/// given back whole.
+async fn give_back(shared: &Shared, reservation: Option<&Arc<Reservation>>, e: ProxyError) -> ProxyError {
+    if let Some(r) = reservation {
+        shared.quota.settle(r, 0).await;
+    }
+    e
 }
 
 /// The answer's way back: headers, then the body layers (decode → count/cut → encode), with
@@ -257,57 +296,10 @@ impl Respond<'_> {
         ctx: &mut Ctx,
     ) -> Response<ProxyBody> {
         let Respond { route, reservation, plan, client_coding, started, cut_at } = self;
-        if let Some(r) = &reservation {
-            for (k, v) in crate::quota::ratelimit_headers(r) {
-                if let Ok(v) = HeaderValue::from_str(&v) {
-                    parts.headers.insert(k, v);
-                }
-            }
-        }
-        let (format, decode, pre) = match plan {
-            Plan::Count { decode, uncertain } => match &route.count {
-                Count::Body(f) => (Some(f.clone()), decode, uncertain),
-                _ => (None, None, uncertain),
-            },
-            Plan::Uncounted { uncertain } => (None, None, uncertain),
-            Plan::Refuse => (None, None, None),
-        };
-        // Without a body count: nothing on an error, the count header, or the reservation.
-        let mut pre = pre;
-        let header_count = match &route.count {
-            _ if format.is_some() => None,
-            _ if !parts.status.is_success() => Some(0),
-            Count::Header(h) => {
-                let n = parts.headers.get(h).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
-                if n.is_none() {
-                    pre = pre.or(Some("count-header"));
-                }
-                Some(n.unwrap_or(ctx.reserved))
-            }
-            _ => Some(ctx.reserved),
-        };
-        let by_design = route.count == Count::Reserved && parts.status.is_success() && route.is_charged();
-        let limit = format.as_ref().and_then(|_| route.up_to.then_some(ctx.reserved));
-        let transformed = decode.is_some() || (format.is_some() && client_coding.is_some());
-        if decode.is_some() || (format.is_some() && limit.is_some()) || transformed {
-            parts.headers.remove(CONTENT_LENGTH); // decoded, re-encoded or cut short
-        }
-        if decode.is_some() {
-            parts.headers.remove(CONTENT_ENCODING);
-        }
-        let encode = client_coding.filter(|_| format.is_some());
-        if transformed {
-            weaken_etag(&mut parts.headers);
-        }
-        if let Some(c) = encode {
-            parts.headers.insert(CONTENT_ENCODING, HeaderValue::from_static(c.as_str()));
-        }
-        if route.encoding.compress && format.is_some() {
-            parts.headers.append(VARY, HeaderValue::from_static("accept-encoding"));
-        }
-
+        let l = Layers::decide(route, plan, client_coding, &parts, ctx.reserved);
+        l.rewrite_head(&mut parts, route, reservation.as_deref());
         let failure = Failure::default();
-        let inner = match decode {
+        let inner = match l.decode {
             Some(c) => Either::Right(crate::codec::decode(body, c, limits.bomb, failure.clone())),
             None => Either::Left(body),
         };
@@ -318,27 +310,93 @@ impl Respond<'_> {
             reservation,
             ctx: std::mem::take(ctx),
             started,
-            header_count,
-            pre,
+            header_count: l.header_count,
+            pre: l.pre,
             failure,
-            by_design,
+            by_design: l.by_design,
             cut: cut.clone(),
         };
-        let counted = CountingBody::new(
-            inner,
-            format,
-            limit,
-            Some(limits.idle_body_timeout),
-            Box::new(move |o: BodyOutcome| end.done(o)),
-        );
+        let on_end = Box::new(move |o: BodyOutcome| end.done(o));
+        let counted = CountingBody::new(inner, l.format, l.limit, Some(limits.idle_body_timeout), on_end);
         if let Some(at) = cut_at {
             cut.schedule(shared, counted.cut_handle(), at);
         }
-        let body = match encode {
+        let body = match l.encode {
             Some(c) => crate::codec::encode(counted.boxed(), c),
             None => counted.boxed(),
         };
         Response::from_parts(parts, body)
+    }
+}
+
+/// The body layers an answer gets, decided on its head: decode → count/cut → encode, or no
+/// count at all (then the charge is `header_count`).
+struct Layers {
+    /// The counted format (`None`: the body is not counted).
+    format: Option<RecordFormat>,
+    decode: Option<Coding>,
+    encode: Option<Coding>,
+    /// The record budget that cuts an export.
+    limit: Option<u64>,
+    /// The charge when the body is not counted: nothing on an error, the count header, or the
+    /// reservation.
+    header_count: Option<u64>,
+    /// Why the head already makes the count uncertain.
+    pre: Option<&'static str>,
+    /// The route charges its reservation by design.
+    by_design: bool,
+}
+
+impl Layers {
+    fn decide(route: &Route, plan: Plan, client: Option<Coding>, parts: &http::response::Parts, reserved: u64) -> Self {
+        let (format, decode, mut pre) = match (plan, &route.count) {
+            (Plan::Count { decode, uncertain }, Count::Body(f)) => (Some(f.clone()), decode, uncertain),
+            (Plan::Count { uncertain, .. } | Plan::Uncounted { uncertain }, _) => (None, None, uncertain),
+            (Plan::Refuse, _) => (None, None, None),
+        };
+        let header_count = match &route.count {
+            _ if format.is_some() => None,
+            _ if !parts.status.is_success() => Some(0),
+            Count::Header(h) => {
+                let n = parts.headers.get(h).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+                pre = pre.or(n.is_none().then_some("count-header"));
+                Some(n.unwrap_or(reserved))
+            }
+            _ => Some(reserved),
+        };
+        Layers {
+            limit: format.as_ref().and_then(|_| route.up_to.then_some(reserved)),
+            encode: client.filter(|_| format.is_some()),
+            by_design: route.count == Count::Reserved && parts.status.is_success() && route.is_charged(),
+            format,
+            decode,
+            header_count,
+            pre,
+        }
+    }
+
+    /// Quota headers, and what decoding, cutting and encoding change in the head.
+    fn rewrite_head(&self, parts: &mut http::response::Parts, route: &Route, reservation: Option<&Reservation>) {
+        let h = &mut parts.headers;
+        for (k, v) in reservation.map(crate::quota::ratelimit_headers).unwrap_or_default() {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(k, v);
+            }
+        }
+        let transformed = self.decode.is_some() || self.encode.is_some();
+        if transformed || self.limit.is_some() {
+            h.remove(CONTENT_LENGTH); // decoded, re-encoded or cut short
+        }
+        if transformed {
+            h.remove(CONTENT_ENCODING);
+            weaken_etag(h);
+        }
+        if let Some(c) = self.encode {
+            h.insert(CONTENT_ENCODING, HeaderValue::from_static(c.as_str()));
+        }
+        if route.encoding.compress && self.format.is_some() {
+            h.append(VARY, HeaderValue::from_static("accept-encoding"));
+        }
     }
 }
 
@@ -434,6 +492,25 @@ impl Settle {
     }
 }
 
+/// The metrics of an early answer, counted in this one place (the conversions that make the
+/// errors have no side effects).
+fn count_error(m: &crate::metrics::Metrics, e: &ProxyError, route: Option<&str>) {
+    match e {
+        ProxyError::Auth { reason, .. } => m.auth_failures.with_label_values(&[reason]).inc(),
+        ProxyError::QuotaExceeded { scope, horizon, .. } | ProxyError::TooLarge { scope, horizon, .. } => {
+            m.quota_rejections.with_label_values(&[scope, horizon.as_str()]).inc();
+        }
+        ProxyError::QuotaUnavailable => m.store_errors.with_label_values(&["reserve"]).inc(),
+        ProxyError::UpstreamUnreachable | ProxyError::UpstreamTimeout | ProxyError::UpstreamFailed => {
+            m.upstream_errors.with_label_values(&[e.slug()]).inc();
+        }
+        ProxyError::UpstreamUndecodable => {
+            m.count_uncertain.with_label_values(&[route.unwrap_or("-"), "encoding"]).inc();
+        }
+        _ => {}
+    }
+}
+
 /// A request whose answer has not been made yet; dropped unanswered, it was cancelled by the
 /// client, and its audit line says so (`cancelled`, status 499 as nginx logs it). A
 /// reservation taken before the cancel stays charged: nothing was counted.
@@ -483,33 +560,25 @@ fn finish(shared: &Shared, ctx: Ctx, started: Instant) {
     }
 }
 
-fn auth_error(shared: &Shared, e: crate::identity::AuthError) -> ProxyError {
-    shared.metrics.auth_failures.with_label_values(&[e.reason()]).inc();
+fn auth_error(e: crate::identity::AuthError) -> ProxyError {
     ProxyError::Auth { status: e.status(), reason: e.reason(), detail: e.to_string() }
 }
 
-fn rejection(shared: &Shared, r: Rejection) -> ProxyError {
+fn rejection(r: Rejection) -> ProxyError {
     match r {
-        Rejection::Quota { scope, horizon, retry_after_secs, headers } => {
-            shared.metrics.quota_rejections.with_label_values(&[scope.as_str(), &horizon]).inc();
-            ProxyError::QuotaExceeded {
-                scope: scope.as_str(),
-                horizon: horizon.to_string(),
-                retry_after: retry_after_secs,
-                headers: quota_headers(headers),
-            }
-        }
-        Rejection::TooLarge { scope, horizon, capacity, headers } => {
-            shared.metrics.quota_rejections.with_label_values(&[scope.as_str(), &horizon]).inc();
-            ProxyError::TooLarge {
-                scope: scope.as_str(),
-                horizon: horizon.to_string(),
-                capacity,
-                headers: quota_headers(headers),
-            }
-        }
+        Rejection::Quota { scope, horizon, retry_after_secs, headers } => ProxyError::QuotaExceeded {
+            scope: scope.as_str(),
+            horizon: horizon.to_string(),
+            retry_after: retry_after_secs,
+            headers: quota_headers(headers),
+        },
+        Rejection::TooLarge { scope, horizon, capacity, headers } => ProxyError::TooLarge {
+            scope: scope.as_str(),
+            horizon: horizon.to_string(),
+            capacity,
+            headers: quota_headers(headers),
+        },
         Rejection::Store(e) => {
-            shared.metrics.store_errors.with_label_values(&["reserve"]).inc();
             tracing::warn!(error = %e, "quota store failed");
             ProxyError::QuotaUnavailable
         }
