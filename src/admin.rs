@@ -175,7 +175,8 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
             }
         }
         (Method::GET, ["v1", "pauses"]) => {
-            let p: Vec<String> = shared.paused.read().expect("pause lock").iter().cloned().collect();
+            let p: Vec<String> =
+                shared.paused.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect();
             reply(StatusCode::OK, json!({ "paused": p }))
         }
         (m @ (Method::POST | Method::DELETE), ["v1", "pauses", group]) => {

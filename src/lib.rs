@@ -31,6 +31,11 @@
 //! [`mock_api`] (the stand-in CV API), [`demo`] (replays the 4 May 2024 incident and its
 //! evasions through the real proxy), [`cli`].
 
+//!
+//! One policy for poisoned locks: a lock is held only for a map or field update, so a panic
+//! while holding it cannot leave half a change behind; every lock is taken with
+//! `unwrap_or_else(PoisonError::into_inner)` and the proxy keeps serving.
+
 #![forbid(unsafe_code)]
 
 pub mod admin;

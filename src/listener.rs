@@ -292,12 +292,12 @@ struct Busy(Arc<Activity>);
 
 impl Activity {
     fn begin(self: &Arc<Self>) -> Busy {
-        self.0.lock().expect("activity lock").0 += 1;
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).0 += 1;
         Busy(self.clone())
     }
 
     fn idle(&self) -> Idle {
-        match *self.0.lock().expect("activity lock") {
+        match *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
             (0, None) => Idle::NeverAsked,
             (0, Some(since)) => Idle::Since(since),
             _ => Idle::Busy,
@@ -307,7 +307,7 @@ impl Activity {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut st = self.0 .0.lock().expect("activity lock");
+        let mut st = self.0 .0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         st.0 -= 1;
         if st.0 == 0 {
             st.1 = Some(tokio::time::Instant::now());

@@ -222,7 +222,7 @@ impl TopAccounts {
 
     /// Count `cvs` for `account` at `now`.
     pub fn add(&self, account: &str, cvs: u64, now: jiff::Timestamp) {
-        let mut g = self.inner.lock().expect("top accounts lock");
+        let mut g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let h = Self::hour(now);
         if g.0 != h {
             *g = (h, std::collections::HashMap::new());
@@ -240,7 +240,7 @@ impl TopAccounts {
     /// Replace the gauge's series with the current top accounts.
     pub fn publish(&self, gauge: &IntGaugeVec, now: jiff::Timestamp) {
         let top: Vec<(String, u64)> = {
-            let mut g = self.inner.lock().expect("top accounts lock");
+            let mut g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if g.0 != Self::hour(now) {
                 *g = (Self::hour(now), std::collections::HashMap::new());
             }

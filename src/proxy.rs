@@ -440,12 +440,12 @@ impl CutByWindow {
             fired.store(true, std::sync::atomic::Ordering::SeqCst);
             handle.cut_now();
         });
-        *self.0.lock().expect("cut timer lock") = Some(task.abort_handle());
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task.abort_handle());
     }
 
     /// Stop the timer; whether it had fired (the cut was the window's, not the quota's).
     fn stop(&self) -> bool {
-        if let Some(t) = self.0.lock().expect("cut timer lock").take() {
+        if let Some(t) = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
             t.abort();
         }
         self.1.load(std::sync::atomic::Ordering::SeqCst)

@@ -94,7 +94,12 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         config_path,
         clock,
         outbox: Arc::default(),
+        pause_writes: std::sync::Mutex::new(()),
     });
+    // Pauses made at run time before the last stop, then the config's own.
+    for g in shared.saved_pauses() {
+        shared.set_paused(&g, true);
+    }
     for g in &config.paused_groups {
         shared.pause(g, true);
     }

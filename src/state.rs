@@ -60,6 +60,8 @@ pub struct Shared {
     pub flags: Option<Arc<dyn crate::quota::redis::SharedFlags>>,
     /// The config file, for reloads.
     pub config_path: Option<PathBuf>,
+    /// Serialises writes of `pauses.json`.
+    pub pause_writes: std::sync::Mutex<()>,
     /// Block, unblock and pause changes on their way to Redis, in order (see [`crate::share`]).
     pub outbox: Arc<crate::share::Outbox>,
 }
@@ -71,14 +73,38 @@ impl Shared {
     }
 
     /// Pause or resume a route group.
+    ///
+    /// A change is logged and kept in `pauses.json` beside the block file, so a restart does not
+    /// quietly reopen a group an operator paused.
     pub fn set_paused(&self, group: &str, paused: bool) {
-        let mut p = self.paused.write().expect("pause lock");
-        if paused {
-            p.insert(group.to_string());
-        } else {
-            p.remove(group);
-        }
+        // One writer of the file at a time, each writing the list as it is under this lock.
+        let _file = self.pause_writes.lock().unwrap_or_else(PoisonError::into_inner);
+        let (changed, list) = {
+            let mut p = self.paused.write().unwrap_or_else(PoisonError::into_inner);
+            let changed = if paused { p.insert(group.to_string()) } else { p.remove(group) };
+            (changed, p.iter().cloned().collect::<Vec<_>>())
+        };
         self.metrics.paused.with_label_values(&[group]).set(i64::from(paused));
+        if !changed {
+            return;
+        }
+        tracing::warn!(group = ?group, paused, "route group {}", if paused { "paused" } else { "resumed" });
+        if let Some(path) = self.pauses_file() {
+            if let Err(e) = crate::blocks::write_atomically(&path, &serde_json::to_vec(&list).unwrap_or_default()) {
+                tracing::error!(error = %e, file = %path.display(), "could not persist the paused groups");
+            }
+        }
+    }
+
+    /// `pauses.json` beside the block file (`None` when blocks are kept in memory only).
+    pub fn pauses_file(&self) -> Option<PathBuf> {
+        self.runtime().config.blocks.file.as_ref().map(|f| f.with_file_name("pauses.json"))
+    }
+
+    /// The groups paused when the process last ran (empty when there is no file).
+    pub fn saved_pauses(&self) -> Vec<String> {
+        let Some(path) = self.pauses_file() else { return Vec::new() };
+        std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }
 
     /// Pause or resume a route group on every replica (through Redis when configured).
@@ -143,7 +169,7 @@ impl Shared {
     }
 
     pub fn is_paused(&self, group: &str) -> bool {
-        self.paused.read().expect("pause lock").contains(group)
+        self.paused.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(group)
     }
 
     /// Re-read the config file and swap it in. On any error the running config stays, every

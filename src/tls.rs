@@ -79,7 +79,7 @@ impl CertStore {
 
     /// The files the certificate was last loaded from.
     pub fn files(&self) -> Option<(PathBuf, PathBuf)> {
-        self.files.lock().expect("cert files lock").clone()
+        self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 }
 

@@ -303,3 +303,26 @@ async fn requests_cancelled_after_forwarding_each_get_one_audit_line() {
         assert_eq!(l["delivered"], 5, "the reservation stays charged");
     }
 }
+
+/// A pause made at run time survives a restart (it used to be lost: the CV routes reopened).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_survives_a_restart() {
+    let mock = start_mock().await;
+    let (dir, cert) = cert_dir();
+    let yaml = admin_config(
+        &format!("http://{mock}"),
+        dir.path(),
+        &dir.path().join("state/blocks.json").display().to_string(),
+        "",
+    );
+    let p = start_proxy_in(dir, cert, &yaml).await;
+    let (st, _) = admin_at(p.running.admin_addr.unwrap(), "POST", "/v1/pauses/cv", None).await;
+    assert_eq!(st, 200);
+    p.running.shutdown().await;
+    let p = start_proxy_in(p.dir, p.cert_pem, &yaml).await;
+    assert_eq!(status_becomes(&p, "acct-1", 503).await, 503, "the pause was lost on restart");
+    let (st, _) = admin_at(p.running.admin_addr.unwrap(), "DELETE", "/v1/pauses/cv", None).await;
+    assert_eq!(st, 200);
+    assert_eq!(status_becomes(&p, "acct-1", 200).await, 200);
+    p.running.shutdown().await;
+}

@@ -156,7 +156,7 @@ impl Default for RawBlocks {
 }
 
 /// An automatic blocking rule.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq, Eq)]
 #[serde(default)]
 pub struct RawRule {
     pub name: String,
@@ -238,6 +238,19 @@ impl BlocksConfig {
             });
             if r.name.is_empty() {
                 errs.push((format!("{p}.name"), "a rule needs a name".into()));
+            }
+            // A typo here would silently disable the rule: the scope is a closed set (the
+            // horizon is checked against the quota section by `config`).
+            if let Some(s) = &r.scope {
+                if !crate::quota::Scope::ALL.iter().any(|x| x.as_str() == s) {
+                    errs.push((
+                        format!("{p}.scope"),
+                        format!("expected account, org, ip, country or global, got {s:?}"),
+                    ));
+                }
+            }
+            if on == Event::DeepPaging && (r.scope.is_some() || r.horizon.is_some()) {
+                errs.push((format!("{p}.scope"), "scope and horizon narrow quota rules only".into()));
             }
             if r.threshold == 0 {
                 errs.push((format!("{p}.threshold"), "must be at least 1".into()));
@@ -496,7 +509,7 @@ impl Blocks {
             // Held to the end of this rule (the block added): concurrent rejections of one subject
             // on several runtime threads then make one block, not one per request with escalated
             // offences.
-            let mut ev = self.events.lock().expect("block events lock");
+            let mut ev = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if self.check(who, now).is_some_and(|b| b.scope == rule.block) {
                 continue; // already blocked; don't extend on every rejected retry
             }
@@ -573,21 +586,31 @@ impl Blocks {
             blocks.sort_by(|a, b| (a.scope, &a.key).cmp(&(b.scope, &b.key)));
             serde_json::to_vec_pretty(&BlockFile { blocks, offences: st.offences.clone() })?
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)?.sync_all()?; // the rename itself survives a crash
-        }
-        Ok(())
+        write_atomically(path, &json)
     }
+}
+
+/// Write `bytes` to `path` so that a crash leaves the old or the new content, never a mix: a
+/// temporary file beside it, fsync, rename, fsync of the directory. Callers serialise writers of
+/// one path (the temporary file's name is fixed).
+///
+/// # Errors
+/// The directory cannot be made or the file cannot be written.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?; // the rename itself survives a crash
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -303,6 +303,26 @@ impl Config {
         }
         let paused_groups = raw.paused.clone();
         let blocks = e.nest("blocks", crate::blocks::BlocksConfig::from_raw(&raw.blocks, base));
+        // Rules written in the file must be able to fire; the built-in defaults name the
+        // default horizons and simply never fire in a config that dropped one.
+        let written = raw.blocks.rules != crate::blocks::RawBlocks::default().rules;
+        if let (Some(q), Some(b), true) = (&quota, &blocks, written) {
+            for (i, r) in b.rules.iter().enumerate() {
+                let scope =
+                    r.scope.as_deref().and_then(|s| crate::quota::Scope::ALL.into_iter().find(|x| x.as_str() == s));
+                let Some(h) = &r.horizon else { continue };
+                let known = match scope {
+                    Some(s) => q.has_horizon(s, h),
+                    None => crate::quota::Scope::ALL.into_iter().any(|s| q.has_horizon(s, h)),
+                };
+                if !known {
+                    e.push(
+                        format!("blocks.rules[{i}].horizon"),
+                        format!("no quota horizon is called {h:?}: the rule could never fire"),
+                    );
+                }
+            }
+        }
         let admin_token =
             raw.admin.token.clone().or_else(|| std::env::var(&raw.admin.token_env).ok()).filter(|t| !t.is_empty());
         if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
@@ -411,6 +431,18 @@ mod tests {
         let c = parse("{}").unwrap();
         assert_eq!(c.listen.tls.unwrap().addr, "127.0.0.1:8443".parse().unwrap());
         assert_eq!(c.upstream.authority.as_str(), "127.0.0.1:8081");
+    }
+
+    #[test]
+    fn a_block_rule_that_could_never_fire_is_refused() {
+        let rule = |scope: &str, horizon: &str| {
+            format!("blocks:\n  rules:\n    - {{ name: r, on: quota, scope: {scope}, horizon: {horizon}, threshold: 1, within: 24h, block: account, duration: 7d }}\n")
+        };
+        assert!(parse(&rule("account", "day")).is_ok(), "7d parses in a block duration too");
+        let e = parse(&rule("acount", "day")).unwrap_err();
+        assert_eq!(e.errors[0].path, "blocks.rules[0].scope", "{e}");
+        let e = parse(&rule("account", "dya")).unwrap_err();
+        assert_eq!((e.errors[0].path.as_str(), e.errors[0].line), ("blocks.rules[0].horizon", Some(3)), "{e}");
     }
 
     #[test]

@@ -350,6 +350,15 @@ impl QuotaPolicy {
     pub fn scope(&self, s: Scope) -> &ScopePolicy {
         &self.scopes[s as usize]
     }
+
+    /// Whether any bucket of `scope` (default, override, tier or country) has a horizon called
+    /// `name`: what a block rule narrowed to that scope and horizon can ever see fire.
+    pub fn has_horizon(&self, scope: Scope, name: &str) -> bool {
+        let named = |hs: &[Horizon]| hs.iter().any(|h| &*h.name == name);
+        named(&self.scope(scope).horizons)
+            || self.accounts.values().chain(self.orgs.values()).any(|o| named(&o.horizons[scope as usize]))
+            || (scope == Scope::Country && self.countries.values().any(|hs| named(hs)))
+    }
 }
 
 /// Account/org/ip overrides at `path`.{account,org,ip}.
