@@ -447,6 +447,7 @@ fn scenario_config(base: &Config, dir: &Path, mock: SocketAddr) -> anyhow::Resul
     // audit lines (they would go to stdout and bury the table or break `--json`).
     raw.store.kind = "memory".into();
     raw.blocks.file = None;
+    raw.store.snapshot = None;
     raw.audit.sink = "off".into();
     let mut config = Config::from_raw(raw, dir).map_err(|es| {
         let list: Vec<String> = es.into_iter().map(|(k, m)| format!("{k}: {m}")).collect();

@@ -58,6 +58,7 @@ pub mod listener;
 pub mod metrics;
 pub mod mock_api;
 pub mod ops;
+pub mod persist;
 pub mod problem;
 pub mod proxy;
 pub mod quota;

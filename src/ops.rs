@@ -72,6 +72,7 @@ where
 /// Once a second: closure gauges, quota key eviction, tracked-key gauge.
 pub async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut since_snapshot = Duration::ZERO;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -94,6 +95,12 @@ pub async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
         }
         shared.top_accounts.publish(&shared.metrics.top_accounts, now);
         shared.quota.sweep();
+        since_snapshot += Duration::from_secs(1);
+        if rt.config.snapshot.as_ref().is_some_and(|(_, every)| since_snapshot >= *every) {
+            since_snapshot = Duration::ZERO;
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || s.save_snapshot()).await;
+        }
         shared.metrics.quota_tracked_keys.set(shared.quota.tracked_keys() as i64);
     }
 }

@@ -50,6 +50,7 @@ impl Running {
         }
         // After the drain, so the lines of the requests that just finished are written too.
         self.shared.audit.close().await;
+        self.shared.save_snapshot();
         // Blocks made by rules since the last housekeeping tick.
         if let Err(e) = self.shared.blocks.maintain(self.shared.clock.now(), Duration::ZERO) {
             tracing::warn!(error = %e, "could not write the block list at shutdown");
@@ -96,6 +97,11 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         outbox: Arc::default(),
         pause_writes: std::sync::Mutex::new(()),
     });
+    // Spent budgets from before the last stop (memory store): a restart is not a free refill.
+    if let (crate::quota::StoreConfig::Memory, Some((path, _))) = (&config.store, &config.snapshot) {
+        let n = shared.quota.load_snapshot(path);
+        tracing::info!(buckets = n, file = %path.display(), "quota snapshot read");
+    }
     // Pauses made at run time before the last stop, then the config's own.
     for g in shared.saved_pauses() {
         shared.set_paused(&g, true);

@@ -90,8 +90,19 @@ impl Shared {
         }
         tracing::warn!(group = ?group, paused, "route group {}", if paused { "paused" } else { "resumed" });
         if let Some(path) = self.pauses_file() {
-            if let Err(e) = crate::blocks::write_atomically(&path, &serde_json::to_vec(&list).unwrap_or_default()) {
+            if let Err(e) = crate::persist::write_atomically(&path, &serde_json::to_vec(&list).unwrap_or_default()) {
                 tracing::error!(error = %e, file = %path.display(), "could not persist the paused groups");
+            }
+        }
+    }
+
+    /// Write the memory store's spent buckets to the snapshot file (no-op for Redis or without
+    /// a file), logging a failure. Blocking I/O.
+    pub fn save_snapshot(&self) {
+        let rt = self.runtime();
+        if let (crate::quota::StoreConfig::Memory, Some((path, _))) = (&rt.config.store, &rt.config.snapshot) {
+            if let Err(e) = self.quota.save_snapshot(path) {
+                tracing::warn!(error = %e, file = %path.display(), "could not write the quota snapshot");
             }
         }
     }

@@ -326,3 +326,33 @@ async fn a_pause_survives_a_restart() {
     assert_eq!(status_becomes(&p, "acct-1", 200).await, 200);
     p.running.shutdown().await;
 }
+
+/// The memory store's spent budgets survive a restart (a deploy used to be a free refill: an
+/// account at 600 of 1,000 came back with 1,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spent_budgets_survive_a_restart_of_the_memory_store() {
+    let mock = start_mock().await;
+    let (dir, cert) = cert_dir();
+    let quota = "quota:\n  scopes:\n    account:\n      horizons:\n        day: { budget: 1000, window: 24h }\nblocks: { rules: [] }\n";
+    let yaml = test_yaml(&format!("http://{mock}"), dir.path(), &format!("{}{quota}", identity_yaml(&[])));
+    let p = start_proxy_in(dir, cert, &yaml).await;
+    let remaining = |parts: &http::response::Parts| -> u64 {
+        header(parts, "ratelimit").split(';').find_map(|x| x.strip_prefix("r=")).unwrap().parse().unwrap()
+    };
+    let t = token(&p, "acct-1", "12345678");
+    for q in ["a", "b", "c"] {
+        let mut s = plain_connect(p.plain).await;
+        let r = s.send(get(&format!("/api/v1/cvs?size=200&query={q}"), false, &[("authorization", &bearer(&t))])).await;
+        let _ = body_bytes(r).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    p.running.shutdown().await;
+    assert!(p.dir.path().join("state/quota.jsonl").exists(), "snapshot written at shutdown");
+    let p = start_proxy_in(p.dir, p.cert_pem, &yaml).await;
+    let t = token(&p, "acct-1", "12345678");
+    let mut s = plain_connect(p.plain).await;
+    let r = s.send(get("/api/v1/cvs?size=200&query=d", false, &[("authorization", &bearer(&t))])).await;
+    let (parts, _) = body_bytes(r).await;
+    assert_eq!(remaining(&parts), 200, "600 spent before the restart, 200 now");
+    p.running.shutdown().await;
+}

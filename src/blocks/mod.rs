@@ -14,7 +14,6 @@
 mod index;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -586,31 +585,8 @@ impl Blocks {
             blocks.sort_by(|a, b| (a.scope, &a.key).cmp(&(b.scope, &b.key)));
             serde_json::to_vec_pretty(&BlockFile { blocks, offences: st.offences.clone() })?
         };
-        write_atomically(path, &json)
+        crate::persist::write_atomically(path, &json)
     }
-}
-
-/// Write `bytes` to `path` so that a crash leaves the old or the new content, never a mix: a
-/// temporary file beside it, fsync, rename, fsync of the directory. Callers serialise writers of
-/// one path (the temporary file's name is fixed).
-///
-/// # Errors
-/// The directory cannot be made or the file cannot be written.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?; // the rename itself survives a crash
-    }
-    Ok(())
 }
 
 #[cfg(test)]

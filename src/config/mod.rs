@@ -87,6 +87,8 @@ pub struct Config {
     pub quota: QuotaPolicy,
     /// The quota store (read at start: changing it needs a restart, not a reload).
     pub store: crate::quota::StoreConfig,
+    /// The memory store's snapshot file and how often it is written (read at start).
+    pub snapshot: Option<(PathBuf, Duration)>,
     /// Audit log settings (read at start: changing them needs a restart, not a reload).
     pub audit: crate::audit::AuditSettings,
     /// Country of the client IP (trusted edge header, MaxMind database).
@@ -290,6 +292,11 @@ impl Config {
         let store = e
             .nest("store", crate::quota::StoreConfig::from_raw(&raw.store))
             .unwrap_or(crate::quota::StoreConfig::Memory);
+        let every = e.duration("store.snapshot_every", &raw.store.snapshot_every);
+        if every.is_zero() {
+            e.push("store.snapshot_every", "must be greater than 0");
+        }
+        let snapshot = raw.store.snapshot.as_deref().map(|f| (resolve(f), every));
         // Defaults stand in on error: `e` is not empty then, so no Config is built from them.
         let audit = e.nest("audit", crate::audit::AuditSettings::from_raw(&raw.audit, base)).unwrap_or_default();
         let geo = e.nest("geo", crate::geo::GeoPolicy::from_raw(&raw.geo, base)).unwrap_or_default();
@@ -346,6 +353,7 @@ impl Config {
                     blocks,
                     admin_token,
                     audit,
+                    snapshot,
                     geo,
                     raw,
                 })

@@ -48,11 +48,20 @@ pub struct RawStore {
     /// `memory` (default, one process) or `redis` (shared by every replica).
     pub kind: String,
     pub redis: RawRedis,
+    /// The memory store's spent buckets, written every `snapshot_every` and at shutdown, read
+    /// at start: a restart or deploy is not a free refill. `null`: kept in memory only.
+    pub snapshot: Option<String>,
+    pub snapshot_every: String,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
-        Self { kind: "memory".into(), redis: RawRedis::default() }
+        Self {
+            kind: "memory".into(),
+            redis: RawRedis::default(),
+            snapshot: Some("state/quota.jsonl".into()),
+            snapshot_every: "60s".into(),
+        }
     }
 }
 

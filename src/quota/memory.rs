@@ -236,4 +236,39 @@ impl QuotaStore for MemoryStore {
     fn sweep(&self) -> usize {
         MemoryStore::sweep(self)
     }
+
+    fn save(&self) -> Option<Vec<u8>> {
+        let now = self.clock.now_nanos();
+        let mut out = Vec::with_capacity(self.map.len() * 64);
+        for e in &self.map {
+            let cell = e.value().lock().unwrap_or_else(PoisonError::into_inner);
+            let st = cell.state;
+            drop(cell);
+            if st.tat_ns <= now || e.key().contains("~overflow|") {
+                continue; // full again: nothing spent to remember
+            }
+            let line = (e.key().as_ref(), st.tat_ns, st.interval_ns, st.base_ns);
+            if serde_json::to_writer(&mut out, &line).is_ok() {
+                out.push(b'\n');
+            }
+        }
+        Some(out)
+    }
+
+    fn load(&self, snapshot: &[u8]) -> usize {
+        let mut n = 0;
+        for line in snapshot.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok((key, tat_ns, interval_ns, base_ns)) = serde_json::from_slice::<(String, u64, u64, u64)>(line)
+            else {
+                continue; // a torn last line of an old crash: skip it, keep the rest
+            };
+            if self.tracked.load(Ordering::Acquire) >= self.cap {
+                break;
+            }
+            let slot = self.insert(&key, false);
+            slot.lock().unwrap_or_else(PoisonError::into_inner).state = GcraState { tat_ns, interval_ns, base_ns };
+            n += 1;
+        }
+        n
+    }
 }

@@ -214,6 +214,22 @@ impl QuotaEngine {
     pub fn tracked_keys(&self) -> usize {
         self.store.tracked_keys()
     }
+
+    /// Write the spent buckets to `path` (the memory store; a no-op for Redis), so that a
+    /// restart or a deploy is not a free refill; how many bytes.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn save_snapshot(&self, path: &std::path::Path) -> anyhow::Result<usize> {
+        let Some(bytes) = self.store.save() else { return Ok(0) };
+        crate::persist::write_atomically(path, &bytes)?;
+        Ok(bytes.len())
+    }
+
+    /// Read a snapshot back at start (a missing file is none); how many buckets.
+    pub fn load_snapshot(&self, path: &std::path::Path) -> usize {
+        std::fs::read(path).map(|b| self.store.load(&b)).unwrap_or(0)
+    }
 }
 
 /// Buckets and tier for a subject. Order: account, org, ip, country, global; within a scope,

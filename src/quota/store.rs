@@ -111,6 +111,15 @@ pub trait QuotaStore: Send + Sync {
     fn sweep(&self) -> usize {
         0
     }
+    /// The buckets that are not full, as JSON lines (`[key, tat_ns, interval_ns, base_ns]`), for
+    /// a snapshot a restart reads back; `None` for a store that keeps its own state (Redis).
+    fn save(&self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Read back a [`QuotaStore::save`]d snapshot; how many buckets it held.
+    fn load(&self, _snapshot: &[u8]) -> usize {
+        0
+    }
 }
 
 /// The decision over a set of buckets, shared by every store so they cannot disagree.
