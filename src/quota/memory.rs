@@ -18,9 +18,11 @@
 //! At most `max_tracked_keys` ordinary keys are held. When full, a NEW key is not inserted: its
 //! charge goes to a shared overflow bucket for that scope and horizon (`i~overflow|day`) with
 //! the same limits. Rotating IPv6 prefixes therefore buys one prefix's quota in total, memory
-//! stays bounded, and keys already tracked keep their own buckets. Newcomers share the overflow
-//! bucket until sweeps free room. Overflow keys (≤ one per scope and horizon) come on top of the
-//! cap.
+//! stays bounded, and keys already tracked keep their own buckets. Before a newcomer is sent to
+//! the overflow, the store makes room by evicting the buckets that are full again (at most one
+//! such sweep a second): a returning employer whose idle bucket was forgotten gets a bucket of
+//! its own, not the overflow a flood used up. Overflow keys (≤ one per scope and horizon) come on
+//! top of the cap. After a sweep that removed most keys, the map gives its memory back.
 //!
 //! # Memory
 //! Per key: the map slot (`Box<str>` 16 B + `Arc` 8 B, at hashbrown's 50–87% load ≈ 28–48 B), the
@@ -59,6 +61,8 @@ pub struct MemoryStore {
     /// Keys in `map`, maintained alongside it so the cap check is one atomic op.
     tracked: AtomicUsize,
     cap: usize,
+    /// When the last sweep made on the request path (at the cap) ran, in clock nanoseconds.
+    last_room_sweep: std::sync::atomic::AtomicU64,
 }
 
 /// Cells of one operation, locked in address order; `at[i]` is bucket `i`'s guard (`None`: a
@@ -83,7 +87,13 @@ impl Locked<'_> {
 impl MemoryStore {
     /// A store tracking at most `max_tracked_keys` ordinary keys (plus overflow keys).
     pub fn new(clock: SharedClock, max_tracked_keys: usize) -> Self {
-        Self { clock, map: DashMap::new(), tracked: AtomicUsize::new(0), cap: max_tracked_keys.max(1) }
+        Self {
+            clock,
+            map: DashMap::new(),
+            tracked: AtomicUsize::new(0),
+            cap: max_tracked_keys.max(1),
+            last_room_sweep: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     /// Remove keys whose buckets are full again; returns how many. Cells in use right now are
@@ -102,7 +112,33 @@ impl MemoryStore {
             }
         });
         self.tracked.fetch_sub(evicted, Ordering::AcqRel);
+        // After a flood: give the memory back once the map is mostly empty.
+        if evicted > 0 && self.map.len() * 4 < self.map.capacity() {
+            self.map.shrink_to_fit();
+        }
         evicted
+    }
+
+    /// Count one more tracked key, unless the cap is reached.
+    fn try_track(&self) -> bool {
+        if self.tracked.fetch_add(1, Ordering::AcqRel) < self.cap {
+            return true;
+        }
+        self.tracked.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    /// At the cap: sweep now (at most once a second) so that room made by buckets that are
+    /// full again goes to newcomers before the overflow does.
+    fn make_room(&self) -> bool {
+        let now = self.clock.now_nanos();
+        let last = self.last_room_sweep.load(Ordering::Acquire);
+        if now.saturating_sub(last) < 1_000_000_000
+            || self.last_room_sweep.compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire).is_err()
+        {
+            return false;
+        }
+        self.sweep() > 0
     }
 
     /// The cell for a bucket; with `create`, inserted (or redirected to the overflow bucket when
@@ -115,8 +151,8 @@ impl MemoryStore {
             return None;
         }
         // Take a place under the cap before inserting, so concurrent inserts cannot overshoot.
-        if self.tracked.fetch_add(1, Ordering::AcqRel) >= self.cap {
-            self.tracked.fetch_sub(1, Ordering::AcqRel);
+        let tracked = self.try_track() || (self.make_room() && self.try_track());
+        if !tracked {
             return Some(self.insert(&format!("{}~overflow|{}", b.scope.key_prefix(), b.horizon), false));
         }
         Some(self.insert(&b.key, true))

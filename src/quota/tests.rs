@@ -469,6 +469,34 @@ async fn key_flooding_is_bounded_and_hands_out_no_fresh_quota() {
     eprintln!("flood: tracked {} keys, RSS +{grown} B", store.tracked_keys());
 }
 
+/// Regression (issue 16): during a flood at the cap, an employer whose idle bucket had been
+/// evicted (full again) came back to the overflow bucket the flood had used up, and got 429.
+/// Now the store first evicts the flood's buckets that are full again and gives it its own.
+#[tokio::test]
+async fn a_returning_employer_gets_its_own_bucket_during_a_flood_at_the_cap() {
+    let _g = MEMORY_TESTS.lock().await;
+    let p = policy(|r| r.scopes.ip = scope(&[("hour", 2000, "1h")]));
+    let cap = 1000;
+    let (clock, store, e) = setup(cap);
+    let employer = subject(None, None, "192.0.2.10");
+    e.reserve(&p, &employer, CostMode::Exact(1)).await.unwrap();
+    clock.advance(Duration::from_secs(10));
+    assert!(store.sweep() >= 1, "the employer's bucket is full again and forgotten");
+    // 3,000 flooding /24s, one CV each: 1,000 get keys, the rest use up the overflow bucket.
+    for i in 0..3000u32 {
+        let ip = IpAddr::from([10, (i >> 8) as u8, (i & 0xff) as u8, 1]);
+        let _ = e.reserve(&p, &Subject { account: None, org: None, ip, country: "NL" }, CostMode::Exact(1)).await;
+    }
+    assert_eq!(store.tracked_keys(), cap + 1, "the cap and the overflow key");
+    let overflow = BucketSpec::new("i~overflow|hour", Scope::Ip, "hour", 2000, 3_600_000_000_000);
+    assert!(store.peek(std::slice::from_ref(&overflow)).await.unwrap()[0].remaining < 100);
+    // Seconds later the flood's single CVs have refilled; the employer asks for a page of 100.
+    clock.advance(Duration::from_secs(5));
+    let r = e.reserve(&p, &employer, CostMode::Exact(100)).await;
+    assert!(r.is_ok(), "the returning employer was sent to the exhausted overflow bucket");
+    assert_eq!(remaining(&e, &p, &employer).await[0].1, 1900, "its own bucket");
+}
+
 #[tokio::test]
 async fn million_keys_stay_under_the_bound() {
     let _g = MEMORY_TESTS.lock().await;
