@@ -184,7 +184,7 @@ pub struct AuditRecord {
 impl AuditRecord {
     /// The line for a finished request.
     pub fn from_ctx(ctx: Ctx, now: Timestamp, duration: Duration) -> Self {
-        let decision = if ctx.decision.is_empty() { "allowed".into() } else { ctx.decision };
+        let decision = ctx.decision.as_str().to_string();
         Self {
             ts: now,
             request_id: ctx.request_id,

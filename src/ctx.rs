@@ -19,8 +19,8 @@ pub struct Ctx {
     pub tier: Option<String>,
     pub reserved: u64,
     pub delivered: u64,
-    /// `allowed`, or the problem slug that answered.
-    pub decision: String,
+    /// What answered the request.
+    pub decision: Decision,
     /// Scope and horizon that fired (quota), when any.
     pub fired: Option<(String, String)>,
     pub would_reject: Vec<(String, String)>,
@@ -31,4 +31,27 @@ pub struct Ctx {
     pub count: Certainty,
     /// A charged (CV) route: audited whatever the decision (other routes only when rejected).
     pub audited: bool,
+}
+
+/// What answered a request: the upstream (allowed), cvgate itself with a problem, or nobody
+/// (the client went away first).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Decision {
+    #[default]
+    Allowed,
+    /// The problem slug cvgate answered with (`quota-exceeded`, `blocked`, ...).
+    Refused(&'static str),
+    /// The client cancelled before an answer.
+    Cancelled,
+}
+
+impl Decision {
+    /// `allowed`, the problem slug, or `cancelled` (the audit line's and metric's value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Refused(slug) => slug,
+            Decision::Cancelled => "cancelled",
+        }
+    }
 }

@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderName};
 use serde::{Deserialize, Serialize};
 
 /// The country code for "unknown".
-pub const UNKNOWN: &str = "ZZ";
+pub use crate::country::UNKNOWN;
 
 /// `geo:` in config.yaml.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -116,11 +116,9 @@ impl GeoPolicy {
     }
 }
 
-/// Two ASCII letters or digits (`XX` and Cloudflare's `T1` for Tor are kept as they are, so an
-/// override can name them), upper-cased; anything else is not a country.
+/// The one rule of [`crate::country`].
 fn country_code(s: &str) -> Option<String> {
-    let s = s.trim();
-    (s.len() == 2 && s.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| s.to_ascii_uppercase())
+    crate::country::parse(s)
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ pub mod closure;
 pub mod codec;
 pub mod config;
 pub mod count;
+pub mod country;
 pub mod ctx;
 pub mod demo;
 pub mod duration;

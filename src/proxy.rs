@@ -32,7 +32,7 @@ use hyper::body::Incoming;
 use crate::blocks::{Event, Who};
 use crate::codec::{Coding, Failure};
 use crate::count::{BodyOutcome, Certainty, CountingBody, EndReason, RecordFormat};
-pub use crate::ctx::Ctx;
+pub use crate::ctx::{Ctx, Decision};
 use crate::forward::{request_id, Hop, X_REQUEST_ID};
 use crate::integrity::Plan;
 use crate::listener::ConnInfo;
@@ -58,7 +58,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: ConnInfo)
         Ok(resp) => resp,
         Err(e) => {
             count_error(&shared.metrics, &e, ctx.route.as_deref());
-            ctx.decision = e.slug().to_string();
+            ctx.decision = Decision::Refused(e.slug());
             if let ProxyError::QuotaExceeded { scope, horizon, .. } = &e {
                 ctx.fired = Some(((*scope).to_string(), horizon.clone()));
             }
@@ -99,7 +99,7 @@ async fn run(
         return Err(give_back(shared, reservation.as_ref(), ProxyError::UpstreamUndecodable).await);
     }
     ctx.status = parts.status.as_u16();
-    ctx.decision = "allowed".into();
+    ctx.decision = Decision::Allowed;
     let cut_at = (a.format() == Some(&RecordFormat::Ndjson))
         .then(|| rt.config.closure.next_cut_after(&a.route.group, a.account(), a.org(), a.now))
         .flatten();
@@ -527,7 +527,7 @@ impl Drop for Unanswered {
             return;
         }
         let mut ctx = std::mem::take(&mut self.ctx);
-        ctx.decision = "cancelled".into();
+        ctx.decision = Decision::Cancelled;
         ctx.status = 499;
         if ctx.reserved > 0 {
             ctx.delivered = ctx.reserved;
@@ -548,13 +548,13 @@ fn finish(shared: &Shared, ctx: Ctx, started: Instant) {
         400..=499 => "4xx",
         _ => "5xx",
     };
-    let decision = if ctx.decision.is_empty() { "allowed" } else { &ctx.decision };
+    let decision = ctx.decision.as_str();
     shared.metrics.requests.with_label_values(&[route, group, class, decision]).inc();
     if ctx.delivered > 0 {
         let tier = ctx.tier.as_deref().unwrap_or("default");
         shared.metrics.cvs_delivered.with_label_values(&[route, tier]).inc_by(ctx.delivered);
     }
-    if ctx.audited || decision != "allowed" {
+    if ctx.audited || ctx.decision != Decision::Allowed {
         let line = crate::audit::AuditRecord::from_ctx(ctx, shared.clock.now(), started.elapsed());
         shared.audit.record(line);
     }

@@ -245,11 +245,7 @@ fn resolve(policy: &QuotaPolicy, s: &Subject<'_>) -> (Vec<BucketSpec>, Option<Ar
     let ao = account.and_then(|a| policy.accounts.get(a));
     let oo = org.and_then(|o| policy.orgs.get(o));
     let tier = ao.and_then(|o| o.tier.clone()).or_else(|| oo.and_then(|o| o.tier.clone()));
-    let country = if s.country.len() == 2 && s.country.bytes().all(|b| b.is_ascii_alphabetic()) {
-        s.country.to_ascii_uppercase()
-    } else {
-        "ZZ".to_string()
-    };
+    let country = crate::country::or_unknown(s.country);
     let mut out = Vec::with_capacity(12);
     for scope in Scope::ALL {
         let key: Cow<'_, str> = match scope {
@@ -268,7 +264,7 @@ fn resolve(policy: &QuotaPolicy, s: &Subject<'_>) -> (Vec<BucketSpec>, Option<Ar
         let sp = policy.scope(scope);
         let mut horizons = Cow::Borrowed(sp.horizons.as_slice());
         if scope == Scope::Country {
-            if let Some(c) = policy.countries.get(&country) {
+            if let Some(c) = policy.countries.get(country.as_ref()) {
                 horizons = Cow::Borrowed(c.as_slice());
             }
         }

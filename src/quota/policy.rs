@@ -312,8 +312,8 @@ impl QuotaPolicy {
         let mut countries = HashMap::new();
         for (cc, hs) in &raw.overrides.countries {
             let path = format!("overrides.countries.{cc}");
-            if cc.len() != 2 || !cc.bytes().all(|b| b.is_ascii_uppercase()) {
-                e.push((path.clone(), "must be a two-letter upper-case ISO 3166 code (ZZ = unknown)".into()));
+            if crate::country::parse(cc).as_deref() != Some(cc.as_str()) {
+                e.push((path.clone(), "must be an upper-case country code like NL (ZZ = unknown, T1 = Tor)".into()));
             }
             let over = horizon_list(&path, hs, &mut e);
             countries.insert(cc.clone(), merge(&scopes[Scope::Country as usize].horizons, &over));
