@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use cvgate::blocks::{Block, BlockScope, Blocks, Who};
+use cvgate::policy::blocks::{Block, BlockScope, Blocks, Who};
 use ipnet::IpNet;
 use jiff::Timestamp;
 

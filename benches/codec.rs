@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use cvgate::codec::{self, BombGuard, Coding, Failure};
+use cvgate::count::codec::{self, BombGuard, Coding, Failure};
 use cvgate::count::{CountingBody, RecordFormat};
 use http_body_util::{BodyExt, Full};
 

@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, Criterion};
 use cvgate::clock::{ManualClock, SharedClock};
-use cvgate::identity::{Identifier, IdentityPolicy, RawIdentity};
+use cvgate::policy::identity::{Identifier, IdentityPolicy, RawIdentity};
 use ed25519_dalek::pkcs8::EncodePrivateKey; // pkcs8 0.10, shared with p256
 use jiff::Timestamp;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};

@@ -146,7 +146,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match crate::identity::mint_from_config(
+            match crate::policy::identity::mint_from_config(
                 &cfg.raw.identity,
                 &account,
                 org.as_deref(),

@@ -411,14 +411,14 @@ impl Conn {
                 tx.ready().await?;
                 let resp = tx.send_request(req).await?;
                 let status = resp.status();
-                let coding = crate::codec::content_coding(resp.headers());
+                let coding = crate::count::codec::content_coding(resp.headers());
                 let body = resp.into_body();
                 // What the client reads: decoded, when the proxy compressed it for the client.
                 let body = match coding {
                     Ok(Some(c)) => {
-                        let failure = crate::codec::Failure::default();
-                        let guard = crate::codec::BombGuard::default();
-                        crate::codec::decode(body, c, guard, failure).collect().await.map(|b| b.to_bytes())
+                        let failure = crate::count::codec::Failure::default();
+                        let guard = crate::count::codec::BombGuard::default();
+                        crate::count::codec::decode(body, c, guard, failure).collect().await.map(|b| b.to_bytes())
                     }
                     _ => body.collect().await.map(|b| b.to_bytes()).map_err(Into::into),
                 };
@@ -464,7 +464,7 @@ fn scenario_config(base: &Config, dir: &Path, mock: SocketAddr) -> anyhow::Resul
 fn mint(config: &Config, actor: &Actor, ttl: Duration, now: Timestamp) -> anyhow::Result<String> {
     let id = &config.raw.identity;
     let acr = id.accepted_assurance.first().map_or("urn:etoegang:core:assurance-class:loa3", String::as_str);
-    crate::identity::mint_from_config(id, &actor.account, Some(&actor.org), acr, ttl, now)
+    crate::policy::identity::mint_from_config(id, &actor.account, Some(&actor.org), acr, ttl, now)
         .map_err(|e| anyhow::anyhow!("the demo mints tokens with identity.dev_hs256: {e}"))
 }
 

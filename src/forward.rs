@@ -110,7 +110,7 @@ impl Upstreams {
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = match crate::tls::upstream_client_config(cfg.ca_file.as_deref())? {
+        let builder = match crate::net::tls::upstream_client_config(cfg.ca_file.as_deref())? {
             Some(tls) => builder.with_tls_config(tls),
             None => builder.with_webpki_roots(),
         };

@@ -2,35 +2,34 @@
 //! seekers' CVs while employers with a real need keep working.
 //!
 //! # Layout, in the order a request meets it
-//! - [`listener`]: accept TCP, terminate TLS ([`tls`]), HTTP/1.1 and HTTP/2, connection limits,
-//!   graceful drain.
-//! - [`proxy`]: the story of one request, top to bottom — read this first.
-//! - [`route`]: which requests are CV requests and what each costs.
-//! - [`identity`]: the employer account, organisation (KvK) and assurance level from a verified
-//!   JWT or a trusted gateway; the client IP.
-//! - [`geo`]: the client IP's country (trusted edge header or a MaxMind `.mmdb`), `ZZ` if unknown.
-//! - [`blocks`]: blocked accounts, organisations and IP prefixes (manual and by rule, persisted).
-//! - [`closure`]: closure windows (23:00–07:00 Europe/Amsterdam by default), DST-correct.
+//! - [`net`]: accept TCP, terminate TLS ([`net::tls`]), HTTP/1.1 and HTTP/2, connection limits,
+//!   graceful drain ([`net::listener`]).
+//! - [`proxy`]: the story of one request in phases — read this first. Its facts gather in a
+//!   [`ctx::Ctx`].
+//! - [`policy`]: who may ask what, when: [`policy::route`] (which requests are CV requests and
+//!   what each costs), [`policy::identity`] (account, organisation, assurance from a verified JWT
+//!   or a trusted gateway; the client IP), [`policy::geo`] (the client's [`country`]),
+//!   [`policy::blocks`] (blocked accounts, organisations and IP prefixes), [`policy::closure`]
+//!   (closure windows, DST-correct).
 //! - [`quota`]: CV budgets per account, organisation, IP prefix, country and globally, over
 //!   several horizons; GCRA maths, the engine and its stores.
 //! - [`forward`]: the pooled upstream client and proxy header rules.
-//! - [`integrity`]: what a charged route asks of the upstream (no ranges, no compression by
-//!   default) and whether an answer's head lets its records be counted with certainty.
-//! - [`codec`]: decodes a compressed upstream body to count it; compresses again for the client.
-//! - [`count`]: counts records in a streaming response body and cuts it at a record boundary.
+//! - [`count`]: the response body's way back: [`count::integrity`] (what a charged route asks
+//!   of the upstream, and whether an answer can be counted with certainty), [`count::codec`]
+//!   (decode what the upstream compressed, compress again for the client), the record counter
+//!   and the body that counts and cuts at a record boundary.
 //! - [`problem`]: the one place errors become RFC 9457 problem+json answers.
-//! - [`ctx`]: the facts of one request, gathered on the way and read once at its end.
-//! - [`admin`]: the admin API (quota state, blocks, pauses, reload, effective config).
-//! - [`audit`]: one JSON line per CV request and per rejection, written off the request path.
-//! - [`metrics`]: Prometheus families; [`ops`]: `/metrics`, `/healthz`, `/readyz`, housekeeping.
+//! - [`observe`]: [`observe::audit`] (one JSON line per CV request and per rejection, off the
+//!   request path) and [`observe::metrics`] (Prometheus).
+//! - [`ops`]: `/metrics`, `/healthz`, `/readyz`, housekeeping, and [`ops::admin`] (the admin API).
 //!
 //! Beside the path: [`config`] (load, validate, report every error with key and line),
-//! [`state`] (what outlives a reload, and the runtime one config file makes), [`server`] (the
-//! composition root: start-up, signals, shutdown; nothing imports it), [`clock`] (the only reader
-//! of time), [`duration`] (the one duration grammar),
-//! [`mock_api`] (the stand-in CV API), [`demo`] (replays the 4 May 2024 incident and its
-//! evasions through the real proxy), [`cli`].
-
+//! [`state`] (what outlives a reload, and the runtime one config file makes; [`share`] carries
+//! blocks and pauses to the other replicas), [`server`] (the composition root: start-up,
+//! signals, shutdown; nothing imports it), [`clock`] (the only reader of time), [`duration`]
+//! (the one duration grammar), [`persist`] (crash-safe file writes), [`mock_api`] (the stand-in
+//! CV API), [`demo`] (replays the 4 May 2024 incident and its evasions through the real proxy),
+//! [`cli`].
 //!
 //! One policy for poisoned locks: a lock is held only for a map or field update, so a panic
 //! while holding it cannot leave half a change behind; every lock is taken with
@@ -38,13 +37,8 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod audit;
-pub mod blocks;
 pub mod cli;
 pub mod clock;
-pub mod closure;
-pub mod codec;
 pub mod config;
 pub mod count;
 pub mod country;
@@ -52,19 +46,15 @@ pub mod ctx;
 pub mod demo;
 pub mod duration;
 pub mod forward;
-pub mod geo;
-pub mod identity;
-pub mod integrity;
-pub mod listener;
-pub mod metrics;
 pub mod mock_api;
+pub mod net;
+pub mod observe;
 pub mod ops;
 pub mod persist;
+pub mod policy;
 pub mod problem;
 pub mod proxy;
 pub mod quota;
-pub mod route;
 pub mod server;
 pub mod share;
 pub mod state;
-pub mod tls;

@@ -36,7 +36,7 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use crate::codec::Coding;
+use crate::count::codec::Coding;
 use crate::problem::{full, ProxyBody};
 
 /// How the mock misbehaves like a real backend (see the module docs).
@@ -258,7 +258,7 @@ fn compressed(resp: Response<ProxyBody>, accept: Option<&str>, opts: &MockOption
         Some(f) => {
             let mut h = http::HeaderMap::new();
             h.insert(header::CONTENT_ENCODING, f.parse().expect("a header value"));
-            (f.clone(), crate::codec::content_coding(&h).ok().flatten())
+            (f.clone(), crate::count::codec::content_coding(&h).ok().flatten())
         }
         None => match accept.and_then(negotiate_any) {
             Some(c) => (c.as_str().to_string(), Some(c)),
@@ -269,7 +269,7 @@ fn compressed(resp: Response<ProxyBody>, accept: Option<&str>, opts: &MockOption
     parts.headers.insert(header::CONTENT_ENCODING, name.parse().expect("a header value"));
     parts.headers.append(header::VARY, "accept-encoding".parse().expect("static"));
     let body = match coding {
-        Some(c) => crate::codec::encode(body, c),
+        Some(c) => crate::count::codec::encode(body, c),
         None => body, // a coding nobody knows: plain bytes under its name
     };
     Response::from_parts(parts, body)
@@ -277,7 +277,7 @@ fn compressed(resp: Response<ProxyBody>, accept: Option<&str>, opts: &MockOption
 
 /// The client's preferred coding, deflate included (a backend offers what it has).
 fn negotiate_any(accept: &str) -> Option<Coding> {
-    crate::codec::negotiate(Some(accept)).or_else(|| {
+    crate::count::codec::negotiate(Some(accept)).or_else(|| {
         accept.split(',').any(|c| c.split(';').next().is_some_and(|n| n.trim() == "deflate")).then_some(Coding::Deflate)
     })
 }

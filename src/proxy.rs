@@ -29,16 +29,16 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 
-use crate::blocks::{Event, Who};
-use crate::codec::{Coding, Failure};
+use crate::count::codec::{Coding, Failure};
+use crate::count::integrity::Plan;
 use crate::count::{BodyOutcome, Certainty, CountingBody, EndReason, RecordFormat};
 pub use crate::ctx::{Ctx, Decision};
 use crate::forward::{request_id, Hop, X_REQUEST_ID};
-use crate::integrity::Plan;
-use crate::listener::ConnInfo;
+use crate::net::listener::ConnInfo;
+use crate::policy::blocks::{Event, Who};
+use crate::policy::route::{Access, Count, Reserve, Route};
 use crate::problem::{ProxyBody, ProxyError};
 use crate::quota::{CostMode, Rejection, Reservation, Subject};
-use crate::route::{Access, Count, Reserve, Route};
 use crate::state::{Runtime, Shared};
 
 /// Handle one request from a client connection. Never fails: every error is an answer.
@@ -92,7 +92,9 @@ async fn run(
     let (parts, body) = upstream.into_parts();
     // judge: can this answer's records be counted with certainty, and how?
     let plan = match a.route.is_charged() {
-        true => crate::integrity::judge(parts.status, &parts.headers, a.format(), &a.route.encoding, a.route.up_to),
+        true => {
+            crate::count::integrity::judge(parts.status, &parts.headers, a.format(), &a.route.encoding, a.route.up_to)
+        }
         false => Plan::Uncounted { uncertain: None },
     };
     if plan == Plan::Refuse {
@@ -110,7 +112,7 @@ async fn run(
 /// What admission established: the route, who is asking, from where, and when.
 struct Admitted {
     route: Arc<Route>,
-    identity: Option<crate::identity::Identity>,
+    identity: Option<crate::policy::identity::Identity>,
     client_ip: std::net::IpAddr,
     ip_prefix: ipnet::IpNet,
     now: jiff::Timestamp,
@@ -250,7 +252,7 @@ async fn forward(
     ctx: &Ctx,
 ) -> Result<(Response<Incoming>, Option<Coding>), ProxyError> {
     let client_coding = match a.route.is_charged() {
-        true => crate::integrity::prepare_request(req.headers_mut(), &a.route.encoding, a.format()),
+        true => crate::count::integrity::prepare_request(req.headers_mut(), &a.route.encoding, a.format()),
         false => None,
     };
     let hop = Hop {
@@ -300,7 +302,7 @@ impl Respond<'_> {
         l.rewrite_head(&mut parts, route, reservation.as_deref());
         let failure = Failure::default();
         let inner = match l.decode {
-            Some(c) => Either::Right(crate::codec::decode(body, c, limits.bomb, failure.clone())),
+            Some(c) => Either::Right(crate::count::codec::decode(body, c, limits.bomb, failure.clone())),
             None => Either::Left(body),
         };
         let cut = CutByWindow::default();
@@ -322,7 +324,7 @@ impl Respond<'_> {
             cut.schedule(shared, counted.cut_handle(), at);
         }
         let body = match l.encode {
-            Some(c) => crate::codec::encode(counted.boxed(), c),
+            Some(c) => crate::count::codec::encode(counted.boxed(), c),
             None => counted.boxed(),
         };
         Response::from_parts(parts, body)
@@ -494,7 +496,7 @@ impl Settle {
 
 /// The metrics of an early answer, counted in this one place (the conversions that make the
 /// errors have no side effects).
-fn count_error(m: &crate::metrics::Metrics, e: &ProxyError, route: Option<&str>) {
+fn count_error(m: &crate::observe::metrics::Metrics, e: &ProxyError, route: Option<&str>) {
     match e {
         ProxyError::Auth { reason, .. } => m.auth_failures.with_label_values(&[reason]).inc(),
         ProxyError::QuotaExceeded { scope, horizon, .. } | ProxyError::TooLarge { scope, horizon, .. } => {
@@ -555,12 +557,12 @@ fn finish(shared: &Shared, ctx: Ctx, started: Instant) {
         shared.metrics.cvs_delivered.with_label_values(&[route, tier]).inc_by(ctx.delivered);
     }
     if ctx.audited || ctx.decision != Decision::Allowed {
-        let line = crate::audit::AuditRecord::from_ctx(ctx, shared.clock.now(), started.elapsed());
+        let line = crate::observe::audit::AuditRecord::from_ctx(ctx, shared.clock.now(), started.elapsed());
         shared.audit.record(line);
     }
 }
 
-fn auth_error(e: crate::identity::AuthError) -> ProxyError {
+fn auth_error(e: crate::policy::identity::AuthError) -> ProxyError {
     ProxyError::Auth { status: e.status(), reason: e.reason(), detail: e.to_string() }
 }
 

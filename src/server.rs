@@ -22,11 +22,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::listener::{accept_loop, Listener};
-use crate::metrics::Metrics;
+use crate::net::listener::{accept_loop, Listener};
+use crate::net::tls::CertStore;
+use crate::observe::metrics::Metrics;
 use crate::quota::QuotaEngine;
 use crate::state::{Runtime, Shared};
-use crate::tls::CertStore;
 
 /// A started proxy.
 pub struct Running {
@@ -79,7 +79,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
     let (store, flags) =
         crate::quota::build_store(&config.store, clock.clone(), config.quota.max_tracked_keys(), &metrics)
             .context("building the quota store")?;
-    let audit = crate::audit::AuditLog::start(&config.audit, metrics.audit_dropped.clone())?;
+    let audit = crate::observe::audit::AuditLog::start(&config.audit, metrics.audit_dropped.clone())?;
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(Runtime::build(config.clone(), &clock)?),
         quota: QuotaEngine::new(store),
@@ -88,9 +88,9 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         paused: RwLock::new(BTreeSet::new()),
         inflight: Arc::new(Semaphore::new(limits.max_inflight_requests)),
         certs: certs.clone(),
-        blocks: crate::blocks::Blocks::open(config.blocks.file.clone())?,
-        top_accounts: crate::metrics::TopAccounts::default(),
-        uncertain_log: crate::integrity::UncertainLog::default(),
+        blocks: crate::policy::blocks::Blocks::open(config.blocks.file.clone())?,
+        top_accounts: crate::observe::metrics::TopAccounts::default(),
+        uncertain_log: crate::count::integrity::UncertainLog::default(),
         flags,
         config_path,
         clock,
@@ -117,7 +117,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
     if let (Some(t), Some(certs)) = (&config.listen.tls, certs) {
         let tcp = bind(t.addr, "TLS").await?;
         tls_addr = Some(tcp.local_addr()?);
-        let acceptor = TlsAcceptor::from(crate::tls::server_config(certs)?);
+        let acceptor = TlsAcceptor::from(crate::net::tls::server_config(certs)?);
         let l = Listener { tcp, tls: Some(acceptor) };
         tokio::spawn(accept_loop(l, shared.clone(), conns.clone(), stop.clone(), tasks.clone(), crate::proxy::handle));
     }
@@ -138,7 +138,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
     if let Some(a) = config.listen.admin {
         let tcp = bind(a, "admin").await?;
         admin_addr = Some(tcp.local_addr()?);
-        tokio::spawn(crate::admin::serve(tcp, shared.clone(), stop.clone()));
+        tokio::spawn(crate::ops::admin::serve(tcp, shared.clone(), stop.clone()));
     }
     tokio::spawn(crate::ops::housekeeping(shared.clone(), stop.clone()));
     tracing::info!(tls = ?tls_addr, plain = ?plain_addr, ops = ?ops_addr, upstream = %config.upstream.uri, "cvgate listening");

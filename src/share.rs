@@ -13,7 +13,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::blocks::{Block, BlockScope};
+use crate::policy::blocks::{Block, BlockScope};
 use crate::quota::redis::SharedFlags;
 
 /// Redis flag kinds for shared blocks and pauses.

@@ -17,10 +17,10 @@ use tokio::sync::Semaphore;
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigErrors};
 use crate::forward::Upstreams;
-use crate::identity::Identifier;
-use crate::metrics::Metrics;
+use crate::net::tls::CertStore;
+use crate::observe::metrics::Metrics;
+use crate::policy::identity::Identifier;
 use crate::quota::QuotaEngine;
-use crate::tls::CertStore;
 
 /// Everything derived from one config file; replaced whole on reload.
 pub struct Runtime {
@@ -44,18 +44,18 @@ pub struct Shared {
     pub quota: QuotaEngine,
     pub metrics: Metrics,
     /// The audit log (opened at start; flushed at shutdown).
-    pub audit: crate::audit::AuditLog,
+    pub audit: crate::observe::audit::AuditLog,
     /// Route groups paused by an operator (503 `paused`).
     pub paused: RwLock<BTreeSet<String>>,
     /// In-flight request cap (tower's concurrency limit shares it across connections).
     pub inflight: Arc<Semaphore>,
     pub certs: Option<Arc<CertStore>>,
     /// Blocked accounts, organisations and IP prefixes (persisted).
-    pub blocks: Arc<crate::blocks::Blocks>,
+    pub blocks: Arc<crate::policy::blocks::Blocks>,
     /// CVs per account in the current hour, for the bounded top-N gauge.
-    pub top_accounts: crate::metrics::TopAccounts,
+    pub top_accounts: crate::observe::metrics::TopAccounts,
     /// The rate-limited warning for responses whose count is uncertain.
-    pub uncertain_log: crate::integrity::UncertainLog,
+    pub uncertain_log: crate::count::integrity::UncertainLog,
     /// With the Redis store: blocks and pauses shared by every replica (see [`Shared::sync_flags`]).
     pub flags: Option<Arc<dyn crate::quota::redis::SharedFlags>>,
     /// The config file, for reloads.
@@ -125,7 +125,7 @@ impl Shared {
     }
 
     /// Block on every replica: here at once, and through Redis (when configured) for the others.
-    pub fn block(&self, b: crate::blocks::Block) -> anyhow::Result<crate::blocks::Block> {
+    pub fn block(&self, b: crate::policy::blocks::Block) -> anyhow::Result<crate::policy::blocks::Block> {
         let b = self.blocks.add(b, self.clock.now())?;
         self.count_block(&b);
         self.share(|o| o.block(b.clone()));
@@ -133,21 +133,21 @@ impl Shared {
     }
 
     /// Unblock on every replica; `false` when there was no such block here.
-    pub fn unblock(&self, scope: crate::blocks::BlockScope, key: &str) -> anyhow::Result<bool> {
+    pub fn unblock(&self, scope: crate::policy::blocks::BlockScope, key: &str) -> anyhow::Result<bool> {
         let removed = self.blocks.remove(scope, key, self.clock.now())?;
         self.share(|o| o.unblock(scope, removed_key(scope, key)));
         Ok(removed)
     }
 
     /// Blocks made here by a rule, shared with the other replicas.
-    pub fn share_blocks(&self, made: Vec<crate::blocks::Block>) {
+    pub fn share_blocks(&self, made: Vec<crate::policy::blocks::Block>) {
         for b in made {
             self.count_block(&b);
             self.share(|o| o.block(b));
         }
     }
 
-    fn count_block(&self, b: &crate::blocks::Block) {
+    fn count_block(&self, b: &crate::policy::blocks::Block) {
         self.metrics.blocks_created.with_label_values(&[b.scope.as_str(), &b.source]).inc();
     }
 
@@ -225,8 +225,8 @@ impl Shared {
     }
 }
 
-impl crate::listener::Conns for Shared {
-    fn limits(&self) -> crate::listener::Limits {
+impl crate::net::listener::Conns for Shared {
+    fn limits(&self) -> crate::net::listener::Limits {
         self.runtime().config.limits.clone()
     }
 
@@ -240,9 +240,9 @@ impl crate::listener::Conns for Shared {
 }
 
 /// The key an unblock names, as blocks store it (an IP block's CIDR truncated).
-fn removed_key(scope: crate::blocks::BlockScope, key: &str) -> String {
+fn removed_key(scope: crate::policy::blocks::BlockScope, key: &str) -> String {
     match scope {
-        crate::blocks::BlockScope::Ip => {
+        crate::policy::blocks::BlockScope::Ip => {
             key.parse::<ipnet::IpNet>().map_or_else(|_| key.to_string(), |n| n.trunc().to_string())
         }
         _ => key.to_string(),

@@ -293,7 +293,7 @@ async fn tls_raw(p: &Proxy, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpS
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls_pki_types::CertificateDer::from_pem_slice(p.cert_pem.as_bytes()).unwrap()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(cvgate::tls::provider())
+    let mut cfg = rustls::ClientConfig::builder_with_provider(cvgate::net::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)

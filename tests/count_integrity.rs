@@ -9,7 +9,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use cvgate::codec::{BombGuard, Failure};
+use cvgate::count::codec::{BombGuard, Failure};
 use cvgate::mock_api::MockOptions;
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -58,8 +58,10 @@ async fn fetch(p: &Proxy, path: &str, headers: &[(&str, &str)]) -> (http::respon
     let mut s = plain_connect(p.plain).await;
     let r = s.send(get(path, false, &h)).await;
     let (parts, body) = r.into_parts();
-    let body = match cvgate::codec::content_coding(&parts.headers) {
-        Ok(Some(c)) => cvgate::codec::decode(body, c, BombGuard::default(), Failure::default()).collect().await.ok(),
+    let body = match cvgate::count::codec::content_coding(&parts.headers) {
+        Ok(Some(c)) => {
+            cvgate::count::codec::decode(body, c, BombGuard::default(), Failure::default()).collect().await.ok()
+        }
         _ => body.collect().await.ok(),
     };
     // settle runs off the body's end; let it land before the next request reads the bucket.

@@ -254,8 +254,8 @@ async fn make_traffic(p: &Proxy) {
     let now = cvgate::clock::Clock::now(&*p.running.shared.clock);
     p.running
         .shared
-        .block(cvgate::blocks::Block {
-            scope: cvgate::blocks::BlockScope::Account,
+        .block(cvgate::policy::blocks::Block {
+            scope: cvgate::policy::blocks::BlockScope::Account,
             key: "acct-3".into(),
             reason: "monitoring test".into(),
             source: "manual".into(),

@@ -196,11 +196,11 @@ async fn a_gzipping_nginx_upstream_cannot_make_cvs_free() {
         let (parts, body) = body_bytes(r).await;
         assert_eq!(parts.status, 200);
         assert_eq!(header(&parts, "content-encoding"), "gzip");
-        let plain = cvgate::codec::decode(
+        let plain = cvgate::count::codec::decode(
             http_body_util::Full::new(body),
-            cvgate::codec::Coding::Gzip,
-            cvgate::codec::BombGuard::default(),
-            cvgate::codec::Failure::default(),
+            cvgate::count::codec::Coding::Gzip,
+            cvgate::count::codec::BombGuard::default(),
+            cvgate::count::codec::Failure::default(),
         );
         let plain = http_body_util::BodyExt::collect(plain).await.unwrap().to_bytes();
         assert_eq!(export_lines(&plain), (100, Some(100)), "{upstream_encoding}");

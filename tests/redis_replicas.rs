@@ -256,8 +256,8 @@ async fn blocks_and_pauses_made_on_one_replica_apply_on_all_and_survive_a_restar
     let now = cvgate::clock::Clock::now(&*a.clock);
     a.running
         .shared
-        .block(cvgate::blocks::Block {
-            scope: cvgate::blocks::BlockScope::Account,
+        .block(cvgate::policy::blocks::Block {
+            scope: cvgate::policy::blocks::BlockScope::Account,
             key: "acct-shared".into(),
             reason: "test".into(),
             source: "manual".into(),
@@ -279,7 +279,7 @@ async fn blocks_and_pauses_made_on_one_replica_apply_on_all_and_survive_a_restar
     assert_eq!(status_becomes(&c, &other, 503).await, 503, "pause lost across a restart of every replica");
     c.running.shared.pause("cv", false);
     assert_eq!(status_becomes(&c, &tok, 403).await, 403, "block lost across a restart of every replica");
-    assert!(c.running.shared.unblock(cvgate::blocks::BlockScope::Account, "acct-shared").unwrap());
+    assert!(c.running.shared.unblock(cvgate::policy::blocks::BlockScope::Account, "acct-shared").unwrap());
     assert_eq!(status_becomes(&c, &tok, 200).await, 200);
     c.running.shutdown().await;
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use cvgate::clock::ManualClock;
-use cvgate::identity::Identifier;
+use cvgate::policy::identity::Identifier;
 
 /// The dev HS256 key and two trusted proxy ranges, so both the token path and the
 /// trusted-forwarding path are reachable.

@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 thread_local! {
-    static ID: cvgate::identity::Identifier = common::identifier();
+    static ID: cvgate::policy::identity::Identifier = common::identifier();
 }
 
 fuzz_target!(|data: &[u8]| {

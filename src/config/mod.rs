@@ -15,15 +15,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::closure::ClosurePolicy;
-use crate::identity::IdentityPolicy;
+use crate::policy::closure::ClosurePolicy;
+use crate::policy::identity::IdentityPolicy;
+use crate::policy::route::RouteTable;
 use crate::quota::QuotaPolicy;
-use crate::route::RouteTable;
 use lines::LineIndex;
 use raw::RawConfig;
 
 pub use crate::forward::Upstream;
-pub use crate::listener::Limits;
+pub use crate::net::listener::Limits;
 
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,10 +90,10 @@ pub struct Config {
     /// The memory store's snapshot file and how often it is written (read at start).
     pub snapshot: Option<(PathBuf, Duration)>,
     /// Audit log settings (read at start: changing them needs a restart, not a reload).
-    pub audit: crate::audit::AuditSettings,
+    pub audit: crate::observe::audit::AuditSettings,
     /// Country of the client IP (trusted edge header, MaxMind database).
-    pub geo: crate::geo::GeoPolicy,
-    pub blocks: crate::blocks::BlocksConfig,
+    pub geo: crate::policy::geo::GeoPolicy,
+    pub blocks: crate::policy::blocks::BlocksConfig,
     /// Admin API bearer token; `None`: every admin request is refused.
     pub admin_token: Option<String>,
     /// Route groups paused at start (operators pause/resume at run time too).
@@ -246,10 +246,10 @@ impl Config {
             max_inflight_requests: lr.max_inflight_requests,
             h2_max_concurrent_streams: lr.h2_max_concurrent_streams,
             shutdown_grace: e.duration("limits.shutdown_grace", &lr.shutdown_grace),
-            bomb: crate::codec::BombGuard {
+            bomb: crate::count::codec::BombGuard {
                 max_bytes: lr.max_decoded_bytes,
                 max_ratio: lr.max_decompression_ratio,
-                ..crate::codec::BombGuard::default()
+                ..crate::count::codec::BombGuard::default()
             },
         };
         if lr.max_decoded_bytes == 0 {
@@ -298,8 +298,9 @@ impl Config {
         }
         let snapshot = raw.store.snapshot.as_deref().map(|f| (resolve(f), every));
         // Defaults stand in on error: `e` is not empty then, so no Config is built from them.
-        let audit = e.nest("audit", crate::audit::AuditSettings::from_raw(&raw.audit, base)).unwrap_or_default();
-        let geo = e.nest("geo", crate::geo::GeoPolicy::from_raw(&raw.geo, base)).unwrap_or_default();
+        let audit =
+            e.nest("audit", crate::observe::audit::AuditSettings::from_raw(&raw.audit, base)).unwrap_or_default();
+        let geo = e.nest("geo", crate::policy::geo::GeoPolicy::from_raw(&raw.geo, base)).unwrap_or_default();
         if let Some(rt) = &routes {
             let groups = rt.groups();
             for (i, g) in raw.paused.iter().enumerate() {
@@ -309,10 +310,10 @@ impl Config {
             }
         }
         let paused_groups = raw.paused.clone();
-        let blocks = e.nest("blocks", crate::blocks::BlocksConfig::from_raw(&raw.blocks, base));
+        let blocks = e.nest("blocks", crate::policy::blocks::BlocksConfig::from_raw(&raw.blocks, base));
         // Rules written in the file must be able to fire; the built-in defaults name the
         // default horizons and simply never fire in a config that dropped one.
-        let written = raw.blocks.rules != crate::blocks::RawBlocks::default().rules;
+        let written = raw.blocks.rules != crate::policy::blocks::RawBlocks::default().rules;
         if let (Some(q), Some(b), true) = (&quota, &blocks, written) {
             for (i, r) in b.rules.iter().enumerate() {
                 let scope =

@@ -5,10 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::closure::RawClosure;
-use crate::identity::RawIdentity;
+use crate::policy::closure::RawClosure;
+use crate::policy::identity::RawIdentity;
+pub use crate::policy::route::{default_routes, RawCost, RawDeepPaging, RawEncoding, RawRoute};
 use crate::quota::RawQuota;
-pub use crate::route::{default_routes, RawCost, RawDeepPaging, RawEncoding, RawRoute};
 
 /// Top level of `config.yaml`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -27,10 +27,10 @@ pub struct RawConfig {
     /// Where quota buckets live (memory, or Redis shared by replicas) and the failure policy.
     pub store: crate::quota::RawStore,
     /// The audit log (one JSON line per CV request and per rejection).
-    pub audit: crate::audit::RawAudit,
+    pub audit: crate::observe::audit::RawAudit,
     /// Country of the client IP (country quota scope, audit).
-    pub geo: crate::geo::RawGeo,
-    pub blocks: crate::blocks::RawBlocks,
+    pub geo: crate::policy::geo::RawGeo,
+    pub blocks: crate::policy::blocks::RawBlocks,
     pub admin: RawAdmin,
 }
 
@@ -44,12 +44,12 @@ impl Default for RawConfig {
             routes: default_routes(),
             unmatched: "reject".into(),
             paused: Vec::new(),
-            closure: crate::closure::default_windows(),
+            closure: crate::policy::closure::default_windows(),
             quota: crate::quota::default_raw(),
             store: crate::quota::RawStore::default(),
-            audit: crate::audit::RawAudit::default(),
-            geo: crate::geo::RawGeo::default(),
-            blocks: crate::blocks::RawBlocks::default(),
+            audit: crate::observe::audit::RawAudit::default(),
+            geo: crate::policy::geo::RawGeo::default(),
+            blocks: crate::policy::blocks::RawBlocks::default(),
             admin: RawAdmin::default(),
         }
     }

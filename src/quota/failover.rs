@@ -36,7 +36,7 @@ use super::redis::{RedisSettings, RedisStore};
 use super::store::{BucketSpec, BucketState, CostMode, QuotaStore, ReserveOutcome, StoreError};
 use super::Scope;
 use crate::clock::SharedClock;
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 
 // ---------------------------------------------------------------------------------------------
 // Config

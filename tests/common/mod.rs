@@ -92,7 +92,7 @@ pub fn identity_yaml(trusted: &[&str]) -> String {
 /// Write a fresh cert/key into a new temp dir.
 pub fn cert_dir() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = cvgate::tls::self_signed_pem().unwrap();
+    let (cert, key) = cvgate::net::tls::self_signed_pem().unwrap();
     std::fs::write(dir.path().join("cert.pem"), &cert).unwrap();
     std::fs::write(dir.path().join("key.pem"), &key).unwrap();
     (dir, cert)
@@ -133,7 +133,7 @@ pub fn token(p: &Proxy, account: &str, org: &str) -> String {
 
 pub fn token_at(p: &Proxy, account: &str, org: Option<&str>, acr: &str) -> String {
     use cvgate::clock::Clock;
-    cvgate::identity::mint_dev_token(
+    cvgate::policy::identity::mint_dev_token(
         DEV_SECRET.as_bytes(),
         "dev",
         ISSUER,
@@ -178,7 +178,7 @@ async fn tls_handshake(tcp: TcpStream, cert_pem: &str, alpn: &[&[u8]]) -> (Optio
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(cvgate::tls::provider())
+    let mut cfg = rustls::ClientConfig::builder_with_provider(cvgate::net::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)

@@ -109,7 +109,7 @@ impl GeoPolicy {
     /// The database's country for `ip`, if it has one.
     pub fn lookup(&self, ip: IpAddr) -> Option<String> {
         let db = self.db.as_ref()?;
-        let ip = crate::identity::client_ip::normalize(ip);
+        let ip = crate::policy::identity::client_ip::normalize(ip);
         let rec: Record<'_> = db.lookup(ip).ok()?.decode().ok()??;
         let code = rec.country.and_then(|c| c.iso_code).or(rec.registered_country.and_then(|c| c.iso_code))?;
         country_code(code)

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::{ServiceBuilder, ServiceExt};
 
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 use crate::problem::{BoxError, ProxyBody, ProxyError};
 
 /// What the listener needs of the shared state (implemented by `state::Shared`, which the
@@ -60,7 +60,7 @@ pub struct Limits {
     pub h2_max_concurrent_streams: u32,
     pub shutdown_grace: Duration,
     /// Decompression-bomb limits for a compressed upstream body on a counted route.
-    pub bomb: crate::codec::BombGuard,
+    pub bomb: crate::count::codec::BombGuard,
 }
 
 /// What the proxy knows about the connection a request came on.

@@ -599,7 +599,7 @@ mod tests {
 
     fn who<'a>(account: &'a str, org: &'a str, ip: &str) -> Who<'a> {
         let ip: IpAddr = ip.parse().unwrap();
-        Who { account: Some(account), org: Some(org), ip, ip_prefix: crate::identity::ip_prefix(ip, 24, 56) }
+        Who { account: Some(account), org: Some(org), ip, ip_prefix: crate::policy::identity::ip_prefix(ip, 24, 56) }
     }
 
     #[test]

@@ -26,6 +26,9 @@
 //! NDJSON record must start with `{`. [`BodyOutcome::uncertain`] names why a count is not
 //! certain (`shape`, `malformed`, `truncated`, `client-gone`), or is `None`.
 
+pub mod codec;
+pub mod integrity;
+
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;

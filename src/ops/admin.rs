@@ -28,7 +28,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::blocks::{Block, BlockScope};
+use crate::policy::blocks::{Block, BlockScope};
 use crate::problem::{full, ProxyBody};
 use crate::quota::Subject;
 use crate::state::Shared;

@@ -11,7 +11,7 @@
 //! - [`judge`]: the response head decides whether the body can be counted at all and how (decode
 //!   first?), or names why its count cannot be certain (`status`, `partial`, `content-type`,
 //!   `encoding`). The body's own verdict (shape, truncation, decoding) comes later, from
-//!   [`crate::count`] and [`crate::codec`].
+//!   [`crate::count`] and [`crate::count::codec`].
 
 use http::header::{
     HeaderValue, ACCEPT, ACCEPT_ENCODING, CONTENT_RANGE, CONTENT_TYPE, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
@@ -19,7 +19,7 @@ use http::header::{
 };
 use http::{HeaderMap, StatusCode};
 
-use crate::codec::{self, Coding};
+use crate::count::codec::{self, Coding};
 use crate::count::RecordFormat;
 
 /// What a route does about content codings (`routes[].encoding`).

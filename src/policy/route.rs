@@ -11,8 +11,8 @@ use std::sync::Arc;
 use http::Method;
 use serde::{Deserialize, Serialize};
 
+use crate::count::integrity::{RouteEncoding, Undecodable};
 use crate::count::RecordFormat;
-use crate::integrity::{RouteEncoding, Undecodable};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

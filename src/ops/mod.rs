@@ -5,6 +5,8 @@
 //! so a load balancer stops sending traffic to a proxy that cannot forward it.
 //! Housekeeping runs once a second: closure gauges, quota key eviction, tracked-key gauge.
 
+pub mod admin;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
