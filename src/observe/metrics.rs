@@ -1,0 +1,284 @@
+//! Prometheus metrics: every family cvgate exports, in one registry.
+//!
+//! Names follow `cvgate_<noun>_<unit>`, counters end in `_total`. Cardinality is bounded by
+//! construction: labels take values from config (route names and groups, scope and horizon
+//! names, window names) or small fixed sets (status class, decision, reason); there is no
+//! per-account, per-IP or per-organisation label (see docs/metrics.md).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// All metric families.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by route, route group, status code class and decision.
+    pub requests: IntCounterVec,
+    /// CVs delivered by route and tier.
+    pub cvs_delivered: IntCounterVec,
+    /// Quota rejections by scope and horizon.
+    pub quota_rejections: IntCounterVec,
+    /// Shadow-mode "would reject" by scope and horizon.
+    pub quota_would_reject: IntCounterVec,
+    /// Authentication/authorisation failures by reason.
+    pub auth_failures: IntCounterVec,
+    /// Export streams cut at a record boundary, by reason (quota, closed).
+    pub streams_truncated: IntCounterVec,
+    /// Charged responses whose records could not be counted with certainty (charged their
+    /// full reservation), by route and reason.
+    pub count_uncertain: IntCounterVec,
+    /// 1 while a closure window is active, by window.
+    pub closed: IntGaugeVec,
+    /// 1 while a route group is paused, by group.
+    pub paused: IntGaugeVec,
+    /// Active blocks by scope.
+    pub blocks_active: IntGaugeVec,
+    /// Blocks made by this replica, by scope and source (`manual`, or `rule:<name>`).
+    pub blocks_created: IntCounterVec,
+    /// Upstream response-header latency by route.
+    pub upstream_latency: HistogramVec,
+    /// Upstream failures by kind (unreachable, timeout, failed).
+    pub upstream_errors: IntCounterVec,
+    pub connections_active: IntGauge,
+    pub connections_refused: IntCounter,
+    pub tls_handshake_failures: IntCounter,
+    /// Config reloads by result (ok, failed).
+    pub config_reloads: IntCounterVec,
+    pub audit_dropped: IntCounter,
+    /// Quota store errors by operation.
+    pub store_errors: IntCounterVec,
+    /// CVs in the current hour for the top accounts only (bounded cardinality, see
+    /// [`TopAccounts`]).
+    pub top_accounts: IntGaugeVec,
+    /// Tracked quota keys in the local store.
+    pub quota_tracked_keys: IntGauge,
+    /// 1 while the shared quota store's circuit breaker is open (requests take the failure policy).
+    pub quota_store_breaker_open: IntGauge,
+    /// Requests decided without the shared store, by decision (closed, local) and reason
+    /// (error, timeout, breaker_open).
+    pub quota_store_fallback: IntCounterVec,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("metric definition");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let connections_refused = counter(
+            "cvgate_connections_refused_total",
+            "Connections closed at once because the connection cap was reached.",
+        );
+        let tls_handshake_failures =
+            counter("cvgate_tls_handshake_failures_total", "Failed or timed-out TLS handshakes.");
+        let audit_dropped =
+            counter("cvgate_audit_dropped_total", "Audit lines dropped because the writer could not keep up.");
+        let connections_active =
+            IntGauge::new("cvgate_connections_active", "Open client connections.").expect("metric");
+        r.register(Box::new(connections_active.clone())).expect("unique metric");
+        let quota_tracked_keys =
+            IntGauge::new("cvgate_quota_tracked_keys", "Quota keys tracked in the local store.").expect("metric");
+        r.register(Box::new(quota_tracked_keys.clone())).expect("unique metric");
+        let quota_store_breaker_open = IntGauge::new(
+            "cvgate_quota_store_breaker_open",
+            "1 while the shared quota store's circuit breaker is open.",
+        )
+        .expect("metric");
+        r.register(Box::new(quota_store_breaker_open.clone())).expect("unique metric");
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "cvgate_upstream_response_seconds",
+                "Time from forwarding to upstream response headers.",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["route"],
+        )
+        .expect("metric definition");
+        r.register(Box::new(upstream_latency.clone())).expect("unique metric");
+        Self {
+            requests: counter_vec(
+                &r,
+                "cvgate_requests_total",
+                "Requests by route, group, status class and decision.",
+                &["route", "group", "status", "decision"],
+            ),
+            cvs_delivered: counter_vec(
+                &r,
+                "cvgate_cvs_delivered_total",
+                "CVs delivered to clients, by route and tier.",
+                &["route", "tier"],
+            ),
+            quota_rejections: counter_vec(
+                &r,
+                "cvgate_quota_rejections_total",
+                "Requests rejected by a quota bucket, by scope and horizon.",
+                &["scope", "horizon"],
+            ),
+            quota_would_reject: counter_vec(
+                &r,
+                "cvgate_quota_would_reject_total",
+                "Shadow-mode buckets that would have rejected, by scope and horizon.",
+                &["scope", "horizon"],
+            ),
+            auth_failures: counter_vec(&r, "cvgate_auth_failures_total", "Identity failures by reason.", &["reason"]),
+            streams_truncated: counter_vec(
+                &r,
+                "cvgate_streams_truncated_total",
+                "Export streams ended at a record boundary, by reason.",
+                &["reason"],
+            ),
+            count_uncertain: counter_vec(
+                &r,
+                "cvgate_count_uncertain_total",
+                "Charged responses whose records could not be counted with certainty, charged their full reservation, by route and reason.",
+                &["route", "reason"],
+            ),
+            closed: gauge_vec(&r, "cvgate_closed", "1 while the closure window is active.", &["window"]),
+            paused: gauge_vec(&r, "cvgate_paused", "1 while the route group is paused.", &["group"]),
+            top_accounts: gauge_vec(
+                &r,
+                "cvgate_account_cvs_top",
+                "CVs delivered this hour (UTC) to each of the top accounts.",
+                &["account"],
+            ),
+            blocks_active: gauge_vec(&r, "cvgate_blocks_active", "Active blocks by scope.", &["scope"]),
+            blocks_created: counter_vec(
+                &r,
+                "cvgate_blocks_created_total",
+                "Blocks made by this replica, by scope and source (manual or rule:<name>).",
+                &["scope", "source"],
+            ),
+            upstream_errors: counter_vec(&r, "cvgate_upstream_errors_total", "Upstream failures by kind.", &["kind"]),
+            config_reloads: counter_vec(&r, "cvgate_config_reloads_total", "Config reloads by result.", &["result"]),
+            store_errors: counter_vec(
+                &r,
+                "cvgate_quota_store_errors_total",
+                "Quota store errors by operation.",
+                &["op"],
+            ),
+            quota_store_fallback: counter_vec(
+                &r,
+                "cvgate_quota_store_fallback_total",
+                "Requests decided without the shared quota store, by decision and reason.",
+                &["decision", "reason"],
+            ),
+            quota_store_breaker_open,
+            upstream_latency,
+            connections_active,
+            connections_refused,
+            tls_handshake_failures,
+            audit_dropped,
+            quota_tracked_keys,
+            registry: r,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encode metrics");
+        String::from_utf8(buf).expect("metrics are utf-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How many accounts the top-accounts gauge shows.
+pub const TOP_N: usize = 20;
+/// Most accounts counted per hour; beyond it new accounts are not counted for the gauge (they
+/// still are in the audit log). Bounds memory under account flooding.
+pub const TOP_TRACKED: usize = 100_000;
+
+/// CVs per account in the current UTC hour, so the dashboard can show the top accounts without a
+/// per-account label on every series: only the top [`TOP_N`] become series, and they are
+/// replaced every second. Counting is a sharded map update (no lock shared by every response);
+/// publishing keeps the top N in a small heap instead of sorting every account.
+#[derive(Default)]
+pub struct TopAccounts {
+    counts: dashmap::DashMap<String, u64>,
+    /// The UTC hour `counts` belong to.
+    hour: std::sync::atomic::AtomicI64,
+}
+
+impl TopAccounts {
+    fn hour(now: jiff::Timestamp) -> i64 {
+        now.as_second().div_euclid(3600)
+    }
+
+    /// Start a new hour when `now` is in one.
+    fn roll(&self, now: jiff::Timestamp) {
+        let h = Self::hour(now);
+        if self.hour.swap(h, std::sync::atomic::Ordering::AcqRel) != h {
+            self.counts.clear();
+        }
+    }
+
+    /// Count `cvs` for `account` at `now`.
+    pub fn add(&self, account: &str, cvs: u64, now: jiff::Timestamp) {
+        self.roll(now);
+        if let Some(mut n) = self.counts.get_mut(account) {
+            *n += cvs;
+        } else if self.counts.len() < TOP_TRACKED {
+            *self.counts.entry(account.to_string()).or_insert(0) += cvs;
+        }
+    }
+
+    /// Replace the gauge's series with the current top accounts.
+    pub fn publish(&self, gauge: &IntGaugeVec, now: jiff::Timestamp) {
+        use std::cmp::Reverse;
+        self.roll(now);
+        // A min-heap of the best N so far: O(accounts · log N), one shard locked at a time.
+        let mut heap = std::collections::BinaryHeap::with_capacity(TOP_N + 1);
+        for e in &self.counts {
+            heap.push(Reverse((*e.value(), Reverse(e.key().clone()))));
+            if heap.len() > TOP_N {
+                heap.pop();
+            }
+        }
+        gauge.reset();
+        for Reverse((n, Reverse(account))) in heap {
+            gauge.with_label_values(&[account.as_str()]).set(n as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_accounts_keeps_only_the_top_n_of_this_hour() {
+        let m = Metrics::new();
+        let t = TopAccounts::default();
+        let now: jiff::Timestamp = "2026-11-24T10:15:00Z".parse().unwrap();
+        for i in 0..30u64 {
+            t.add(&format!("acct-{i}"), i + 1, now);
+        }
+        t.publish(&m.top_accounts, now);
+        let text = m.render();
+        assert_eq!(text.matches("cvgate_account_cvs_top{").count(), TOP_N);
+        assert!(text.contains("cvgate_account_cvs_top{account=\"acct-29\"} 30"));
+        assert!(!text.contains("account=\"acct-0\""));
+        // A new hour starts from zero.
+        t.publish(&m.top_accounts, "2026-11-24T11:00:00Z".parse().unwrap());
+        assert_eq!(m.render().matches("cvgate_account_cvs_top{").count(), 0);
+    }
+}
