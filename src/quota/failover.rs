@@ -23,6 +23,7 @@
 //! error is bounded by their size and only at the moment of switching (docs/redis.md).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -276,17 +277,15 @@ enum Route {
     Fallback,
 }
 
-#[derive(Debug)]
-enum BreakerState {
-    Closed { failures: u32 },
-    Open { next_probe: Instant },
-}
-
 /// Consecutive-failure circuit breaker with one probe per period. Monotonic time (tokio's), as
-/// for every I/O timeout: this is not a decision about the time of day.
+/// for every I/O timeout: this is not a decision about the time of day. While closed (the
+/// common case) a call reads one atomic and a success writes nothing: no lock every request
+/// shares; the mutex guards only the probe schedule while open.
 #[derive(Debug)]
 pub struct Breaker {
-    state: Mutex<BreakerState>,
+    open: AtomicBool,
+    failures: AtomicU32,
+    next_probe: Mutex<Instant>,
     failures_to_open: u32,
     probe_every: Duration,
     open_gauge: IntGauge,
@@ -295,7 +294,9 @@ pub struct Breaker {
 impl Breaker {
     pub fn new(failures_to_open: u32, probe_every: Duration, open_gauge: IntGauge) -> Self {
         Self {
-            state: Mutex::new(BreakerState::Closed { failures: 0 }),
+            open: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+            next_probe: Mutex::new(Instant::now()),
             failures_to_open: failures_to_open.max(1),
             probe_every,
             open_gauge,
@@ -303,46 +304,51 @@ impl Breaker {
     }
 
     pub fn is_open(&self) -> bool {
-        matches!(*self.lock(), BreakerState::Open { .. })
+        self.open.load(Ordering::Acquire)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn next_probe(&self) -> std::sync::MutexGuard<'_, Instant> {
+        self.next_probe.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn route(&self) -> Route {
-        let mut s = self.lock();
-        match &mut *s {
-            BreakerState::Closed { .. } => Route::Remote,
-            BreakerState::Open { next_probe } => {
-                let now = Instant::now();
-                if now >= *next_probe {
-                    *next_probe = now + self.probe_every; // one probe per period, even if it hangs
-                    Route::Probe
-                } else {
-                    Route::Fallback
-                }
-            }
+        if !self.is_open() {
+            return Route::Remote;
+        }
+        let mut next = self.next_probe();
+        let now = Instant::now();
+        if now >= *next {
+            *next = now + self.probe_every; // one probe per period, even if it hangs
+            Route::Probe
+        } else {
+            Route::Fallback
         }
     }
 
     fn record(&self, ok: bool) {
-        let mut s = self.lock();
-        let next = match (&*s, ok) {
-            (BreakerState::Open { .. }, true) => {
+        if ok {
+            if self.failures.load(Ordering::Relaxed) != 0 {
+                self.failures.store(0, Ordering::Relaxed);
+            }
+            if self.open.swap(false, Ordering::AcqRel) {
                 tracing::info!("quota store answers again: breaker closed, back to the shared store");
-                BreakerState::Closed { failures: 0 }
+                self.open_gauge.set(0);
             }
-            (BreakerState::Closed { .. }, true) => BreakerState::Closed { failures: 0 },
-            (BreakerState::Open { next_probe }, false) => BreakerState::Open { next_probe: *next_probe },
-            (BreakerState::Closed { failures }, false) if failures + 1 >= self.failures_to_open => {
-                tracing::warn!(failures = failures + 1, probe_every = ?self.probe_every, "quota store failing: breaker open");
-                BreakerState::Open { next_probe: Instant::now() + self.probe_every }
+            return;
+        }
+        if self.is_open() {
+            return; // the next probe stays as scheduled
+        }
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures >= self.failures_to_open {
+            let mut next = self.next_probe();
+            if !self.open.swap(true, Ordering::AcqRel) {
+                *next = Instant::now() + self.probe_every;
+                self.failures.store(0, Ordering::Relaxed);
+                tracing::warn!(failures, probe_every = ?self.probe_every, "quota store failing: breaker open");
+                self.open_gauge.set(1);
             }
-            (BreakerState::Closed { failures }, false) => BreakerState::Closed { failures: failures + 1 },
-        };
-        *s = next;
-        self.open_gauge.set(i64::from(matches!(*s, BreakerState::Open { .. })));
+        }
     }
 }
 
