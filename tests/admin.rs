@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
@@ -39,22 +39,7 @@ blocks:
 
 /// One admin call over a fresh HTTP/1.1 connection.
 async fn admin(p: &Proxy, method: &str, path: &str, body: Option<Value>, token: &str) -> (u16, Value) {
-    let tcp = tokio::net::TcpStream::connect(p.running.admin_addr.unwrap()).await.unwrap();
-    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(conn);
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "admin")
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(Full::new(bytes::Bytes::from(body)))
-        .unwrap();
-    let r = s.send_request(req).await.unwrap();
-    let status = r.status().as_u16();
-    let b = r.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    admin_call(p.running.admin_addr.unwrap(), token, method, path, body).await
 }
 
 async fn search(p: &Proxy, tok: &str, size: u32) -> (u16, Value) {

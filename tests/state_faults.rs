@@ -10,30 +10,14 @@ mod redis_server;
 use std::time::Duration;
 
 use common::*;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use redis_server::RedisServer;
 use serde_json::{json, Value};
 
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 
-/// An admin call over a fresh HTTP/1.1 connection to `addr`.
+/// An admin call with the test token.
 async fn admin_at(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "admin")
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .header("content-type", "application/json")
-        .body(Full::new(bytes::Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
-        .unwrap();
-    let r = s.send_request(req).await.unwrap();
-    let status = r.status().as_u16();
-    let b = r.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    admin_call(addr, ADMIN_TOKEN, method, path, body).await
 }
 
 /// The harness config with the admin API, no automatic rules, blocks in `blocks_file`.
