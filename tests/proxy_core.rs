@@ -277,6 +277,49 @@ fn check_config_prints_every_error() {
     assert!(ok.status.success(), "config.yaml invalid: {}", String::from_utf8_lossy(&ok.stderr));
 }
 
+/// Issue 17: `check-config` accepts only what `serve` can start with: a certificate file that
+/// is missing and two listeners on one address are refused, each with its key and line.
+#[test]
+fn check_config_refuses_what_serve_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    let text = "listen:\n  tls:\n    addr: \"127.0.0.1:8443\"\n    cert: missing.pem\n    key: missing-key.pem\n  plain: \"127.0.0.1:8443\"\n";
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 6: listen.plain: 127.0.0.1:8443 is already listen.tls.addr's address"), "{err}");
+    // With the clash fixed, the missing certificate is what remains.
+    std::fs::write(&path, text.replace("  plain: \"127.0.0.1:8443\"", "  plain: \"127.0.0.1:8080\"")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 4: listen.tls.cert: cannot load the certificate and key"), "{err}");
+
+    // A JWKS holding RFC 8037's example key (its private half is printed in the RFC) is refused:
+    // the shipped ConfigMap used to carry it, and a token signed with it was accepted.
+    let jwks = r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+    std::fs::write(dir.path().join("jwks.json"), jwks).unwrap();
+    let text = "identity:\n  jwks_file: jwks.json\n  issuers: [\"https://idp\"]\n  audiences: [cvgate]\n";
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2: identity.jwks_file: holds the example key published in RFC 8037"), "{err}");
+}
+
 /// The listener decides the cipher suite (testssl.sh: "cipher order"): a client that prefers
 /// ChaCha20 still gets AES-256-GCM, over TLS 1.3 and over TLS 1.2; TLS 1.2 uses ECDHE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

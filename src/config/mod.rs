@@ -212,6 +212,20 @@ impl Config {
         if listen.tls.is_none() && listen.plain.is_none() {
             e.push("listen", "enable at least one of tls and plain");
         }
+        // Two listeners on one address: `serve` would fail to bind the second (port 0 picks a
+        // free port each time, so it never clashes).
+        let named = [
+            ("listen.tls.addr", listen.tls.as_ref().map(|t| t.addr)),
+            ("listen.plain", listen.plain),
+            ("listen.metrics", listen.metrics),
+            ("listen.admin", listen.admin),
+        ];
+        for (i, (key, addr)) in named.iter().enumerate() {
+            let Some(a) = addr.filter(|a| a.port() != 0) else { continue };
+            if let Some((other, _)) = named[..i].iter().find(|(_, b)| *b == Some(a)) {
+                e.push(*key, format!("{a} is already {other}'s address"));
+            }
+        }
 
         // upstream
         let u = &raw.upstream;
@@ -399,7 +413,9 @@ impl Config {
         }
     }
 
-    /// Read, parse and validate a config file.
+    /// Read, parse and validate a config file, and load the files it names (certificate and
+    /// key, upstream CA) as `serve` will: what `check-config` accepts, `serve` starts with
+    /// (short of binding the ports).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
@@ -407,7 +423,34 @@ impl Config {
             errors: vec![ConfigError { path: String::new(), line: None, message: format!("cannot read: {e}") }],
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Config::parse(&text, &file, &base)
+        let config = Config::parse(&text, &file, &base)?;
+        let index = LineIndex::new(&text);
+        let errors: Vec<ConfigError> = config
+            .file_errors()
+            .into_iter()
+            .map(|(path, message)| ConfigError { line: index.line_of(&path), path, message })
+            .collect();
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors { file, errors })
+        }
+    }
+
+    /// The files this config names that cannot be loaded, with their keys.
+    fn file_errors(&self) -> Vec<(String, String)> {
+        let mut errs = Vec::new();
+        if let Some((cert, key)) = self.listen.tls.as_ref().and_then(|t| t.files.as_ref()) {
+            if let Err(e) = crate::net::tls::load_pair(cert, key) {
+                errs.push(("listen.tls.cert".to_string(), format!("cannot load the certificate and key: {e:#}")));
+            }
+        }
+        if let Some(ca) = &self.upstream.ca_file {
+            if let Err(e) = crate::net::tls::upstream_client_config(Some(ca)) {
+                errs.push(("upstream.ca_file".to_string(), format!("cannot load the CA bundle: {e:#}")));
+            }
+        }
+        errs
     }
 }
 

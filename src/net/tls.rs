@@ -110,7 +110,12 @@ pub fn server_config(certs: Arc<dyn ResolvesServerCert>) -> anyhow::Result<Arc<r
     Ok(Arc::new(cfg))
 }
 
-fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
+/// Load a PEM certificate chain and its private key (`serve` at start and reload, and
+/// `check-config`).
+///
+/// # Errors
+/// A file cannot be read, holds no certificate or key, or the key does not fit the chain.
+pub fn load_pair(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("reading certificate {}", cert.display()))?
         .collect::<Result<_, _>>()

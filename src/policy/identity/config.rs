@@ -155,6 +155,23 @@ pub struct IdentityPolicy {
     pub(crate) cache_entries: u64,
 }
 
+/// Public key material of keys whose private half is printed in a standard (a token signed with
+/// one is a forgery anyone can make). Matched on the JWK's `x` (OKP, EC) or `n` (RSA) member.
+const PUBLISHED_KEYS: [(&str, &str); 3] = [
+    ("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "RFC 8037 (Ed25519, appendix A)"),
+    ("f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "RFC 7515 (ES256, appendix A.3)"),
+    ("ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp", "RFC 7515 (RS256, appendix A.2)"),
+];
+
+/// The standard that published a key in this JWKS, if any.
+fn published_example_key(jwks: &str) -> Option<&'static str> {
+    let v: serde_json::Value = serde_json::from_str(jwks).ok()?;
+    v["keys"].as_array()?.iter().find_map(|k| {
+        let material = k["x"].as_str().or_else(|| k["n"].as_str())?;
+        PUBLISHED_KEYS.iter().find(|(m, _)| material.starts_with(m)).map(|(_, rfc)| *rfc)
+    })
+}
+
 impl IdentityPolicy {
     /// Validate `raw`. `jwks_text` is the content of the JWKS file (the loader reads it and
     /// reports a read failure itself; `None` then means "no JWKS keys").
@@ -166,6 +183,12 @@ impl IdentityPolicy {
         let mut err = |path: String, msg: String| errs.push((path, msg));
 
         // keys: the JWKS, then the dev key
+        if let Some(rfc) = jwks_text.and_then(published_example_key) {
+            err(
+                "jwks_file".into(),
+                format!("holds the example key published in {rfc}, whose private half anyone can read: put your identity provider's public keys here"),
+            );
+        }
         let mut keys = match jwks_text {
             Some(text) => match jwt::parse_jwks(text, &raw.key_algorithms) {
                 Ok(k) => k,
