@@ -52,7 +52,8 @@ impl Running {
         self.shared.audit.close().await;
         self.shared.save_snapshot();
         // Blocks made by rules since the last housekeeping tick.
-        if let Err(e) = self.shared.blocks.maintain(self.shared.clock.now(), Duration::ZERO) {
+        let memory = self.shared.runtime().config.blocks.max_duration;
+        if let Err(e) = self.shared.blocks.maintain(self.shared.clock.now(), Duration::ZERO, memory) {
             tracing::warn!(error = %e, "could not write the block list at shutdown");
         }
     }

@@ -88,8 +88,9 @@ pub async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
         shared.sync_flags().await;
         // Prune expired blocks and stale rule events; write rule-made blocks (file I/O: off
         // the runtime's threads).
-        let (blocks, within) = (shared.blocks.clone(), rt.config.blocks.longest_window());
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || blocks.maintain(now, within)).await {
+        let (blocks, within, memory) =
+            (shared.blocks.clone(), rt.config.blocks.longest_window(), rt.config.blocks.max_duration);
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || blocks.maintain(now, within, memory)).await {
             tracing::warn!(error = %e, "could not write the block list; retrying in a second");
         }
         for (scope, n) in shared.blocks.counts(now) {

@@ -80,7 +80,34 @@ impl Block {
 struct BlockFile {
     blocks: Vec<Block>,
     /// Offences per `scope:key`, for escalation.
-    offences: BTreeMap<String, u32>,
+    offences: BTreeMap<String, Offence>,
+}
+
+/// A subject's offences: how many, and the last one (forgotten `max_duration` after it, so the
+/// history stays bounded after an attack that made many blocks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "SavedOffence")]
+struct Offence {
+    count: u32,
+    /// `None` for an entry written before the time was kept (kept until the next offence).
+    last: Option<Timestamp>,
+}
+
+/// What a block file holds: `{count, last}`, or a bare count from earlier versions.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SavedOffence {
+    Count(u32),
+    Full { count: u32, last: Option<Timestamp> },
+}
+
+impl From<SavedOffence> for Offence {
+    fn from(s: SavedOffence) -> Self {
+        match s {
+            SavedOffence::Count(count) => Offence { count, last: None },
+            SavedOffence::Full { count, last } => Offence { count, last },
+        }
+    }
 }
 
 /// Raw `blocks:` config.
@@ -299,7 +326,7 @@ pub struct Blocks {
 struct State {
     index: Index,
     /// Offences per `scope:key`, for escalation.
-    offences: BTreeMap<String, u32>,
+    offences: BTreeMap<String, Offence>,
 }
 
 /// Why a request is blocked.
@@ -387,8 +414,14 @@ impl Blocks {
     ///
     /// # Errors
     /// The file cannot be written (retried on the next call).
-    pub fn maintain(&self, now: Timestamp, events_within: Duration) -> anyhow::Result<()> {
-        let pruned = self.state.write().unwrap_or_else(PoisonError::into_inner).index.prune(now);
+    pub fn maintain(&self, now: Timestamp, events_within: Duration, offence_memory: Duration) -> anyhow::Result<()> {
+        let forget = now - jiff::SignedDuration::try_from(offence_memory).unwrap_or_default();
+        let pruned = {
+            let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            let before = st.offences.len();
+            st.offences.retain(|_, o| o.last.is_none_or(|t| t >= forget));
+            st.index.prune(now) + before - st.offences.len()
+        };
         if pruned > 0 {
             self.dirty.store(true, Ordering::Release);
         }
@@ -531,9 +564,12 @@ impl Blocks {
             }
             let offences = {
                 let mut st = self.state.write().unwrap_or_else(PoisonError::into_inner);
-                let n = st.offences.entry(format!("{}:{key}", rule.block.as_str())).or_insert(0);
-                *n += 1;
-                *n
+                let o = st
+                    .offences
+                    .entry(format!("{}:{key}", rule.block.as_str()))
+                    .or_insert(Offence { count: 0, last: None });
+                (o.count, o.last) = (o.count + 1, Some(now));
+                o.count
             };
             let factor = u64::from(cfg.escalation_factor).saturating_pow(offences.saturating_sub(1));
             let d = rule.duration.saturating_mul(u32::try_from(factor).unwrap_or(u32::MAX)).min(cfg.max_duration);
@@ -614,7 +650,7 @@ mod tests {
         assert_eq!(made.len(), 1);
         assert!(b.check(&w, now).is_some(), "in effect at once");
         assert!(!file.exists(), "not written on the request path");
-        b.maintain(now, cfg.longest_window()).unwrap();
+        b.maintain(now, cfg.longest_window(), cfg.max_duration).unwrap();
         assert!(std::fs::read_to_string(&file).unwrap().contains("acct-1"));
 
         // In memory only: an expired block is pruned anyway (it used to stay, costing every check).
@@ -628,8 +664,18 @@ mod tests {
             until: Some(t("2026-11-24T11:00:00Z")),
         };
         m.add(mk, now).unwrap();
-        m.maintain(t("2026-11-24T12:00:00Z"), Duration::from_secs(3600)).unwrap();
+        m.maintain(t("2026-11-24T12:00:00Z"), Duration::from_secs(3600), cfg.max_duration).unwrap();
         assert!(m.read().index.iter().next().is_none(), "pruned");
+
+        // The offence history is forgotten `max_duration` after the last offence (bounded).
+        assert_eq!(b.read().offences.len(), 1);
+        b.maintain(t("2026-12-20T10:00:00Z"), cfg.longest_window(), cfg.max_duration).unwrap();
+        assert_eq!(b.read().offences.len(), 1, "within 30 days: remembered");
+        b.maintain(t("2026-12-25T10:00:01Z"), cfg.longest_window(), cfg.max_duration).unwrap();
+        assert_eq!(b.read().offences.len(), 0, "30 days after the last offence: forgotten");
+        // Files of earlier versions hold bare counts: still read.
+        let old: BlockFile = serde_json::from_str(r#"{"blocks": [], "offences": {"account:a": 3}}"#).unwrap();
+        assert_eq!(old.offences["account:a"], Offence { count: 3, last: None });
     }
 
     #[test]
