@@ -31,6 +31,27 @@ fn bench(c: &mut Criterion) {
         g.bench_function(name, |b| b.iter(|| black_box(blocks.check(black_box(&who), now))));
     }
     g.finish();
+
+    // The same check while another thread makes blocks as the rules do on the request path
+    // (in memory, written by `maintain` later): bounded to 2,000,000 blocks or until stopped.
+    let blocks = Blocks::open(None).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let maker = {
+        let (blocks, stop) = (blocks.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 2_000_000 {
+                blocks.add(block(BlockScope::Account, format!("flood-{i}"), now), now).unwrap();
+                i += 1;
+            }
+            i
+        })
+    };
+    let mut g = c.benchmark_group("blocks_check_while_blocking");
+    g.bench_function("account_blocks_being_made", |b| b.iter(|| black_box(blocks.check(black_box(&who), now))));
+    g.finish();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    eprintln!("blocks made meanwhile: {}", maker.join().unwrap());
 }
 
 criterion_group!(benches, bench);
