@@ -614,13 +614,15 @@ impl Blocks {
     /// Snapshot the list (dropping expired blocks unless `now` is the epoch) and write it to
     /// `path` atomically: a temporary file, fsync, rename, fsync of the directory.
     fn write_to(&self, path: &std::path::Path, now: Timestamp) -> anyhow::Result<()> {
-        let json = {
+        // Copy under the read lock, sort and serialise after it: a writer waiting on a long read
+        // would hold up every request's check behind it.
+        let mut file = {
             let st = self.read();
-            let mut blocks: Vec<Block> =
-                st.index.iter().filter(|b| b.active(now) || now == Timestamp::UNIX_EPOCH).cloned().collect();
-            blocks.sort_by(|a, b| (a.scope, &a.key).cmp(&(b.scope, &b.key)));
-            serde_json::to_vec_pretty(&BlockFile { blocks, offences: st.offences.clone() })?
+            let blocks = st.index.iter().filter(|b| b.active(now) || now == Timestamp::UNIX_EPOCH).cloned().collect();
+            BlockFile { blocks, offences: st.offences.clone() }
         };
+        file.blocks.sort_by(|a, b| (a.scope, &a.key).cmp(&(b.scope, &b.key)));
+        let json = serde_json::to_vec_pretty(&file)?;
         crate::persist::write_atomically(path, &json)
     }
 }
