@@ -13,6 +13,11 @@ use crate::config::Config;
 #[derive(Parser, Debug)]
 #[command(name = "cvgate", version, about = "Reverse proxy that stops mass downloading of CVs")]
 pub struct Cli {
+    /// Log lines on stderr as `text` (default) or `json` (one object a line, for log pipelines);
+    /// also `CVGATE_LOG_FORMAT`. Levels and filters: `CVGATE_LOG` (e.g. `info`,
+    /// `cvgate=debug`). Colours only on a terminal, and never with `NO_COLOR` set.
+    #[arg(long, global = true, env = "CVGATE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -78,10 +83,16 @@ pub enum Command {
     },
 }
 
-fn init_logging(default: &str) {
+fn init_logging(default: &str, format: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CVGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        "json" => fmt.json().flatten_event(true).with_current_span(false).try_init(),
+        _ => fmt.with_ansi(ansi).try_init(),
+    };
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -93,7 +104,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo starts a proxy per scenario: their info lines (and the block warnings the replayed
     // attacks are meant to trigger) would bury the table; its report shows them.
-    init_logging(if matches!(cli.command, Command::Demo { .. }) { "error" } else { "info" });
+    init_logging(if matches!(cli.command, Command::Demo { .. }) { "error" } else { "info" }, &cli.log_format);
     match cli.command {
         Command::Demo { config, json, serve, fast, upstream_compress } => {
             let opts = crate::demo::DemoOptions { fast, progress: true, upstream_compress };

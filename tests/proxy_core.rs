@@ -404,3 +404,29 @@ async fn idle_h2_connections_are_closed_after_the_idle_timeout() {
     assert!(!closed(&busy), "a connection in use is not idle");
     p.running.shutdown().await;
 }
+
+/// Issue 17: log lines on stderr as JSON objects with `--log-format json` (or
+/// `CVGATE_LOG_FORMAT`), and plain text without colour codes when stderr is not a terminal.
+#[test]
+fn logs_are_json_when_asked_and_never_coloured_in_a_pipe() {
+    use std::io::{BufRead, BufReader};
+    let first_line = |json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"));
+        if json {
+            cmd.args(["--log-format", "json"]);
+        }
+        let mut child =
+            cmd.args(["mock-cv-api", "--listen", "127.0.0.1:0"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        line
+    };
+    let json: serde_json::Value = serde_json::from_str(first_line(true).trim()).expect("a JSON log line");
+    assert_eq!(json["level"], "INFO");
+    assert_eq!(json["message"], "mock CV API listening");
+    assert!(json["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let text = first_line(false);
+    assert!(text.contains("mock CV API listening") && !text.contains('\x1b'), "{text:?}");
+}
