@@ -98,6 +98,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         outbox: Arc::default(),
         pause_writes: std::sync::Mutex::new(()),
     });
+    shared.prime_metrics();
     // Spent budgets from before the last stop (memory store): a restart is not a free refill.
     if let (crate::quota::StoreConfig::Memory, Some((path, _))) = (&config.store, &config.snapshot) {
         let n = shared.quota.load_snapshot(path);

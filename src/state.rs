@@ -107,6 +107,60 @@ impl Shared {
         }
     }
 
+    /// Every series the dashboards and alerts read, at zero, for the labels this config can
+    /// produce: a counter born at its first event has no earlier sample, so `increase()` misses
+    /// that event and the first refused reload, block or org refusal would fire no alert. Run at
+    /// start and after every reload (series already counting keep their values).
+    pub fn prime_metrics(&self) {
+        use crate::quota::Scope;
+        let rt = self.runtime();
+        let (cfg, m) = (&rt.config, &self.metrics);
+        for result in ["ok", "failed"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        for scope in Scope::ALL {
+            for h in cfg.quota.horizon_names(scope) {
+                m.quota_rejections.with_label_values(&[scope.as_str(), &h]);
+                m.quota_would_reject.with_label_values(&[scope.as_str(), &h]);
+            }
+        }
+        let tiers: Vec<String> = std::iter::once("default".to_string())
+            .chain(cfg.quota.tier_names().iter().map(|t| t.to_string()))
+            .collect();
+        for r in cfg.routes.iter() {
+            m.requests.with_label_values(&[&r.name, &r.group, "2xx", "allowed"]);
+            if !r.is_charged() {
+                continue;
+            }
+            for t in &tiers {
+                m.cvs_delivered.with_label_values(&[r.name.as_ref(), t.as_str()]);
+            }
+            m.requests.with_label_values(&[&r.name, &r.group, "4xx", "quota-exceeded"]);
+            for reason in crate::count::integrity::UNCERTAIN_REASONS {
+                m.count_uncertain.with_label_values(&[&r.name, reason]);
+            }
+        }
+        for g in cfg.routes.groups() {
+            m.paused.with_label_values(&[&g]);
+        }
+        for scope in ["account", "org", "ip"] {
+            m.blocks_created.with_label_values(&[scope, "manual"]);
+            m.blocks_active.with_label_values(&[scope]);
+        }
+        for rule in &cfg.blocks.rules {
+            m.blocks_created.with_label_values(&[rule.block.as_str(), &format!("rule:{}", rule.name)]);
+        }
+        for kind in ["upstream-unreachable", "upstream-timeout", "upstream-failed"] {
+            m.upstream_errors.with_label_values(&[kind]);
+        }
+        for reason in ["quota", "closed"] {
+            m.streams_truncated.with_label_values(&[reason]);
+        }
+        for op in ["reserve", "flags"] {
+            m.store_errors.with_label_values(&[op]);
+        }
+    }
+
     /// `pauses.json` beside the block file (`None` when blocks are kept in memory only).
     pub fn pauses_file(&self) -> Option<PathBuf> {
         self.runtime().config.blocks.file.as_ref().map(|f| f.with_file_name("pauses.json"))
@@ -221,6 +275,7 @@ impl Shared {
             certs.install(cert);
         }
         self.runtime.store(Arc::new(rt));
+        self.prime_metrics();
         Ok(())
     }
 }

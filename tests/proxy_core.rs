@@ -430,3 +430,26 @@ fn logs_are_json_when_asked_and_never_coloured_in_a_pipe() {
     let text = first_line(false);
     assert!(text.contains("mock CV API listening") && !text.contains('\x1b'), "{text:?}");
 }
+
+/// Issue 17: the series alerts and panels read exist at zero before their first event (a counter
+/// born at its first event has no earlier sample, so `increase()` never saw that event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_start_at_zero_for_every_label_set_the_config_can_produce() {
+    let mock = start_mock().await;
+    let p = start_proxy(&format!("http://{mock}"), "").await;
+    let text = metrics_text(p.ops).await;
+    for series in [
+        r#"cvgate_config_reloads_total{result="failed"} 0"#,
+        r#"cvgate_quota_rejections_total{horizon="day",scope="org"} 0"#,
+        r#"cvgate_quota_rejections_total{horizon="burst",scope="account"} 0"#,
+        r#"cvgate_blocks_created_total{scope="account",source="rule:day-budget-exhausted"} 0"#,
+        r#"cvgate_blocks_created_total{scope="org",source="manual"} 0"#,
+        r#"cvgate_cvs_delivered_total{route="cv_export",tier="default"} 0"#,
+        r#"cvgate_count_uncertain_total{reason="shape",route="cv_search"} 0"#,
+        r#"cvgate_upstream_errors_total{kind="upstream-timeout"} 0"#,
+        r#"cvgate_streams_truncated_total{reason="quota"} 0"#,
+    ] {
+        assert!(text.contains(series), "no {series} in:\n{text}");
+    }
+    p.running.shutdown().await;
+}

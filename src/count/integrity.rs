@@ -22,6 +22,21 @@ use http::{HeaderMap, StatusCode};
 use crate::count::codec::{self, Coding};
 use crate::count::RecordFormat;
 
+/// Every reason a count can be uncertain (the `reason` label of `cvgate_count_uncertain_total`).
+pub const UNCERTAIN_REASONS: [&str; 11] = [
+    "status",
+    "partial",
+    "content-type",
+    "encoding",
+    "decode-error",
+    "bomb",
+    "shape",
+    "malformed",
+    "truncated",
+    "client-gone",
+    "count-header",
+];
+
 /// What a route does about content codings (`routes[].encoding`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteEncoding {

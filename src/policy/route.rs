@@ -131,6 +131,11 @@ impl RouteTable {
         self.routes.iter().find(|r| r.matches(method, path))
     }
 
+    /// The routes in match order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
+    }
+
     /// Every group named by a route.
     pub fn groups(&self) -> Vec<Arc<str>> {
         let mut g: Vec<Arc<str>> = self.routes.iter().map(|r| r.group.clone()).collect();

@@ -354,10 +354,23 @@ impl QuotaPolicy {
     /// Whether any bucket of `scope` (default, override, tier or country) has a horizon called
     /// `name`: what a block rule narrowed to that scope and horizon can ever see fire.
     pub fn has_horizon(&self, scope: Scope, name: &str) -> bool {
-        let named = |hs: &[Horizon]| hs.iter().any(|h| &*h.name == name);
-        named(&self.scope(scope).horizons)
-            || self.accounts.values().chain(self.orgs.values()).any(|o| named(&o.horizons[scope as usize]))
-            || (scope == Scope::Country && self.countries.values().any(|hs| named(hs)))
+        self.horizon_names(scope).contains(name)
+    }
+
+    /// Every horizon name a bucket of `scope` can have (default, overrides, tiers, countries).
+    pub fn horizon_names(&self, scope: Scope) -> std::collections::BTreeSet<Arc<str>> {
+        let overrides = self.accounts.values().chain(self.orgs.values()).map(|o| &o.horizons[scope as usize]);
+        let countries = self.countries.values().filter(|_| scope == Scope::Country);
+        std::iter::once(&self.scope(scope).horizons)
+            .chain(overrides)
+            .chain(countries)
+            .flat_map(|hs| hs.iter().map(|h| h.name.clone()))
+            .collect()
+    }
+
+    /// Every tier an override names.
+    pub fn tier_names(&self) -> std::collections::BTreeSet<Arc<str>> {
+        self.accounts.values().chain(self.orgs.values()).filter_map(|o| o.tier.clone()).collect()
     }
 }
 
