@@ -189,7 +189,7 @@ impl Shared {
     /// Unblock on every replica; `false` when there was no such block here.
     pub fn unblock(&self, scope: crate::policy::blocks::BlockScope, key: &str) -> anyhow::Result<bool> {
         let removed = self.blocks.remove(scope, key, self.clock.now())?;
-        self.share(|o| o.unblock(scope, removed_key(scope, key)));
+        self.share(|o| o.unblock(scope, scope.stored_key(key)));
         Ok(removed)
     }
 
@@ -291,15 +291,5 @@ impl crate::net::listener::Conns for Shared {
 
     fn metrics(&self) -> &Metrics {
         &self.metrics
-    }
-}
-
-/// The key an unblock names, as blocks store it (an IP block's CIDR truncated).
-fn removed_key(scope: crate::policy::blocks::BlockScope, key: &str) -> String {
-    match scope {
-        crate::policy::blocks::BlockScope::Ip => {
-            key.parse::<ipnet::IpNet>().map_or_else(|_| key.to_string(), |n| n.trunc().to_string())
-        }
-        _ => key.to_string(),
     }
 }

@@ -255,13 +255,7 @@ fn check_config_prints_every_error() {
         "listen:\n  tls:\n    addr: \"not-an-address\"\nupstream:\n  url: \"ftp://example\"\nlimits:\n  shutdown_grace: \"whenever\"\n  max_conections: 10\n",
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = check_config_refuses(&path);
     for needle in [
         "line 3: listen.tls.addr",
         "line 5: upstream.url",
@@ -277,6 +271,17 @@ fn check_config_prints_every_error() {
     assert!(ok.status.success(), "config.yaml invalid: {}", String::from_utf8_lossy(&ok.stderr));
 }
 
+/// `cvgate check-config` on `path`: asserts it exits 1 and returns what it printed on stderr.
+fn check_config_refuses(path: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"))
+        .args(["check-config", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Issue 17: `check-config` accepts only what `serve` can start with: a certificate file that
 /// is missing and two listeners on one address are refused, each with its key and line.
 #[test]
@@ -285,23 +290,11 @@ fn check_config_refuses_what_serve_would() {
     let path = dir.path().join("bad.yaml");
     let text = "listen:\n  tls:\n    addr: \"127.0.0.1:8443\"\n    cert: missing.pem\n    key: missing-key.pem\n  plain: \"127.0.0.1:8443\"\n";
     std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = check_config_refuses(&path);
     assert!(err.contains("line 6: listen.plain: 127.0.0.1:8443 is already listen.tls.addr's address"), "{err}");
     // With the clash fixed, the missing certificate is what remains.
     std::fs::write(&path, text.replace("  plain: \"127.0.0.1:8443\"", "  plain: \"127.0.0.1:8080\"")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = check_config_refuses(&path);
     assert!(err.contains("line 4: listen.tls.cert: cannot load the certificate and key"), "{err}");
 
     // A JWKS holding RFC 8037's example key (its private half is printed in the RFC) is refused:
@@ -310,13 +303,7 @@ fn check_config_refuses_what_serve_would() {
     std::fs::write(dir.path().join("jwks.json"), jwks).unwrap();
     let text = "identity:\n  jwks_file: jwks.json\n  issuers: [\"https://idp\"]\n  audiences: [cvgate]\n";
     std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = check_config_refuses(&path);
     assert!(err.contains("line 2: identity.jwks_file: holds the example key published in RFC 8037"), "{err}");
 }
 

@@ -45,6 +45,14 @@ impl BlockScope {
         }
     }
 
+    /// `key` as blocks of this scope store it: an IP block's CIDR truncated to its network.
+    pub fn stored_key(self, key: &str) -> String {
+        match self {
+            Self::Ip => key.parse::<IpNet>().map_or_else(|_| key.to_string(), |n| n.trunc().to_string()),
+            _ => key.to_string(),
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "account" => Some(Self::Account),
@@ -500,11 +508,7 @@ impl Blocks {
 
     /// Remove a block; `false` when there was none.
     pub fn remove(&self, scope: BlockScope, key: &str, now: Timestamp) -> anyhow::Result<bool> {
-        let key = if scope == BlockScope::Ip {
-            key.parse::<IpNet>().map(|n| n.trunc().to_string()).unwrap_or_else(|_| key.to_string())
-        } else {
-            key.to_string()
-        };
+        let key = scope.stored_key(key);
         let Some(removed) = self.swap(scope, &key, None) else { return Ok(false) };
         if let Err(e) = self.persist(now) {
             self.swap(scope, &key, Some(removed)); // still blocked: the unblock did not happen
