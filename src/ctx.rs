@@ -26,6 +26,8 @@ pub struct Ctx {
     pub would_reject: Vec<(String, String)>,
     pub status: u16,
     pub bytes: u64,
+    /// The request body's declared length (`Content-Length`), 0 without one.
+    pub request_bytes: u64,
     pub truncated: bool,
     /// How sure `delivered` is (charged requests).
     pub count: Certainty,

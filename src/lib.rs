@@ -27,7 +27,8 @@
 //! [`state`] (what outlives a reload, and the runtime one config file makes; [`share`] carries
 //! blocks and pauses to the other replicas), [`server`] (the composition root: start-up,
 //! signals, shutdown; nothing imports it), [`clock`] (the only reader of time), [`duration`]
-//! (the one duration grammar), [`persist`] (crash-safe file writes), [`mock_api`] (the stand-in
+//! (the one duration grammar), [`invalid`] (the one collector of config errors and their key
+//! paths), [`persist`] (crash-safe file writes), [`mock_api`] (the stand-in
 //! CV API), [`demo`] (replays the 4 May 2024 incident and its evasions through the real proxy),
 //! [`cli`].
 //!
@@ -46,6 +47,7 @@ pub mod ctx;
 pub mod demo;
 pub mod duration;
 pub mod forward;
+pub mod invalid;
 pub mod mock_api;
 pub mod net;
 pub mod observe;

@@ -47,9 +47,11 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: ConnInfo)
     let rt = shared.runtime();
     let id = request_id(req.headers());
     let id_header = HeaderValue::from_str(&id).ok();
-    let ctx = Ctx { request_id: id, country: "ZZ".into(), ..Ctx::default() };
-    // If the client goes away before an answer (the future is dropped mid-await, e.g. while
-    // the upstream thinks), the guard still writes the request's one audit line.
+    let request_bytes = http_body::Body::size_hint(req.body()).exact().unwrap_or(0);
+    let ctx = Ctx { request_id: id, country: "ZZ".into(), request_bytes, ..Ctx::default() };
+    shared.metrics.in_flight.inc(); // until `finish`, which every request reaches once
+                                    // If the client goes away before an answer (the future is dropped mid-await, e.g. while
+                                    // the upstream thinks), the guard still writes the request's one audit line.
     let mut pending = Unanswered { shared: shared.clone(), ctx, started, answered: false };
     let result = run(&shared, &rt, req, conn, &mut pending.ctx).await;
     pending.answered = true;
@@ -551,7 +553,16 @@ fn finish(shared: &Shared, ctx: Ctx, started: Instant) {
         _ => "5xx",
     };
     let decision = ctx.decision.as_str();
-    shared.metrics.requests.with_label_values(&[route, group, class, decision]).inc();
+    let m = &shared.metrics;
+    m.in_flight.dec();
+    m.requests.with_label_values(&[route, group, class, decision]).inc();
+    m.request_duration.with_label_values(&[route, class]).observe(started.elapsed().as_secs_f64());
+    if ctx.bytes > 0 {
+        m.response_bytes.with_label_values(&[route]).inc_by(ctx.bytes);
+    }
+    if ctx.request_bytes > 0 {
+        m.request_bytes.with_label_values(&[route]).inc_by(ctx.request_bytes);
+    }
     if ctx.delivered > 0 {
         let tier = ctx.tier.as_deref().unwrap_or("default");
         shared.metrics.cvs_delivered.with_label_values(&[route, tier]).inc_by(ctx.delivered);

@@ -97,8 +97,12 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         clock,
         outbox: Arc::default(),
         pause_writes: std::sync::Mutex::new(()),
+        started_with: crate::state::start_only(&config.raw),
     });
     shared.prime_metrics();
+    shared.metrics.config_info.with_label_values(&[&crate::state::config_hash(&config)]).set(1);
+    shared.metrics.config_last_reload_success.set(shared.clock.now().as_second());
+    shared.metrics.config_last_reload_successful.set(1);
     // Spent budgets from before the last stop (memory store): a restart is not a free refill.
     if let (crate::quota::StoreConfig::Memory, Some((path, _))) = (&config.store, &config.snapshot) {
         let n = shared.quota.load_snapshot(path);

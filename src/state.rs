@@ -64,6 +64,47 @@ pub struct Shared {
     pub pause_writes: std::sync::Mutex<()>,
     /// Block, unblock and pause changes on their way to Redis, in order (see [`crate::share`]).
     pub outbox: Arc<crate::share::Outbox>,
+    /// The settings read only at start, as the process started with them ([`start_only`]).
+    pub started_with: serde_json::Value,
+}
+
+/// Settings read only at start: a reload that changes one keeps the old value until the next
+/// restart, and says so. The keys as written in YAML.
+pub const START_ONLY: &[&str] = &[
+    "listen.tls.addr",
+    "listen.plain",
+    "listen.metrics",
+    "listen.admin",
+    "limits.max_connections",
+    "limits.max_inflight_requests",
+    "limits.shutdown_grace",
+    "quota.max_tracked_keys",
+    "store",
+    "audit",
+];
+
+/// The values of [`START_ONLY`] in `raw`, by key.
+pub fn start_only(raw: &crate::config::raw::RawConfig) -> serde_json::Value {
+    let all = serde_json::to_value(raw).unwrap_or_default();
+    let picked = START_ONLY.iter().map(|k| {
+        let pointer = format!("/{}", k.replace('.', "/"));
+        ((*k).to_string(), all.pointer(&pointer).cloned().unwrap_or_default())
+    });
+    serde_json::Value::Object(picked.collect())
+}
+
+/// SHA-256 of the config as parsed (comments and layout do not change it), hex.
+pub fn config_hash(config: &Config) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(&config.raw).unwrap_or_default();
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a good reload changed that only a restart applies.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// Keys of [`START_ONLY`] whose value in the file differs from the running one.
+    pub restart_pending: Vec<String>,
 }
 
 impl Shared {
@@ -129,6 +170,8 @@ impl Shared {
             .collect();
         for r in cfg.routes.iter() {
             m.requests.with_label_values(&[&r.name, &r.group, "2xx", "allowed"]);
+            m.request_duration.with_label_values(&[&r.name, "2xx"]);
+            m.response_bytes.with_label_values(&[&r.name]);
             if !r.is_charged() {
                 continue;
             }
@@ -180,7 +223,7 @@ impl Shared {
 
     /// Block on every replica: here at once, and through Redis (when configured) for the others.
     pub fn block(&self, b: crate::policy::blocks::Block) -> anyhow::Result<crate::policy::blocks::Block> {
-        let b = self.blocks.add(b, self.clock.now())?;
+        let b = self.blocks.add(b)?;
         self.count_block(&b);
         self.share(|o| o.block(b.clone()));
         Ok(b)
@@ -188,7 +231,7 @@ impl Shared {
 
     /// Unblock on every replica; `false` when there was no such block here.
     pub fn unblock(&self, scope: crate::policy::blocks::BlockScope, key: &str) -> anyhow::Result<bool> {
-        let removed = self.blocks.remove(scope, key, self.clock.now())?;
+        let removed = self.blocks.remove(scope, key)?;
         self.share(|o| o.unblock(scope, scope.stored_key(key)));
         Ok(removed)
     }
@@ -238,23 +281,37 @@ impl Shared {
     }
 
     /// Re-read the config file and swap it in. On any error the running config stays, every
-    /// error is logged, and `cvgate_config_reloads_total{result="failed"}` counts it.
-    pub fn reload(&self) -> Result<(), ConfigErrors> {
-        let Some(path) = &self.config_path else { return Ok(()) };
-        let result = Config::load(path).and_then(|c| self.apply(c).map_err(|e| ConfigErrors::single(path, e)));
-        match &result {
-            Ok(()) => {
+    /// error is logged, and `cvgate_config_reloads_total{result="failed"}` counts it. A good
+    /// reload that changes a setting read only at start names it (log line, answer, metric).
+    pub fn reload(&self) -> Result<Reloaded, ConfigErrors> {
+        let Some(path) = &self.config_path else { return Ok(Reloaded::default()) };
+        let result = Config::load(path).and_then(|c| {
+            let now = start_only(&c.raw);
+            self.apply(c).map_err(|e| ConfigErrors::single(path, e))?;
+            Ok(now)
+        });
+        match result {
+            Ok(now) => {
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                self.metrics.config_last_reload_successful.set(1);
                 tracing::info!(file = %path.display(), "config reloaded");
+                let restart_pending: Vec<String> =
+                    START_ONLY.iter().filter(|k| now[**k] != self.started_with[**k]).map(|k| k.to_string()).collect();
+                for key in &restart_pending {
+                    tracing::warn!(key = %key, "setting read only at start changed: the old value stays until a restart");
+                }
+                self.metrics.config_restart_pending.set(i64::from(!restart_pending.is_empty()));
+                Ok(Reloaded { restart_pending })
             }
             Err(errs) => {
                 self.metrics.config_reloads.with_label_values(&["failed"]).inc();
+                self.metrics.config_last_reload_successful.set(0);
                 for e in &errs.errors {
                     tracing::error!(file = %errs.file, error = %e, "config reload rejected; keeping the running config");
                 }
+                Err(errs)
             }
         }
-        result
     }
 
     /// Swap in an already validated config. Quota buckets are kept (the engine resizes them
@@ -274,7 +331,11 @@ impl Shared {
         if let (Some(certs), Some(cert)) = (&self.certs, cert) {
             certs.install(cert);
         }
+        let hash = config_hash(&rt.config);
         self.runtime.store(Arc::new(rt));
+        self.metrics.config_info.reset();
+        self.metrics.config_info.with_label_values(&[&hash]).set(1);
+        self.metrics.config_last_reload_success.set(self.clock.now().as_second());
         self.prime_metrics();
         Ok(())
     }

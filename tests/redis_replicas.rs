@@ -283,3 +283,55 @@ async fn blocks_and_pauses_made_on_one_replica_apply_on_all_and_survive_a_restar
     assert_eq!(status_becomes(&c, &tok, 200).await, 200);
     c.running.shutdown().await;
 }
+
+/// `/readyz` as text and status.
+async fn readyz(p: &Proxy) -> (u16, String) {
+    let mut s = plain_connect(p.ops).await;
+    let r = s.send(get("/readyz", false, &[])).await;
+    let status = r.status().as_u16();
+    let (_, body) = body_bytes(r).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Readiness means "this replica decides CV requests as configured": a dead upstream (shared by
+/// every replica) leaves it ready but degraded; Redis away with a `fail_closed` scope (every CV
+/// request would be 503) makes it not ready; with `fail_open_local` it stays ready, degraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_under_upstream_down_and_redis_down() {
+    let mut redis = RedisServer::start();
+    let up = format!("http://{}", start_mock().await);
+    let closed = replica(&up, &redis.url(), "fail_closed", 1_000_000).await;
+    let open = replica(&up, &redis.url(), "fail_open_local", 1_000_000).await;
+    let (status, body) = readyz(&closed).await;
+    assert_eq!((status, body.lines().last()), (200, Some("ready")), "{body}");
+
+    // The upstream down: a port nothing listens on. Ready (degraded); CV requests get 502.
+    let dead = format!("http://127.0.0.1:{}", redis_server::free_port());
+    let no_upstream = replica(&dead, &redis.url(), "fail_closed", 1_000_000).await;
+    let (status, body) = readyz(&no_upstream).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("[!] upstream unreachable") && body.ends_with("ready (degraded)\n"), "{body}");
+    let t = token(&no_upstream, "acct-r", "12345678");
+    let mut s = plain_connect(no_upstream.plain).await;
+    assert_eq!(get_cv(&mut s, &t, 1).await.0, 502);
+
+    // Redis down: the fail_closed replica is not ready (and does refuse CV requests), the
+    // fail_open_local one is ready on its local share.
+    redis.kill();
+    let (status, body) = readyz(&closed).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("[-] quota store down") && body.ends_with("not ready\n"), "{body}");
+    let mut s = plain_connect(closed.plain).await;
+    assert_eq!(get_cv(&mut s, &token(&closed, "acct-r", "12345678"), 2).await, (503, true));
+    let (status, body) = readyz(&open).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("[!] quota store degraded") && body.ends_with("ready (degraded)\n"), "{body}");
+
+    // Redis back: ready again without a restart.
+    redis.restart();
+    let (status, body) = readyz(&closed).await;
+    assert_eq!((status, body.lines().last()), (200, Some("ready")), "{body}");
+    for p in [closed, open, no_upstream] {
+        p.running.shutdown().await;
+    }
+}

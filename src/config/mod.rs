@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::invalid::Invalid;
 use crate::policy::closure::ClosurePolicy;
 use crate::policy::identity::IdentityPolicy;
 use crate::policy::route::RouteTable;
@@ -117,69 +118,29 @@ pub struct TlsListen {
     pub files: Option<(PathBuf, PathBuf)>,
 }
 
-/// Collects errors with their key paths while validating.
-#[derive(Default)]
-pub(crate) struct Errs(pub Vec<(String, String)>);
-
-impl Errs {
-    fn push(&mut self, path: impl Into<String>, msg: impl Into<String>) {
-        self.0.push((path.into(), msg.into()));
-    }
-
-    /// Merge a sub-validator's errors, whose paths are relative to `prefix`.
-    fn nest<T>(&mut self, prefix: &str, r: Result<T, Vec<(String, String)>>) -> Option<T> {
-        match r {
-            Ok(v) => Some(v),
-            Err(es) => {
-                for (p, m) in es {
-                    let path = match (prefix.is_empty(), p.is_empty(), p.starts_with('[')) {
-                        (true, _, _) => p,
-                        (false, true, _) => prefix.to_string(),
-                        (false, false, true) => format!("{prefix}{p}"),
-                        (false, false, false) => format!("{prefix}.{p}"),
-                    };
-                    self.0.push((path, m));
-                }
-                None
-            }
-        }
-    }
-
-    fn addr(&mut self, path: &str, s: &str) -> Option<SocketAddr> {
-        match s.parse() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                self.push(path, format!("not a socket address (ip:port): {s:?}"));
-                None
-            }
-        }
-    }
-
-    fn opt_addr(&mut self, path: &str, s: &Option<String>) -> Option<SocketAddr> {
-        s.as_deref().and_then(|s| self.addr(path, s))
-    }
-
-    fn duration(&mut self, path: &str, s: &str) -> Duration {
-        match parse_duration(s) {
-            Ok(d) => d,
-            Err(e) => {
-                self.push(path, e);
-                Duration::ZERO
-            }
+/// A socket address (`ip:port`), or `None` with the error recorded at `path`.
+fn addr(e: &mut Invalid, path: &str, s: &str) -> Option<SocketAddr> {
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            e.push(path, format!("not a socket address (ip:port): {s:?}"));
+            None
         }
     }
 }
 
-/// Parse a duration (the one grammar of [`crate::duration`]: `30s`, `1h 30m`, `7d`, ...).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::duration::parse(s)
+fn opt_addr(e: &mut Invalid, path: &str, s: &Option<String>) -> Option<SocketAddr> {
+    s.as_deref().and_then(|s| addr(e, path, s))
 }
 
 impl Config {
     /// Validate a raw config. `base` is the directory relative paths are resolved against.
     /// Reads the JWKS file the identity section names.
-    pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, Vec<(String, String)>> {
-        let mut e = Errs::default();
+    ///
+    /// # Errors
+    /// Every problem found, each with its key path from the config root.
+    pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, Invalid> {
+        let mut e = Invalid::new();
         let resolve = |p: &str| -> PathBuf {
             let p = Path::new(p);
             if p.is_absolute() {
@@ -192,7 +153,7 @@ impl Config {
         // listen
         let l = &raw.listen;
         let tls = l.tls.as_ref().and_then(|t| {
-            let addr = e.addr("listen.tls.addr", &t.addr)?;
+            let addr = addr(&mut e, "listen.tls.addr", &t.addr)?;
             let files = match (&t.cert, &t.key) {
                 (Some(c), Some(k)) => Some((resolve(c), resolve(k))),
                 (None, None) => None,
@@ -205,9 +166,9 @@ impl Config {
         });
         let listen = Listen {
             tls,
-            plain: e.opt_addr("listen.plain", &l.plain),
-            metrics: e.opt_addr("listen.metrics", &l.metrics),
-            admin: e.opt_addr("listen.admin", &l.admin),
+            plain: opt_addr(&mut e, "listen.plain", &l.plain),
+            metrics: opt_addr(&mut e, "listen.metrics", &l.metrics),
+            admin: opt_addr(&mut e, "listen.admin", &l.admin),
         };
         if listen.tls.is_none() && listen.plain.is_none() {
             e.push("listen", "enable at least one of tls and plain");
@@ -243,23 +204,25 @@ impl Config {
             uri,
             ca_file: u.ca_file.as_deref().map(resolve),
             preserve_host: u.preserve_host,
-            connect_timeout: e.duration("upstream.connect_timeout", &u.connect_timeout),
-            response_header_timeout: e.duration("upstream.response_header_timeout", &u.response_header_timeout),
-            pool_idle_timeout: e.duration("upstream.pool_idle_timeout", &u.pool_idle_timeout),
+            connect_timeout: e.duration("upstream.connect_timeout", &u.connect_timeout).unwrap_or_default(),
+            response_header_timeout: e
+                .duration("upstream.response_header_timeout", &u.response_header_timeout)
+                .unwrap_or_default(),
+            pool_idle_timeout: e.duration("upstream.pool_idle_timeout", &u.pool_idle_timeout).unwrap_or_default(),
             pool_max_idle_per_host: u.pool_max_idle_per_host,
         });
 
         // limits
         let lr = &raw.limits;
         let limits = Limits {
-            header_read_timeout: e.duration("limits.header_read_timeout", &lr.header_read_timeout),
-            idle_timeout: e.duration("limits.idle_timeout", &lr.idle_timeout),
+            header_read_timeout: e.duration("limits.header_read_timeout", &lr.header_read_timeout).unwrap_or_default(),
+            idle_timeout: e.duration("limits.idle_timeout", &lr.idle_timeout).unwrap_or_default(),
             max_header_bytes: lr.max_header_bytes,
-            idle_body_timeout: e.duration("limits.idle_body_timeout", &lr.idle_body_timeout),
+            idle_body_timeout: e.duration("limits.idle_body_timeout", &lr.idle_body_timeout).unwrap_or_default(),
             max_connections: lr.max_connections,
             max_inflight_requests: lr.max_inflight_requests,
             h2_max_concurrent_streams: lr.h2_max_concurrent_streams,
-            shutdown_grace: e.duration("limits.shutdown_grace", &lr.shutdown_grace),
+            shutdown_grace: e.duration("limits.shutdown_grace", &lr.shutdown_grace).unwrap_or_default(),
             bomb: crate::count::codec::BombGuard {
                 max_bytes: lr.max_decoded_bytes,
                 max_ratio: lr.max_decompression_ratio,
@@ -306,10 +269,7 @@ impl Config {
         let store = e
             .nest("store", crate::quota::StoreConfig::from_raw(&raw.store))
             .unwrap_or(crate::quota::StoreConfig::Memory);
-        let every = e.duration("store.snapshot_every", &raw.store.snapshot_every);
-        if every.is_zero() {
-            e.push("store.snapshot_every", "must be greater than 0");
-        }
+        let every = e.positive_duration("store.snapshot_every", &raw.store.snapshot_every).unwrap_or_default();
         let snapshot = raw.store.snapshot.as_deref().map(|f| (resolve(f), every));
         // Defaults stand in on error: `e` is not empty then, so no Config is built from them.
         let audit =
@@ -353,7 +313,7 @@ impl Config {
 
         match (upstream, identity, routes, closure, quota, blocks) {
             (Some(upstream), Some(identity), Some(routes), Some(closure), Some(quota), Some(blocks))
-                if e.0.is_empty() =>
+                if e.is_empty() =>
             {
                 Ok(Config {
                     listen,
@@ -373,7 +333,7 @@ impl Config {
                     raw,
                 })
             }
-            _ => Err(e.0),
+            _ => Err(e),
         }
     }
 
@@ -438,16 +398,16 @@ impl Config {
     }
 
     /// The files this config names that cannot be loaded, with their keys.
-    fn file_errors(&self) -> Vec<(String, String)> {
-        let mut errs = Vec::new();
+    fn file_errors(&self) -> Invalid {
+        let mut errs = Invalid::new();
         if let Some((cert, key)) = self.listen.tls.as_ref().and_then(|t| t.files.as_ref()) {
             if let Err(e) = crate::net::tls::load_pair(cert, key) {
-                errs.push(("listen.tls.cert".to_string(), format!("cannot load the certificate and key: {e:#}")));
+                errs.push("listen.tls.cert", format!("cannot load the certificate and key: {e:#}"));
             }
         }
         if let Some(ca) = &self.upstream.ca_file {
             if let Err(e) = crate::net::tls::upstream_client_config(Some(ca)) {
-                errs.push(("upstream.ca_file".to_string(), format!("cannot load the CA bundle: {e:#}")));
+                errs.push("upstream.ca_file", format!("cannot load the CA bundle: {e:#}"));
             }
         }
         errs

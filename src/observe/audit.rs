@@ -28,6 +28,7 @@ use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
 
 use crate::ctx::Ctx;
+use crate::invalid::Invalid;
 
 /// `audit:` in config.yaml.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -101,25 +102,25 @@ impl AuditSettings {
     ///
     /// # Errors
     /// Every invalid key, with its path and a message.
-    pub fn from_raw(raw: &RawAudit, base: &Path) -> Result<AuditSettings, Vec<(String, String)>> {
-        let mut errs = Vec::new();
+    pub fn from_raw(raw: &RawAudit, base: &Path) -> Result<AuditSettings, Invalid> {
+        let mut errs = Invalid::new();
         let local_tz = match TimeZone::get(&raw.local_tz) {
             Ok(tz) => Some(tz),
             Err(e) => {
-                errs.push(("local_tz".into(), format!("not an IANA time zone: {:?} ({e})", raw.local_tz)));
+                errs.push("local_tz", format!("not an IANA time zone: {:?} ({e})", raw.local_tz));
                 None
             }
         };
         let queue = NonZeroUsize::new(raw.queue);
         if queue.is_none() {
-            errs.push(("queue".into(), "must be greater than 0".into()));
+            errs.push("queue", "must be greater than 0");
         }
         let sink = match raw.sink.as_str() {
             "off" => Some(Sink::Off),
             "stdout" => Some(Sink::Stdout),
             "file" => file_sink(raw, base, &mut errs),
             other => {
-                errs.push(("sink".into(), format!("expected stdout, file or off, got {other:?}")));
+                errs.push("sink", format!("expected stdout, file or off, got {other:?}"));
                 None
             }
         };
@@ -130,16 +131,16 @@ impl AuditSettings {
     }
 }
 
-fn file_sink(raw: &RawAudit, base: &Path, errs: &mut Vec<(String, String)>) -> Option<Sink> {
+fn file_sink(raw: &RawAudit, base: &Path, errs: &mut Invalid) -> Option<Sink> {
     let r = &raw.rotate;
     if r.max_bytes == Some(0) {
-        errs.push(("rotate.max_bytes".into(), "must be greater than 0 (null: no size limit)".into()));
+        errs.push("rotate.max_bytes", "must be greater than 0 (null: no size limit)");
     }
     if r.max_files == 0 && (r.daily || r.max_bytes.is_some()) {
-        errs.push(("rotate.max_files".into(), "keep at least one old file when rotating".into()));
+        errs.push("rotate.max_files", "keep at least one old file when rotating");
     }
     let Some(p) = raw.path.as_deref().filter(|p| !p.is_empty()) else {
-        errs.push(("path".into(), "sink: file needs a path".into()));
+        errs.push("path", "sink: file needs a path");
         return None;
     };
     let path = if Path::new(p).is_absolute() { PathBuf::from(p) } else { base.join(p) };
@@ -147,7 +148,7 @@ fn file_sink(raw: &RawAudit, base: &Path, errs: &mut Vec<(String, String)>) -> O
     // so a typo cannot scatter audit files over the disk).
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.is_dir() {
-        errs.push(("path".into(), format!("directory {} does not exist", dir.display())));
+        errs.push("path", format!("directory {} does not exist", dir.display()));
         return None;
     }
     Some(Sink::File { path, max_bytes: r.max_bytes, max_files: r.max_files, daily: r.daily })
@@ -354,9 +355,9 @@ impl AuditLog {
     ///
     /// # Errors
     /// Invalid settings, or the audit file cannot be opened (reported under `path`).
-    pub fn from_raw(raw: &RawAudit, base: &Path, dropped: IntCounter) -> Result<AuditLog, Vec<(String, String)>> {
+    pub fn from_raw(raw: &RawAudit, base: &Path, dropped: IntCounter) -> Result<AuditLog, Invalid> {
         let settings = AuditSettings::from_raw(raw, base)?;
-        Self::start(&settings, dropped).map_err(|e| vec![("path".into(), e.to_string())])
+        Self::start(&settings, dropped).map_err(|e| Invalid::single("path", e.to_string()))
     }
 
     /// Open the sink and start the writer thread. `dropped` counts lines the writer could not
@@ -531,9 +532,9 @@ mod tests {
             assert!(keys.contains(&k), "{k} missing in {errs:?}");
         }
         let raw = RawAudit { sink: "syslog".into(), ..RawAudit::default() };
-        assert_eq!(AuditSettings::from_raw(&raw, Path::new(".")).unwrap_err()[0].0, "sink");
+        assert_eq!(AuditSettings::from_raw(&raw, Path::new(".")).unwrap_err().into_vec()[0].0, "sink");
         let raw = RawAudit { sink: "file".into(), path: Some("/no/such/dir/audit.log".into()), ..RawAudit::default() };
-        assert_eq!(AuditSettings::from_raw(&raw, Path::new(".")).unwrap_err()[0].0, "path");
+        assert_eq!(AuditSettings::from_raw(&raw, Path::new(".")).unwrap_err().into_vec()[0].0, "path");
     }
 
     /// A writer that blocks until the test opens the gate: the writer thread is stuck, as on a

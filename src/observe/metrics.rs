@@ -3,7 +3,9 @@
 //! Names follow `cvgate_<noun>_<unit>`, counters end in `_total`. Cardinality is bounded by
 //! construction: labels take values from config (route names and groups, scope and horizon
 //! names, window names) or small fixed sets (status class, decision, reason); there is no
-//! per-account, per-IP or per-organisation label (see docs/metrics.md).
+//! per-IP or per-organisation label. The one exception, `cvgate_account_cvs_top`, shows the
+//! top 20 accounts of the hour (bounded, replaced every second). The list with help texts is in
+//! README.md ("Metrics"); `process_*` come from the prometheus crate's process collector.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -50,6 +52,27 @@ pub struct Metrics {
     /// CVs in the current hour for the top accounts only (bounded cardinality, see
     /// [`TopAccounts`]).
     pub top_accounts: IntGaugeVec,
+    /// Whole-request duration (first byte in to last byte out) by route and status class.
+    pub request_duration: HistogramVec,
+    /// Response body bytes delivered to clients by route, as the upstream sent them (decoded when
+    /// cvgate decoded them; before any compression toward the client).
+    pub response_bytes: IntCounterVec,
+    /// Request body bytes received by route, as declared by `Content-Length` (a body that does
+    /// not match it is refused by the HTTP layer).
+    pub request_bytes: IntCounterVec,
+    /// Requests received and not finished yet (an export counts until its last byte).
+    pub in_flight: IntGauge,
+    /// 1, labelled with the version.
+    pub build_info: IntGaugeVec,
+    /// 1, labelled with the SHA-256 of the running config file's text.
+    pub config_info: IntGaugeVec,
+    /// When the running config was loaded (start or last good reload), Unix seconds.
+    pub config_last_reload_success: IntGauge,
+    /// 1 when the last reload attempt succeeded, 0 when it was refused.
+    pub config_last_reload_successful: IntGauge,
+    /// 1 while the running config file differs from the started one in settings read only at
+    /// start (they apply at the next restart).
+    pub config_restart_pending: IntGauge,
     /// Tracked quota keys in the local store.
     pub quota_tracked_keys: IntGauge,
     /// 1 while the shared quota store's circuit breaker is open (requests take the failure policy).
@@ -99,6 +122,37 @@ impl Metrics {
         )
         .expect("metric");
         r.register(Box::new(quota_store_breaker_open.clone())).expect("unique metric");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("metric definition");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let in_flight =
+            gauge("cvgate_requests_in_flight", "Requests received and not finished (an export until its last byte).");
+        let config_last_reload_success = gauge(
+            "cvgate_config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded (start or last good reload).",
+        );
+        let config_last_reload_successful =
+            gauge("cvgate_config_last_reload_successful", "1 when the last reload attempt succeeded, else 0.");
+        let config_restart_pending = gauge(
+            "cvgate_config_restart_pending",
+            "1 while the config file changes settings read only at start; they apply at the next restart.",
+        );
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "cvgate_request_duration_seconds",
+                "Whole-request duration, first byte in to last byte out, by route and status class.",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0]),
+            &["route", "status"],
+        )
+        .expect("metric definition");
+        r.register(Box::new(request_duration.clone())).expect("unique metric");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("unique metric");
+        let build_info = gauge_vec(&r, "cvgate_build_info", "1, labelled with the running version.", &["version"]);
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let upstream_latency = HistogramVec::new(
             HistogramOpts::new(
                 "cvgate_upstream_response_seconds",
@@ -176,6 +230,30 @@ impl Metrics {
                 "Requests decided without the shared quota store, by decision and reason.",
                 &["decision", "reason"],
             ),
+            config_info: gauge_vec(
+                &r,
+                "cvgate_config_info",
+                "1, labelled with the SHA-256 of the running config file.",
+                &["sha256"],
+            ),
+            response_bytes: counter_vec(
+                &r,
+                "cvgate_response_body_bytes_total",
+                "Response body bytes delivered to clients (decoded, before compression toward the client), by route.",
+                &["route"],
+            ),
+            request_bytes: counter_vec(
+                &r,
+                "cvgate_request_body_bytes_total",
+                "Request body bytes received (as declared by Content-Length), by route.",
+                &["route"],
+            ),
+            request_duration,
+            in_flight,
+            build_info,
+            config_last_reload_success,
+            config_last_reload_successful,
+            config_restart_pending,
             quota_store_breaker_open,
             upstream_latency,
             connections_active,

@@ -105,7 +105,7 @@ async fn quota_state(shared: &Shared, q: &str) -> Response<ProxyBody> {
     }
 }
 
-async fn add_block(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn add_block(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
     let v = match json_body(req).await {
         Ok(v) => v,
         Err(r) => return r,
@@ -132,7 +132,8 @@ async fn add_block(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBod
         created: now,
         until,
     };
-    match shared.block(b) {
+    let s = Arc::clone(shared);
+    match blocking(move || s.block(b)).await {
         Ok(b) => reply(StatusCode::CREATED, json!(b)),
         Err(e) => problem(StatusCode::UNPROCESSABLE_ENTITY, "block", e.to_string()),
     }
@@ -147,6 +148,12 @@ fn redacted_config(shared: &Shared) -> Value {
         *s = json!("<redacted>");
     }
     v
+}
+
+/// Run an admin change that writes to disk (fsync) off the runtime's threads, so proxied
+/// requests on them do not wait for the disk.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| anyhow::anyhow!("admin task failed: {e}"))?
 }
 
 async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -168,7 +175,8 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
                 return problem(StatusCode::NOT_FOUND, "bad-scope", "scope must be account, org or ip");
             };
             let key = if scope == BlockScope::Ip { key.replace('_', "/") } else { key.to_string() };
-            match shared.unblock(scope, &key) {
+            let s = Arc::clone(&shared);
+            match blocking(move || s.unblock(scope, &key)).await {
                 Ok(true) => reply(StatusCode::OK, json!({"removed": true})),
                 Ok(false) => problem(StatusCode::NOT_FOUND, "no-block", "no such block"),
                 Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, "persist", e.to_string()),
@@ -183,11 +191,16 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
             if !shared.runtime().config.routes.groups().iter().any(|g| &**g == *group) {
                 return problem(StatusCode::NOT_FOUND, "no-group", format!("no route has group {group:?}"));
             }
-            shared.pause(group, m == Method::POST);
-            reply(StatusCode::OK, json!({"group": group, "paused": m == Method::POST}))
+            let (s, g, on) = (Arc::clone(&shared), group.to_string(), m == Method::POST);
+            let _ = blocking(move || {
+                s.pause(&g, on);
+                Ok(())
+            })
+            .await;
+            reply(StatusCode::OK, json!({"group": group, "paused": on}))
         }
         (Method::POST, ["v1", "reload"]) => match shared.reload() {
-            Ok(()) => reply(StatusCode::OK, json!({"reloaded": true})),
+            Ok(r) => reply(StatusCode::OK, json!({"reloaded": true, "restart_pending": r.restart_pending})),
             Err(errs) => {
                 let list: Vec<Value> =
                     errs.errors.iter().map(|e| json!({"path": e.path, "line": e.line, "message": e.message})).collect();

@@ -1,8 +1,16 @@
 //! The ops port: `/metrics`, `/healthz`, `/readyz`; and the housekeeping loop.
 //!
-//! `/healthz` answers 200 while the process serves. `/readyz` answers 200 when a config is
-//! loaded and the upstream accepts a TCP connection (checked at most once a second), else 503,
-//! so a load balancer stops sending traffic to a proxy that cannot forward it.
+//! What the probes mean (Kubernetes' liveness and readiness, Envoy's health checks):
+//! - `/healthz` (liveness): 200 while the process answers. Restarting helps nothing else.
+//! - `/readyz` (readiness): 200 when this replica decides CV requests as configured, 503 when it
+//!   would refuse them all for a reason of its own: its quota store is away and a scope is
+//!   `fail_closed` (every CV request would get 503). An upstream that refuses connections is
+//!   *not* a readiness failure: every replica shares it, pulling them all leaves traffic nowhere
+//!   to go, and clients get a clear 502 problem meanwhile; it is reported as `degraded` in the
+//!   body (and in `cvgate_upstream_errors_total`). A store on local shares is degraded too.
+//!   Each call makes one TCP connect to the upstream and, with Redis, one `PING`. At shutdown
+//!   the ops port closes first, so probes fail while connections drain.
+//!
 //! Housekeeping runs once a second: closure gauges, quota key eviction, tracked-key gauge.
 
 pub mod admin;
@@ -32,17 +40,43 @@ async fn upstream_reachable(shared: &Shared) -> bool {
     matches!(tokio::time::timeout(up.connect_timeout.min(Duration::from_secs(1)), connect).await, Ok(Ok(_)))
 }
 
+/// `/readyz`: one line per check (`[+]` fine, `[!]` degraded, `[-]` failing), then the verdict.
+async fn readiness(shared: &Shared) -> Response<ProxyBody> {
+    use crate::quota::Health;
+    let (store, upstream) = tokio::join!(shared.quota.health(), upstream_reachable(shared));
+    let mut body = String::from("[+] config loaded\n");
+    let (mut ready, mut degraded) = (true, false);
+    match store {
+        Health::Ok => body.push_str("[+] quota store\n"),
+        Health::Degraded(why) => {
+            degraded = true;
+            body.push_str(&format!("[!] quota store degraded: {why}\n"));
+        }
+        Health::Down(why) => {
+            ready = false;
+            body.push_str(&format!("[-] quota store down: {why}\n"));
+        }
+    }
+    if upstream {
+        body.push_str("[+] upstream reachable\n");
+    } else {
+        degraded = true;
+        body.push_str("[!] upstream unreachable: CV requests answer 502 (not a readiness failure)\n");
+    }
+    body.push_str(match (ready, degraded) {
+        (false, _) => "not ready\n",
+        (true, true) => "ready (degraded)\n",
+        (true, false) => "ready\n",
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    text(status, "text/plain", body)
+}
+
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
     Ok(match req.uri().path() {
         "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render()),
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" => {
-            if upstream_reachable(&shared).await {
-                text(StatusCode::OK, "text/plain", "ready\n".into())
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "upstream unreachable\n".into())
-            }
-        }
+        "/readyz" => readiness(&shared).await,
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     })
 }

@@ -32,6 +32,8 @@ use jiff::tz::TimeZone;
 use jiff::{Timestamp, Zoned};
 use serde::{Deserialize, Serialize};
 
+use crate::invalid::Invalid;
+
 /// The zone used when a window does not name one.
 pub const DEFAULT_TZ: &str = "Europe/Amsterdam";
 
@@ -223,57 +225,57 @@ impl ClosurePolicy {
     /// Every problem found, each as (key path relative to the section, e.g. `windows[0].tz`,
     /// message): unknown zone, bad time or date-time, `start == end`, unknown or no day,
     /// `from >= until`, empty name, duplicate name, empty groups.
-    pub fn from_raw(raw: &RawClosure) -> Result<ClosurePolicy, Vec<(String, String)>> {
-        let mut errs = Vec::new();
+    pub fn from_raw(raw: &RawClosure) -> Result<ClosurePolicy, Invalid> {
+        let mut errs = Invalid::new();
         let mut seen = HashMap::new();
         let mut windows = Vec::new();
         for (i, w) in raw.windows.iter().enumerate() {
-            let e = &mut Errs { prefix: format!("windows[{i}]"), out: &mut errs };
-            let tz = check_common(e, &w.name, &w.tz, &w.groups, &mut seen);
-            let (start, end) = (parse_time(e, "start", &w.start), parse_time(e, "end", &w.end));
-            if start.is_some() && start == end {
-                e.push("end", "end equals start: the window would be empty");
-            }
-            let days = parse_days(e, w.days.as_deref());
-            if let (Some(tz), Some(start), Some(end), Some(days)) = (tz, start, end, days) {
-                windows.push(Window {
-                    name: w.name.clone(),
-                    tz,
-                    when: When::Daily { days, start, end },
-                    groups: w.groups.clone(),
-                    exempt_accounts: w.exempt_accounts.clone(),
-                    exempt_orgs: w.exempt_orgs.clone(),
-                    in_flight: w.in_flight,
-                });
-            }
+            let at = format!("windows[{i}]");
+            errs.under(&at, |e| {
+                let tz = check_common(e, &at, &w.name, &w.tz, &w.groups, &mut seen);
+                let (start, end) = (parse_time(e, "start", &w.start), parse_time(e, "end", &w.end));
+                if start.is_some() && start == end {
+                    e.push("end", "end equals start: the window would be empty");
+                }
+                let days = parse_days(e, w.days.as_deref());
+                if let (Some(tz), Some(start), Some(end), Some(days)) = (tz, start, end, days) {
+                    windows.push(Window {
+                        name: w.name.clone(),
+                        tz,
+                        when: When::Daily { days, start, end },
+                        groups: w.groups.clone(),
+                        exempt_accounts: w.exempt_accounts.clone(),
+                        exempt_orgs: w.exempt_orgs.clone(),
+                        in_flight: w.in_flight,
+                    });
+                }
+            });
         }
         for (i, o) in raw.one_off.iter().enumerate() {
-            let e = &mut Errs { prefix: format!("one_off[{i}]"), out: &mut errs };
-            let tz = check_common(e, &o.name, &o.tz, &o.groups, &mut seen);
-            let (from, until) = (parse_datetime(e, "from", &o.from), parse_datetime(e, "until", &o.until));
-            let (Some(tz), Some(from), Some(until)) = (tz, from, until) else {
-                continue;
-            };
-            let resolve = |dt| tz.to_ambiguous_timestamp(dt).compatible().ok();
-            match (resolve(from), resolve(until)) {
-                (Some(from), Some(until)) if from < until => windows.push(Window {
-                    name: o.name.clone(),
-                    tz,
-                    when: When::Once { from, until },
-                    groups: o.groups.clone(),
-                    exempt_accounts: o.exempt_accounts.clone(),
-                    exempt_orgs: o.exempt_orgs.clone(),
-                    in_flight: o.in_flight,
-                }),
-                (Some(_), Some(_)) => e.push("until", "until must be after from"),
-                _ => e.push("from", "date-time out of range"),
-            }
+            let at = format!("one_off[{i}]");
+            errs.under(&at, |e| {
+                let tz = check_common(e, &at, &o.name, &o.tz, &o.groups, &mut seen);
+                let (from, until) = (parse_datetime(e, "from", &o.from), parse_datetime(e, "until", &o.until));
+                let (Some(tz), Some(from), Some(until)) = (tz, from, until) else {
+                    return;
+                };
+                let resolve = |dt| tz.to_ambiguous_timestamp(dt).compatible().ok();
+                match (resolve(from), resolve(until)) {
+                    (Some(from), Some(until)) if from < until => windows.push(Window {
+                        name: o.name.clone(),
+                        tz,
+                        when: When::Once { from, until },
+                        groups: o.groups.clone(),
+                        exempt_accounts: o.exempt_accounts.clone(),
+                        exempt_orgs: o.exempt_orgs.clone(),
+                        in_flight: o.in_flight,
+                    }),
+                    (Some(_), Some(_)) => e.push("until", "until must be after from"),
+                    _ => e.push("from", "date-time out of range"),
+                }
+            });
         }
-        if errs.is_empty() {
-            Ok(ClosurePolicy { windows })
-        } else {
-            Err(errs)
-        }
+        errs.into_result(ClosurePolicy { windows })
     }
 
     /// Is `group` closed at `now` for this account and org? `None` means open.
@@ -323,21 +325,11 @@ impl ClosurePolicy {
     }
 }
 
-/// Validation errors of one list entry, under its key path.
-struct Errs<'e> {
-    prefix: String,
-    out: &'e mut Vec<(String, String)>,
-}
-
-impl Errs<'_> {
-    fn push(&mut self, key: &str, msg: impl Into<String>) {
-        self.out.push((format!("{}.{key}", self.prefix), msg.into()));
-    }
-}
-
-/// Checks shared by both kinds of window; returns the zone when it is valid.
+/// Checks shared by both kinds of window; returns the zone when it is valid. `e` is the entry's
+/// collector, `at` its key path (named in a later duplicate's message).
 fn check_common<'a>(
-    e: &mut Errs,
+    e: &mut Invalid,
+    at: &str,
     name: &'a str,
     tz: &Option<String>,
     groups: &[String],
@@ -348,7 +340,7 @@ fn check_common<'a>(
     } else if let Some(first) = seen.get(name) {
         e.push("name", format!("duplicate window name {name:?} (see {first})"));
     } else {
-        seen.insert(name, format!("{}.name", e.prefix));
+        seen.insert(name, format!("{at}.name"));
     }
     if groups.is_empty() {
         e.push("groups", "groups must list at least one route group");
@@ -362,7 +354,7 @@ fn check_common<'a>(
 }
 
 /// Strict "HH:MM" or "HH:MM:SS", two digits each (midnight is 00:00, not 24:00).
-fn parse_time(e: &mut Errs, key: &str, s: &str) -> Option<Time> {
+fn parse_time(e: &mut Invalid, key: &str, s: &str) -> Option<Time> {
     let two = |f: &str, max: i8| -> Option<i8> {
         let digits = f.len() == 2 && f.bytes().all(|b| b.is_ascii_digit());
         f.parse().ok().filter(|&v| digits && v <= max)
@@ -381,7 +373,7 @@ fn parse_time(e: &mut Errs, key: &str, s: &str) -> Option<Time> {
 
 /// A civil date-time ("2026-12-01T22:00"; a bare date means 00:00). jiff would accept and then
 /// silently drop an offset or `[zone]` suffix; those are refused, since `tz` is what applies.
-fn parse_datetime(e: &mut Errs, key: &str, s: &str) -> Option<DateTime> {
+fn parse_datetime(e: &mut Invalid, key: &str, s: &str) -> Option<DateTime> {
     let zoned = s.get(10..).unwrap_or("").contains(['+', '-', '\u{2212}', '[', 'Z', 'z']);
     let dt = s.parse::<DateTime>().ok().filter(|_| !zoned);
     if dt.is_none() {
@@ -392,7 +384,7 @@ fn parse_datetime(e: &mut Errs, key: &str, s: &str) -> Option<DateTime> {
 }
 
 /// Weekday set indexed by `Weekday::to_monday_zero_offset`; `None` (absent) means every day.
-fn parse_days(e: &mut Errs, days: Option<&[String]>) -> Option<[bool; 7]> {
+fn parse_days(e: &mut Invalid, days: Option<&[String]>) -> Option<[bool; 7]> {
     let Some(days) = days else {
         return Some([true; 7]);
     };
@@ -409,7 +401,7 @@ fn parse_days(e: &mut Errs, days: Option<&[String]>) -> Option<[bool; 7]> {
             Some(idx) => set[idx] = true,
             None => {
                 ok = false;
-                e.push(&format!("days[{i}]"), format!("unknown day {day:?} (mon..sun)"));
+                e.push(format!("days[{i}]"), format!("unknown day {day:?} (mon..sun)"));
             }
         }
     }
@@ -632,7 +624,7 @@ mod tests {
         let backwards = once("c", "2026-12-01T22:00", "2026-12-01T21:00");
         let dup_once = once("b", "tomorrow", "2026-12-01T21:00+01:00");
         let raw = RawClosure { windows: vec![bad_tz, bad_days, dup, empty_days], one_off: vec![backwards, dup_once] };
-        let errs = ClosurePolicy::from_raw(&raw).unwrap_err();
+        let errs = ClosurePolicy::from_raw(&raw).unwrap_err().into_vec();
         let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(
             paths,

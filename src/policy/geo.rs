@@ -18,6 +18,8 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName};
 use serde::{Deserialize, Serialize};
 
+use crate::invalid::Invalid;
+
 /// The country code for "unknown".
 pub use crate::country::UNKNOWN;
 
@@ -67,14 +69,14 @@ impl GeoPolicy {
     ///
     /// # Errors
     /// An unreadable or invalid database, or a header name that is not a valid header name.
-    pub fn from_raw(raw: &RawGeo, base: &Path) -> Result<GeoPolicy, Vec<(String, String)>> {
-        let mut errs = Vec::new();
+    pub fn from_raw(raw: &RawGeo, base: &Path) -> Result<GeoPolicy, Invalid> {
+        let mut errs = Invalid::new();
         let db = raw.mmdb_file.as_deref().and_then(|f| {
             let path = if Path::new(f).is_absolute() { Path::new(f).to_path_buf() } else { base.join(f) };
             match maxminddb::Reader::open_readfile(&path) {
                 Ok(r) => Some(Arc::new(r)),
                 Err(e) => {
-                    errs.push(("mmdb_file".into(), format!("cannot read {}: {e}", path.display())));
+                    errs.push("mmdb_file", format!("cannot read {}: {e}", path.display()));
                     None
                 }
             }
@@ -82,15 +84,11 @@ impl GeoPolicy {
         let header = raw.header.as_deref().and_then(|h| match HeaderName::from_bytes(h.as_bytes()) {
             Ok(n) => Some(n),
             Err(_) => {
-                errs.push(("header".into(), format!("not a header name: {h:?}")));
+                errs.push("header", format!("not a header name: {h:?}"));
                 None
             }
         });
-        if errs.is_empty() {
-            Ok(GeoPolicy { db, header })
-        } else {
-            Err(errs)
-        }
+        errs.into_result(GeoPolicy { db, header })
     }
 
     /// The country of `client_ip`, as an upper-case ISO 3166-1 alpha-2 code or [`UNKNOWN`].

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::count::integrity::{RouteEncoding, Undecodable};
 use crate::count::RecordFormat;
+use crate::invalid::Invalid;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,42 +89,39 @@ pub struct RouteTable {
     pub forward_unmatched: bool,
 }
 
-type Errors = Vec<(String, String)>;
-
 impl RouteTable {
-    /// Validate the raw routes; every error with its key path relative to the config root.
-    pub fn from_raw(raw: &[RawRoute], unmatched: &str) -> Result<Self, Errors> {
-        let mut errs = Vec::new();
+    /// Validate the raw routes.
+    ///
+    /// # Errors
+    /// Every problem found, each with its key path relative to the config root
+    /// (`routes[2].path`, `unmatched`).
+    pub fn from_raw(raw: &[RawRoute], unmatched: &str) -> Result<Self, Invalid> {
+        let mut errs = Invalid::new();
         let mut routes = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, r) in raw.iter().enumerate() {
             let p = format!("routes[{i}]");
             if r.name.is_empty() {
-                errs.push((format!("{p}.name"), "a route needs a name".into()));
+                errs.push(format!("{p}.name"), "a route needs a name");
             } else if !names.insert(r.name.clone()) {
-                errs.push((format!("{p}.name"), format!("duplicate route name {:?}", r.name)));
+                errs.push(format!("{p}.name"), format!("duplicate route name {:?}", r.name));
             }
             if r.group.is_empty() {
-                errs.push((format!("{p}.group"), "a route needs a group (e.g. cv)".into()));
+                errs.push(format!("{p}.group"), "a route needs a group (e.g. cv)");
             }
-            match Route::from_raw(r, &p) {
-                Ok(route) => routes.push(Arc::new(route)),
-                Err(mut e) => errs.append(&mut e),
+            if let Some(route) = errs.nest(&p, Route::from_raw(r)) {
+                routes.push(Arc::new(route));
             }
         }
         let forward_unmatched = match unmatched {
             "reject" => false,
             "forward" => true,
             other => {
-                errs.push(("unmatched".into(), format!("expected reject or forward, got {other:?}")));
+                errs.push("unmatched", format!("expected reject or forward, got {other:?}"));
                 false
             }
         };
-        if errs.is_empty() {
-            Ok(Self { routes, forward_unmatched })
-        } else {
-            Err(errs)
-        }
+        errs.into_result(Self { routes, forward_unmatched })
     }
 
     /// The first route matching `method` and the (already normalised) `path`.
@@ -146,19 +144,20 @@ impl RouteTable {
 }
 
 impl Route {
-    fn from_raw(r: &RawRoute, p: &str) -> Result<Self, Errors> {
-        let mut errs = Vec::new();
+    /// One route entry; error paths are relative to the entry (`cost.max`).
+    fn from_raw(r: &RawRoute) -> Result<Self, Invalid> {
+        let mut errs = Invalid::new();
         let mut methods = Vec::new();
         for (j, m) in r.methods.iter().enumerate() {
             match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
                 Ok(m) => methods.push(m),
-                Err(_) => errs.push((format!("{p}.methods[{j}]"), format!("not an HTTP method: {m:?}"))),
+                Err(_) => errs.push(format!("methods[{j}]"), format!("not an HTTP method: {m:?}")),
             }
         }
         let (segments, prefix) = match parse_pattern(&r.path) {
             Ok(x) => x,
             Err(e) => {
-                errs.push((format!("{p}.path"), e));
+                errs.push("path", e);
                 (Vec::new(), false)
             }
         };
@@ -166,13 +165,13 @@ impl Route {
             "employer" => Access::Employer,
             "anonymous" => Access::Anonymous,
             other => {
-                errs.push((format!("{p}.identity"), format!("expected employer or anonymous, got {other:?}")));
+                errs.push("identity", format!("expected employer or anonymous, got {other:?}"));
                 Access::Employer
             }
         };
         let (reserve, up_to, count) = match &r.cost {
             None => (Reserve::Free, false, Count::Reserved),
-            Some(c) => parse_cost(c, &format!("{p}.cost"), &mut errs),
+            Some(c) => errs.under("cost", |e| parse_cost(c, e)),
         };
         let deep_paging = r.deep_paging.as_ref().map(|d| DeepPaging {
             page_param: d.page_param.clone(),
@@ -182,18 +181,15 @@ impl Route {
         });
         if let Some(d) = &deep_paging {
             if d.max_depth == 0 {
-                errs.push((format!("{p}.deep_paging.max_depth"), "must be greater than 0".into()));
+                errs.push("deep_paging.max_depth", "must be greater than 0");
             }
         }
-        let mut encoding = parse_encoding(&r.encoding, &format!("{p}.encoding"), &mut errs);
+        let mut encoding = errs.under("encoding", |e| parse_encoding(&r.encoding, e));
         if up_to {
             // An export cut at its grant cannot pass uncounted: whatever the file says, refuse.
             encoding.undecodable = Undecodable::Refuse;
         }
-        if !errs.is_empty() {
-            return Err(errs);
-        }
-        Ok(Route {
+        errs.into_result(Route {
             name: r.name.as_str().into(),
             group: r.group.as_str().into(),
             methods,
@@ -268,11 +264,12 @@ fn parse_pattern(path: &str) -> Result<(Vec<Segment>, bool), String> {
     Ok((segs, prefix))
 }
 
-fn parse_encoding(r: &RawEncoding, p: &str, errs: &mut Errors) -> RouteEncoding {
+/// `encoding:` of a route; error paths relative to it.
+fn parse_encoding(r: &RawEncoding, errs: &mut Invalid) -> RouteEncoding {
     let upstream = match http::HeaderValue::from_str(r.upstream.trim()) {
         Ok(v) if !r.upstream.trim().is_empty() => v,
         _ => {
-            errs.push((format!("{p}.upstream"), format!("not an Accept-Encoding value: {:?}", r.upstream)));
+            errs.push("upstream", format!("not an Accept-Encoding value: {:?}", r.upstream));
             http::HeaderValue::from_static("identity")
         }
     };
@@ -280,17 +277,18 @@ fn parse_encoding(r: &RawEncoding, p: &str, errs: &mut Errors) -> RouteEncoding 
         "charge" => Undecodable::Charge,
         "refuse" => Undecodable::Refuse,
         other => {
-            errs.push((format!("{p}.undecodable"), format!("expected charge or refuse, got {other:?}")));
+            errs.push("undecodable", format!("expected charge or refuse, got {other:?}"));
             Undecodable::Charge
         }
     };
     RouteEncoding { upstream, compress: r.compress, undecodable }
 }
 
-fn parse_cost(c: &RawCost, p: &str, errs: &mut Errors) -> (Reserve, bool, Count) {
+/// `cost:` of a route; error paths relative to it (the empty path is `cost` itself).
+fn parse_cost(c: &RawCost, errs: &mut Invalid) -> (Reserve, bool, Count) {
     let reserve = match (c.fixed, &c.query) {
         (Some(_), Some(_)) => {
-            errs.push((p.into(), "give either fixed or query, not both".into()));
+            errs.push("", "give either fixed or query, not both");
             Reserve::Free
         }
         (Some(n), None) => Reserve::Fixed(n),
@@ -298,15 +296,15 @@ fn parse_cost(c: &RawCost, p: &str, errs: &mut Errors) -> (Reserve, bool, Count)
             let default = c.default.unwrap_or(1);
             let max = c.max.unwrap_or(default);
             if max == 0 {
-                errs.push((format!("{p}.max"), "must be greater than 0".into()));
+                errs.push("max", "must be greater than 0");
             }
             if default > max {
-                errs.push((format!("{p}.default"), format!("default {default} exceeds max {max}")));
+                errs.push("default", format!("default {default} exceeds max {max}"));
             }
             Reserve::Query { param: q.clone(), default, max }
         }
         (None, None) => {
-            errs.push((p.into(), "a cost needs fixed: N or query: PARAM".into()));
+            errs.push("", "a cost needs fixed: N or query: PARAM");
             Reserve::Free
         }
     };
@@ -320,21 +318,18 @@ fn parse_cost(c: &RawCost, p: &str, errs: &mut Errors) -> (Reserve, bool, Count)
             Some(("header", h)) => match http::HeaderName::from_bytes(h.as_bytes()) {
                 Ok(h) => Count::Header(h),
                 Err(_) => {
-                    errs.push((format!("{p}.count"), format!("not a header name: {h:?}")));
+                    errs.push("count", format!("not a header name: {h:?}"));
                     Count::Reserved
                 }
             },
             _ => {
-                errs.push((
-                    format!("{p}.count"),
-                    format!("expected none, ndjson, json_array:FIELD or header:NAME, got {other:?}"),
-                ));
+                errs.push("count", format!("expected none, ndjson, json_array:FIELD or header:NAME, got {other:?}"));
                 Count::Reserved
             }
         },
     };
     if c.up_to && count != Count::Body(RecordFormat::Ndjson) {
-        errs.push((format!("{p}.up_to"), "up_to needs count: ndjson (only NDJSON can be cut at a record)".into()));
+        errs.push("up_to", "up_to needs count: ndjson (only NDJSON can be cut at a record)");
     }
     (reserve, c.up_to, count)
 }

@@ -34,9 +34,10 @@ use tokio::time::Instant;
 
 use super::memory::MemoryStore;
 use super::redis::{RedisSettings, RedisStore};
-use super::store::{BucketSpec, BucketState, CostMode, QuotaStore, ReserveOutcome, StoreError};
+use super::store::{BucketSpec, BucketState, CostMode, Health, QuotaStore, ReserveOutcome, StoreError};
 use super::Scope;
 use crate::clock::SharedClock;
+use crate::invalid::Invalid;
 use crate::observe::metrics::Metrics;
 
 // ---------------------------------------------------------------------------------------------
@@ -138,57 +139,47 @@ pub struct RedisConfig {
 }
 
 impl StoreConfig {
-    /// Validate `store:`; every error with its key path relative to `store`.
-    pub fn from_raw(raw: &RawStore) -> Result<StoreConfig, Vec<(String, String)>> {
-        let mut errs = Vec::new();
+    /// Validate `store:`.
+    ///
+    /// # Errors
+    /// Every problem found, each with its key path relative to `store`.
+    pub fn from_raw(raw: &RawStore) -> Result<StoreConfig, Invalid> {
+        let mut errs = Invalid::new();
         let r = &raw.redis;
-        let dur = |errs: &mut Vec<(String, String)>, path: &str, s: &str| match crate::duration::parse(s) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                errs.push((path.to_string(), "must be greater than 0".to_string()));
-                Duration::ZERO
-            }
-            Err(e) => {
-                errs.push((path.to_string(), e));
-                Duration::ZERO
-            }
-        };
-        let timeout = dur(&mut errs, "redis.timeout", &r.timeout);
+        let timeout = errs.positive_duration("redis.timeout", &r.timeout).unwrap_or_default();
         if timeout > Duration::from_secs(1) {
-            errs.push(("redis.timeout".into(), "at most 1s: the request path must never wait seconds".into()));
+            errs.push("redis.timeout", "at most 1s: the request path must never wait seconds");
         }
-        let probe_every = dur(&mut errs, "redis.breaker.probe_every", &r.breaker.probe_every);
+        let probe_every =
+            errs.positive_duration("redis.breaker.probe_every", &r.breaker.probe_every).unwrap_or_default();
         if r.breaker.failures == 0 {
-            errs.push(("redis.breaker.failures".into(), "must be at least 1".into()));
+            errs.push("redis.breaker.failures", "must be at least 1");
         }
         if r.replicas == 0 {
-            errs.push(("redis.replicas".into(), "must be at least 1".into()));
+            errs.push("redis.replicas", "must be at least 1");
         }
         if !has_hash_tag(&r.key_prefix) {
-            errs.push((
-                "redis.key_prefix".into(),
+            errs.push(
+                "redis.key_prefix",
                 format!(
                     "must contain a non-empty hash tag such as {{quota}} (one Cluster slot for all keys), got {:?}",
                     r.key_prefix
                 ),
-            ));
+            );
         }
         if let Err(e) = redis::Client::open(r.url.as_str()) {
-            errs.push(("redis.url".into(), format!("not a Redis URL like redis://host:6379/0: {e}")));
+            errs.push("redis.url", format!("not a Redis URL like redis://host:6379/0: {e}"));
         } else if r.url.starts_with("rediss:") {
-            errs.push((
-                "redis.url".into(),
-                "TLS (rediss://) is not built in; use redis:// on a private network".into(),
-            ));
+            errs.push("redis.url", "TLS (rediss://) is not built in; use redis:// on a private network");
         }
-        let parse = |errs: &mut Vec<(String, String)>, k: &str, v: &str| match v {
+        let parse = |errs: &mut Invalid, k: &str, v: &str| match v {
             "fail_closed" => Some(FailurePolicy::FailClosed),
             "fail_open_local" => Some(FailurePolicy::FailOpenLocal),
             _ => {
-                errs.push((
+                errs.push(
                     format!("redis.failure_policy.{k}"),
                     format!("expected fail_closed or fail_open_local, got {v:?}"),
-                ));
+                );
                 None
             }
         };
@@ -204,24 +195,21 @@ impl StoreConfig {
                         policy[s as usize] = p;
                     }
                 }
-                None => errs.push((
+                None => errs.push(
                     format!("redis.failure_policy.{k}"),
-                    "unknown scope (default, account, org, ip, country, global)".into(),
-                )),
+                    "unknown scope (default, account, org, ip, country, global)",
+                ),
             }
         }
         let kind = match raw.kind.as_str() {
             "memory" => Some(false),
             "redis" => Some(true),
             other => {
-                errs.push(("kind".into(), format!("expected memory or redis, got {other:?}")));
+                errs.push("kind", format!("expected memory or redis, got {other:?}"));
                 None
             }
         };
-        if !errs.is_empty() {
-            return Err(errs);
-        }
-        Ok(match kind {
+        errs.into_result(match kind {
             Some(true) => StoreConfig::Redis(RedisConfig {
                 settings: RedisSettings { url: r.url.clone(), timeout, key_prefix: r.key_prefix.clone() },
                 replicas: r.replicas,
@@ -494,6 +482,22 @@ impl QuotaStore for FailoverStore {
 
     fn tracked_keys(&self) -> usize {
         self.local.tracked_keys()
+    }
+
+    /// Redis away: down when a `fail_closed` scope then refuses CV requests, degraded when every
+    /// scope falls back to local shares.
+    fn health(&self) -> BoxFuture<'_, Health> {
+        Box::pin(async move {
+            let why = match self.remote.health().await {
+                Health::Ok => return Health::Ok,
+                Health::Degraded(why) | Health::Down(why) => why,
+            };
+            if self.policy.contains(&FailurePolicy::FailClosed) {
+                Health::Down(format!("shared quota store unreachable ({why}) and a scope is fail_closed"))
+            } else {
+                Health::Degraded(format!("shared quota store unreachable ({why}); deciding on local shares"))
+            }
+        })
     }
 
     fn sweep(&self) -> usize {

@@ -31,7 +31,7 @@ pub use failover::{build_store, FailoverStore, FailurePolicy, RawStore, StoreCon
 pub use headers::{ratelimit_headers, retry_after};
 pub use memory::{MemoryStore, BYTES_PER_KEY_BOUND};
 pub use policy::{default_raw, parse_window, Horizon, QuotaPolicy, RawQuota};
-pub use store::{BucketSpec, BucketState, CostMode, QuotaStore, ReserveOutcome, StoreError};
+pub use store::{BucketSpec, BucketState, CostMode, Health, QuotaStore, ReserveOutcome, StoreError};
 
 /// Who is charged. Ordered as buckets are: narrowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -213,6 +213,11 @@ impl QuotaEngine {
 
     pub fn tracked_keys(&self) -> usize {
         self.store.tracked_keys()
+    }
+
+    /// Can the store decide requests now (readiness)?
+    pub async fn health(&self) -> Health {
+        self.store.health().await
     }
 
     /// Write the spent buckets to `path` (the memory store; a no-op for Redis), so that a

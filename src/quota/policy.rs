@@ -20,6 +20,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::Scope;
+use crate::invalid::Invalid;
 
 /// `quota:` in config.yaml. Every field has a default; a scope written in the file replaces that
 /// scope's default wholly (so `ip: { horizons: {} }` switches the IP scope off).
@@ -255,16 +256,16 @@ impl QuotaPolicy {
     ///
     /// # Errors
     /// All problems found, e.g. `("scopes.account.horizons.day.budget", "must be greater than 0")`.
-    pub fn from_raw(raw: &RawQuota) -> Result<QuotaPolicy, Vec<(String, String)>> {
-        let mut e = Vec::new();
+    pub fn from_raw(raw: &RawQuota) -> Result<QuotaPolicy, Invalid> {
+        let mut e = Invalid::new();
         if !(1..=32).contains(&raw.ip_prefix.v4) {
-            e.push(("ip_prefix.v4".into(), format!("must be 1..=32, got {}", raw.ip_prefix.v4)));
+            e.push("ip_prefix.v4", format!("must be 1..=32, got {}", raw.ip_prefix.v4));
         }
         if !(1..=128).contains(&raw.ip_prefix.v6) {
-            e.push(("ip_prefix.v6".into(), format!("must be 1..=128, got {}", raw.ip_prefix.v6)));
+            e.push("ip_prefix.v6", format!("must be 1..=128, got {}", raw.ip_prefix.v6));
         }
         if raw.max_tracked_keys == 0 {
-            e.push(("max_tracked_keys".into(), "must be greater than 0".into()));
+            e.push("max_tracked_keys", "must be greater than 0");
         }
         let s = &raw.scopes;
         let mut scopes: [ScopePolicy; 5] = Default::default();
@@ -284,18 +285,18 @@ impl QuotaPolicy {
             let o = scoped(&format!("tiers.{name}"), [&t.account, &t.org, &t.ip], &mut e);
             tiers.insert(name.as_str(), o);
         }
-        let resolve = |kind: &str, map: &BTreeMap<String, RawOverride>, e: &mut Vec<(String, String)>| {
+        let resolve = |kind: &str, map: &BTreeMap<String, RawOverride>, e: &mut Invalid| {
             let mut out = HashMap::new();
             for (id, o) in map {
                 let path = format!("overrides.{kind}.{id}");
                 if id.is_empty() {
-                    e.push((path.clone(), "empty id".into()));
+                    e.push(&path, "empty id");
                 }
                 let mut merged = Override::default();
                 if let Some(t) = &o.tier {
                     match tiers.get(t.as_str()) {
                         Some(tier) => merged = tier.clone(),
-                        None => e.push((format!("{path}.tier"), format!("unknown tier {t:?}"))),
+                        None => e.push(format!("{path}.tier"), format!("unknown tier {t:?}")),
                     }
                     merged.tier = Some(Arc::from(t.as_str()));
                 }
@@ -313,7 +314,7 @@ impl QuotaPolicy {
         for (cc, hs) in &raw.overrides.countries {
             let path = format!("overrides.countries.{cc}");
             if crate::country::parse(cc).as_deref() != Some(cc.as_str()) {
-                e.push((path.clone(), "must be an upper-case country code like NL (ZZ = unknown, T1 = Tor)".into()));
+                e.push(&path, "must be an upper-case country code like NL (ZZ = unknown, T1 = Tor)");
             }
             let over = horizon_list(&path, hs, &mut e);
             countries.insert(cc.clone(), merge(&scopes[Scope::Country as usize].horizons, &over));
@@ -321,14 +322,11 @@ impl QuotaPolicy {
         for (kind, list) in [("accounts", &raw.exempt.accounts), ("orgs", &raw.exempt.orgs)] {
             for (i, id) in list.iter().enumerate() {
                 if id.is_empty() {
-                    e.push((format!("exempt.{kind}[{i}]"), "empty id".into()));
+                    e.push(format!("exempt.{kind}[{i}]"), "empty id");
                 }
             }
         }
-        if !e.is_empty() {
-            return Err(e);
-        }
-        Ok(QuotaPolicy {
+        e.into_result(QuotaPolicy {
             v4_prefix: raw.ip_prefix.v4,
             v6_prefix: raw.ip_prefix.v6,
             max_tracked_keys: raw.max_tracked_keys,
@@ -375,7 +373,7 @@ impl QuotaPolicy {
 }
 
 /// Account/org/ip overrides at `path`.{account,org,ip}.
-fn scoped(path: &str, maps: [&BTreeMap<String, RawHorizon>; 3], e: &mut Vec<(String, String)>) -> Override {
+fn scoped(path: &str, maps: [&BTreeMap<String, RawHorizon>; 3], e: &mut Invalid) -> Override {
     let mut o = Override::default();
     for (scope, m) in [Scope::Account, Scope::Org, Scope::Ip].into_iter().zip(maps) {
         o.horizons[scope as usize] = horizon_list(&format!("{path}.{}", scope.as_str()), m, e);
@@ -398,7 +396,7 @@ fn sort(v: &mut [Horizon]) {
     v.sort_by(|a, b| a.window_ns.cmp(&b.window_ns).then_with(|| a.name.cmp(&b.name)));
 }
 
-fn horizon_list(path: &str, raw: &BTreeMap<String, RawHorizon>, e: &mut Vec<(String, String)>) -> Vec<Horizon> {
+fn horizon_list(path: &str, raw: &BTreeMap<String, RawHorizon>, e: &mut Invalid) -> Vec<Horizon> {
     let mut out = Vec::new();
     for (name, rh) in raw {
         let p = format!("{path}.{name}");
@@ -406,23 +404,23 @@ fn horizon_list(path: &str, raw: &BTreeMap<String, RawHorizon>, e: &mut Vec<(Str
         if name.is_empty()
             || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         {
-            e.push((p.clone(), "horizon name must be non-empty [a-z0-9_-]".into()));
+            e.push(&p, "horizon name must be non-empty [a-z0-9_-]");
         }
         let budget = NonZeroU64::new(rh.budget);
         if budget.is_none() {
-            e.push((format!("{p}.budget"), "must be greater than 0".into()));
+            e.push(format!("{p}.budget"), "must be greater than 0");
         }
         let window = match parse_window(&rh.window) {
             Ok(w) => Some(w),
             Err(m) => {
-                e.push((format!("{p}.window"), m));
+                e.push(format!("{p}.window"), m);
                 None
             }
         };
         let fixed_offset_ns = fixed_offset(&p, rh, window, e);
         if let (Some(b), Some(w), Ok(fixed_offset_ns)) = (budget, window, fixed_offset_ns) {
             if w.get() < b.get() {
-                e.push((format!("{p}.budget"), "more than one CV per nanosecond of window".into()));
+                e.push(format!("{p}.budget"), "more than one CV per nanosecond of window");
             } else {
                 out.push(Horizon { name: Arc::from(name.as_str()), capacity: b, window_ns: w, fixed_offset_ns });
             }
@@ -434,35 +432,30 @@ fn horizon_list(path: &str, raw: &BTreeMap<String, RawHorizon>, e: &mut Vec<(Str
 
 /// A fixed horizon's offset (`Ok(None)`: continuous). Fixed windows and offsets are whole
 /// seconds, so the Redis store (µs) computes the very same window ends.
-fn fixed_offset(
-    p: &str,
-    rh: &RawHorizon,
-    window: Option<NonZeroU64>,
-    e: &mut Vec<(String, String)>,
-) -> Result<Option<u64>, ()> {
+fn fixed_offset(p: &str, rh: &RawHorizon, window: Option<NonZeroU64>, e: &mut Invalid) -> Result<Option<u64>, ()> {
     use super::gcra::NS_PER_SEC as SEC;
     if !rh.fixed {
         if rh.offset.is_some() {
-            e.push((format!("{p}.offset"), "only a fixed horizon has an offset (add `fixed: true`)".into()));
+            e.push(format!("{p}.offset"), "only a fixed horizon has an offset (add `fixed: true`)");
             return Err(());
         }
         return Ok(None);
     }
     let Some(w) = window else { return Err(()) };
     if w.get() % SEC != 0 {
-        e.push((format!("{p}.window"), "a fixed window must be a whole number of seconds".into()));
+        e.push(format!("{p}.window"), "a fixed window must be a whole number of seconds");
         return Err(());
     }
     let offset = match rh.offset.as_deref().map(parse_offset) {
         None => 0,
         Some(Ok(o)) => o,
         Some(Err(m)) => {
-            e.push((format!("{p}.offset"), m));
+            e.push(format!("{p}.offset"), m);
             return Err(());
         }
     };
     if offset % SEC != 0 || offset >= w.get() {
-        e.push((format!("{p}.offset"), "must be whole seconds, at least 0 and less than the window".into()));
+        e.push(format!("{p}.offset"), "must be whole seconds, at least 0 and less than the window");
         return Err(());
     }
     Ok(Some(offset))

@@ -204,6 +204,15 @@ impl QuotaStore for RedisStore {
     fn tracked_keys(&self) -> usize {
         0
     }
+
+    fn health(&self) -> BoxFuture<'_, super::store::Health> {
+        Box::pin(async move {
+            match self.ping().await {
+                Ok(()) => super::store::Health::Ok,
+                Err(e) => super::store::Health::Down(e.to_string()),
+            }
+        })
+    }
 }
 
 /// The buckets' shapes as the script computes with them: the memory store's [`Params`] with `T`

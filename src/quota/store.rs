@@ -84,6 +84,16 @@ pub enum ReserveOutcome {
     TooLarge { index: usize, states: Vec<BucketState> },
 }
 
+/// Whether a store can decide requests now (readiness, see `ops`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    /// Deciding, but not as configured (e.g. on local shares while Redis is away).
+    Degraded(String),
+    /// CV requests are refused (e.g. Redis away and a `fail_closed` scope).
+    Down(String),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("quota store unavailable: {0}")]
@@ -106,6 +116,11 @@ pub trait QuotaStore: Send + Sync {
     fn peek<'a>(&'a self, buckets: &'a [BucketSpec]) -> BoxFuture<'a, Result<Vec<BucketState>, StoreError>>;
     /// Keys held locally (0 for a remote store).
     fn tracked_keys(&self) -> usize;
+    /// Can the store decide requests now? A local store always can; a remote one asks its
+    /// server (one round trip).
+    fn health(&self) -> BoxFuture<'_, Health> {
+        Box::pin(async { Health::Ok })
+    }
     /// Evict idle keys whose buckets are full again; returns how many. A remote store expires
     /// keys itself (TTL = time until full), hence the default.
     fn sweep(&self) -> usize {

@@ -2,24 +2,27 @@
 //!
 //! Operators block and unblock through the admin API; rules in config block automatically (a
 //! day budget used up → block for 24 h; repeated deep-paging attempts → block), and a repeat
-//! offender's block lasts longer each time (`escalation`). Blocks are kept in a JSON file written
-//! atomically (temp file, fsync, rename), so a crash mid-write never loses the list, and they are
-//! read back at start: a block survives restarts. A block made or removed through the admin API
-//! is on disk before the call answers; one made by a rule on the request path is written by the
-//! next [`Blocks::maintain`] (once a second), so a flood of blocks costs one write a second, not
-//! one fsync'd rewrite each. Expired blocks stop applying at once and are pruned every second,
+//! offender's block lasts longer each time (`escalation`). Blocks survive restarts ([`disk`]): a
+//! block made or removed through the admin API is one line in a journal, on disk before the call
+//! answers, whatever the size of the list; one made by a rule on the request path reaches the
+//! snapshot with the next [`Blocks::maintain`] (once a second), so a flood of blocks costs one
+//! write a second, not one fsync'd rewrite each. Expired blocks stop applying at once and are
+//! pruned every second,
 //! file or no file. The offence history (for escalation) is kept with them. Checking a request
 //! is a hash lookup per scope ([`index`]).
 
+mod disk;
 mod index;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use dashmap::DashMap;
+use disk::{Change, Disk};
 use index::Index;
 
 use ipnet::IpNet;
@@ -89,6 +92,9 @@ struct BlockFile {
     blocks: Vec<Block>,
     /// Offences per `scope:key`, for escalation.
     offences: BTreeMap<String, Offence>,
+    /// The last journal line this snapshot includes ([`disk`]).
+    #[serde(default)]
+    journal_seq: u64,
 }
 
 /// A subject's offences: how many, and the last one (forgotten `max_duration` after it, so the
@@ -323,9 +329,12 @@ impl BlocksConfig {
 #[derive(Debug)]
 pub struct Blocks {
     state: RwLock<State>,
-    file: Mutex<Option<PathBuf>>,
+    /// The snapshot and journal; held across an admin change and its journal line, so the
+    /// journal's order is the order the changes took effect.
+    disk: Mutex<Disk>,
     /// Recent events per (rule, subject), for thresholds; pruned by [`Blocks::maintain`].
-    events: Mutex<HashMap<(String, String), VecDeque<Timestamp>>>,
+    /// Sharded: rejections of different subjects do not queue behind one lock.
+    events: DashMap<(String, String), VecDeque<Timestamp>>,
     /// Changes not on disk yet (rule-made blocks, pruning): written by [`Blocks::maintain`].
     dirty: AtomicBool,
 }
@@ -354,24 +363,31 @@ pub struct Who<'a> {
 }
 
 impl Blocks {
-    /// Load the persisted list (a missing file is an empty list).
+    /// Load the persisted list: the snapshot, then the journal's changes after it (a missing
+    /// file is an empty list). Writes nothing; a replayed journal is folded into a new snapshot
+    /// by the next [`Blocks::maintain`].
     ///
     /// # Errors
-    /// The file exists but cannot be read or parsed: refusing to start beats silently
+    /// A file exists but cannot be read or parsed: refusing to start beats silently
     /// forgetting every block.
     pub fn open(file: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
-        let saved: BlockFile = match &file {
-            Some(f) if f.exists() => {
-                let text = std::fs::read_to_string(f)?;
-                serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a block file: {e}", f.display()))?
+        let (disk, saved, changes) = Disk::open(file)?;
+        let mut index = Index::from_blocks(saved.blocks);
+        for c in &changes {
+            match c {
+                Change::Add(b) => {
+                    index.remove(b.scope, &b.key);
+                    index.insert(b.clone());
+                }
+                Change::Remove { scope, key } => {
+                    index.remove(*scope, key);
+                }
             }
-            _ => BlockFile::default(),
-        };
-        let state = State { index: Index::from_blocks(saved.blocks), offences: saved.offences };
+        }
         Ok(Arc::new(Self {
-            state: RwLock::new(state),
-            file: Mutex::new(file),
-            events: Mutex::new(HashMap::new()),
+            state: RwLock::new(State { index, offences: saved.offences }),
+            disk: Mutex::new(disk),
+            events: DashMap::new(),
             dirty: AtomicBool::new(false),
         }))
     }
@@ -381,15 +397,11 @@ impl Blocks {
     /// # Errors
     /// The new file cannot be written: the list stays with the old file.
     pub fn set_file(&self, file: Option<PathBuf>) -> anyhow::Result<()> {
-        let mut current = self.file.lock().unwrap_or_else(PoisonError::into_inner);
-        if *current == file {
+        let mut disk = self.disk.lock().unwrap_or_else(PoisonError::into_inner);
+        if disk.path() == file.as_deref() {
             return Ok(());
         }
-        if let Some(path) = &file {
-            self.write_to(path, Timestamp::UNIX_EPOCH)?;
-        }
-        *current = file;
-        Ok(())
+        disk.move_to(file, self.saved(Timestamp::UNIX_EPOCH))
     }
 
     /// Is this request's account, organisation or IP blocked now?
@@ -434,11 +446,10 @@ impl Blocks {
             self.dirty.store(true, Ordering::Release);
         }
         let oldest = now - jiff::SignedDuration::try_from(events_within).unwrap_or_default();
-        self.events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, q| q.back().is_some_and(|t| *t >= oldest));
-        if self.dirty.swap(false, Ordering::AcqRel) {
+        self.events.retain(|_, q| q.back().is_some_and(|t| *t >= oldest));
+        if self.dirty.swap(false, Ordering::AcqRel)
+            || self.disk.lock().unwrap_or_else(PoisonError::into_inner).wants_snapshot()
+        {
             if let Err(e) = self.persist(now) {
                 self.dirty.store(true, Ordering::Release);
                 return Err(e);
@@ -447,12 +458,12 @@ impl Blocks {
         Ok(())
     }
 
-    /// Add (or replace) a block and persist the list.
+    /// Add (or replace) a block; it is in the journal on disk when this returns. Blocking I/O.
     ///
     /// # Errors
-    /// A key that does not fit its scope (e.g. not a CIDR for `ip`), or the file cannot be written
-    /// (the block still applies in memory).
-    pub fn add(&self, mut b: Block, now: Timestamp) -> anyhow::Result<Block> {
+    /// A key that does not fit its scope (e.g. not a CIDR for `ip`), or the journal cannot be
+    /// written (the block is not made).
+    pub fn add(&self, mut b: Block) -> anyhow::Result<Block> {
         if b.scope == BlockScope::Ip {
             let net: IpNet = match b.key.parse::<IpNet>() {
                 Ok(n) => n,
@@ -467,12 +478,14 @@ impl Blocks {
         if b.key.is_empty() {
             anyhow::bail!("empty key");
         }
+        let mut disk = self.disk.lock().unwrap_or_else(PoisonError::into_inner);
         let replaced = self.swap(b.scope, &b.key, Some(b.clone()));
-        if let Err(e) = self.persist(now) {
+        if let Err(e) = disk.append(&Change::Add(b.clone())) {
             // Not persisted, not active: an error must mean the block did not happen.
             self.swap(b.scope, &b.key, replaced);
             return Err(e);
         }
+        drop(disk);
         Self::log_block(&b);
         Ok(b)
     }
@@ -507,13 +520,15 @@ impl Blocks {
     }
 
     /// Remove a block; `false` when there was none.
-    pub fn remove(&self, scope: BlockScope, key: &str, now: Timestamp) -> anyhow::Result<bool> {
+    pub fn remove(&self, scope: BlockScope, key: &str) -> anyhow::Result<bool> {
         let key = scope.stored_key(key);
+        let mut disk = self.disk.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(removed) = self.swap(scope, &key, None) else { return Ok(false) };
-        if let Err(e) = self.persist(now) {
+        if let Err(e) = disk.append(&Change::Remove { scope, key: key.clone() }) {
             self.swap(scope, &key, Some(removed)); // still blocked: the unblock did not happen
             return Err(e);
         }
+        drop(disk);
         tracing::warn!(scope = scope.as_str(), key = ?key, "unblocked");
         Ok(true)
     }
@@ -545,12 +560,11 @@ impl Blocks {
             // Held to the end of this rule (the block added): concurrent rejections of one subject
             // on several runtime threads then make one block, not one per request with escalated
             // offences.
-            let mut ev = self.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut q = self.events.entry((rule.name.clone(), key.clone())).or_default();
             if self.check(who, now).is_some_and(|b| b.scope == rule.block) {
                 continue; // already blocked; don't extend on every rejected retry
             }
             let hit = {
-                let q = ev.entry((rule.name.clone(), key.clone())).or_default();
                 let horizon = now - jiff::SignedDuration::try_from(rule.within).unwrap_or_default();
                 while q.front().is_some_and(|t| *t < horizon) {
                     q.pop_front();
@@ -606,28 +620,28 @@ impl Blocks {
         old
     }
 
-    /// Write the list to the current file. The file lock is held for the whole write, so
-    /// writers never share the temporary file and the last one to finish wrote the newest
-    /// list (each takes its snapshot under the lock).
+    /// Write the whole list as a new snapshot and empty the journal. The disk lock is held for
+    /// the whole write, so writers never share the temporary file, and the snapshot is taken
+    /// under it, so it holds every change the journal held.
     fn persist(&self, now: Timestamp) -> anyhow::Result<()> {
-        let file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(path) = file.as_ref() else { return Ok(()) };
-        self.write_to(path, now)
+        let mut disk = self.disk.lock().unwrap_or_else(PoisonError::into_inner);
+        if disk.path().is_none() {
+            return Ok(());
+        }
+        disk.snapshot(self.saved(now))
     }
 
-    /// Snapshot the list (dropping expired blocks unless `now` is the epoch) and write it to
-    /// `path` atomically: a temporary file, fsync, rename, fsync of the directory.
-    fn write_to(&self, path: &std::path::Path, now: Timestamp) -> anyhow::Result<()> {
+    /// The list as the file holds it, expired blocks dropped unless `now` is the epoch.
+    fn saved(&self, now: Timestamp) -> BlockFile {
         // Copy under the read lock, sort and serialise after it: a writer waiting on a long read
         // would hold up every request's check behind it.
         let mut file = {
             let st = self.read();
             let blocks = st.index.iter().filter(|b| b.active(now) || now == Timestamp::UNIX_EPOCH).cloned().collect();
-            BlockFile { blocks, offences: st.offences.clone() }
+            BlockFile { blocks, offences: st.offences.clone(), journal_seq: 0 }
         };
         file.blocks.sort_by(|a, b| (a.scope, &a.key).cmp(&(b.scope, &b.key)));
-        let json = serde_json::to_vec_pretty(&file)?;
-        crate::persist::write_atomically(path, &json)
+        file
     }
 }
 
@@ -669,7 +683,7 @@ mod tests {
             created: now,
             until: Some(t("2026-11-24T11:00:00Z")),
         };
-        m.add(mk, now).unwrap();
+        m.add(mk).unwrap();
         m.maintain(t("2026-11-24T12:00:00Z"), Duration::from_secs(3600), cfg.max_duration).unwrap();
         assert!(m.read().index.iter().next().is_none(), "pruned");
 
@@ -698,9 +712,9 @@ mod tests {
             created: now,
             until,
         };
-        b.add(mk(BlockScope::Account, "acct-1", None), now).unwrap();
-        b.add(mk(BlockScope::Ip, "203.0.113.9/24", Some(t("2026-11-24T11:00:00Z"))), now).unwrap();
-        assert!(b.add(mk(BlockScope::Ip, "nonsense", None), now).is_err());
+        b.add(mk(BlockScope::Account, "acct-1", None)).unwrap();
+        b.add(mk(BlockScope::Ip, "203.0.113.9/24", Some(t("2026-11-24T11:00:00Z")))).unwrap();
+        assert!(b.add(mk(BlockScope::Ip, "nonsense", None)).is_err());
         assert_eq!(b.check(&who("acct-1", "1", "198.51.100.1"), now).unwrap().scope, BlockScope::Account);
         assert_eq!(b.check(&who("acct-2", "1", "203.0.113.200"), now).unwrap().scope, BlockScope::Ip);
         assert!(b.check(&who("acct-2", "1", "203.0.113.200"), t("2026-11-24T11:00:00Z")).is_none(), "expired");
@@ -708,8 +722,8 @@ mod tests {
         // A fresh process reads the same list back.
         let again = Blocks::open(Some(file.clone())).unwrap();
         assert_eq!(again.list(now).len(), 2);
-        assert!(again.remove(BlockScope::Account, "acct-1", now).unwrap());
-        assert!(!again.remove(BlockScope::Account, "acct-1", now).unwrap());
+        assert!(again.remove(BlockScope::Account, "acct-1").unwrap());
+        assert!(!again.remove(BlockScope::Account, "acct-1").unwrap());
         assert_eq!(Blocks::open(Some(file)).unwrap().list(now).len(), 1);
     }
 

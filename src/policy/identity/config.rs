@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::client_ip::{self, ForwardedHeader};
 use super::gateway::GatewayHeaders;
 use super::jwt::{self, KeySet};
+use crate::invalid::Invalid;
 
 /// eTOEGANG assurance classes accepted by default: eHerkenning level 3 ("substantieel") and 4.
 pub const DEFAULT_ACCEPTED_ASSURANCE: [&str; 2] =
@@ -178,40 +179,33 @@ impl IdentityPolicy {
     ///
     /// # Errors
     /// Every problem found, as (key path relative to `identity`, message).
-    pub fn from_raw(raw: &RawIdentity, jwks_text: Option<&str>) -> Result<IdentityPolicy, Vec<(String, String)>> {
-        let mut errs: Vec<(String, String)> = Vec::new();
-        let mut err = |path: String, msg: String| errs.push((path, msg));
+    pub fn from_raw(raw: &RawIdentity, jwks_text: Option<&str>) -> Result<IdentityPolicy, Invalid> {
+        let mut errs = Invalid::new();
 
         // keys: the JWKS, then the dev key
         if let Some(rfc) = jwks_text.and_then(published_example_key) {
-            err(
-                "jwks_file".into(),
+            errs.push(
+                "jwks_file",
                 format!("holds the example key published in {rfc}, whose private half anyone can read: put your identity provider's public keys here"),
             );
         }
         let mut keys = match jwks_text {
-            Some(text) => match jwt::parse_jwks(text, &raw.key_algorithms) {
-                Ok(k) => k,
-                Err(es) => {
-                    es.into_iter().for_each(|(p, m)| err(p, m));
-                    KeySet::default()
-                }
-            },
+            Some(text) => errs.nest("", jwt::parse_jwks(text, &raw.key_algorithms)).unwrap_or_default(),
             None => {
                 for kid in raw.key_algorithms.keys() {
-                    err(format!("key_algorithms.{kid}"), "no jwks_file to apply it to".into());
+                    errs.push(format!("key_algorithms.{kid}"), "no jwks_file to apply it to");
                 }
                 KeySet::default()
             }
         };
         if let Some(dev) = &raw.dev_hs256 {
             if dev.kid.trim().is_empty() {
-                err("dev_hs256.kid".into(), "must not be empty".into());
+                errs.push("dev_hs256.kid", "must not be empty");
             } else if keys.has_kid(&dev.kid) {
-                err("dev_hs256.kid".into(), format!("{:?} is also a kid in the JWKS", dev.kid));
+                errs.push("dev_hs256.kid", format!("{:?} is also a kid in the JWKS", dev.kid));
             }
             if dev.secret.len() < MIN_DEV_SECRET_BYTES {
-                err("dev_hs256.secret".into(), format!("must be at least {MIN_DEV_SECRET_BYTES} bytes"));
+                errs.push("dev_hs256.secret", format!("must be at least {MIN_DEV_SECRET_BYTES} bytes"));
             }
             keys.push_dev(&dev.kid, dev.secret.as_bytes());
         }
@@ -219,11 +213,11 @@ impl IdentityPolicy {
         // token rules
         for (name, list) in [("issuers", &raw.issuers), ("audiences", &raw.audiences)] {
             if list.is_empty() && !keys.is_empty() {
-                err(name.into(), "list at least one when a JWKS or dev key is configured".into());
+                errs.push(name, "list at least one when a JWKS or dev key is configured");
             }
             for (i, v) in list.iter().enumerate() {
                 if v.is_empty() {
-                    err(format!("{name}[{i}]"), "must not be empty".into());
+                    errs.push(format!("{name}[{i}]"), "must not be empty");
                 }
             }
         }
@@ -231,16 +225,16 @@ impl IdentityPolicy {
             None => DEFAULT_LEEWAY,
             Some(s) => match s.parse::<SignedDuration>() {
                 Ok(d) if d.is_negative() => {
-                    err("leeway".into(), format!("must not be negative: {s:?}"));
+                    errs.push("leeway", format!("must not be negative: {s:?}"));
                     DEFAULT_LEEWAY
                 }
                 Ok(d) if d > MAX_LEEWAY => {
-                    err("leeway".into(), format!("at most 5m, got {s:?}"));
+                    errs.push("leeway", format!("at most 5m, got {s:?}"));
                     DEFAULT_LEEWAY
                 }
                 Ok(d) => d,
                 Err(e) => {
-                    err("leeway".into(), format!("not a duration like 30s: {s:?} ({e})"));
+                    errs.push("leeway", format!("not a duration like 30s: {s:?} ({e})"));
                     DEFAULT_LEEWAY
                 }
             },
@@ -248,15 +242,15 @@ impl IdentityPolicy {
         let c = &raw.claims;
         for (name, v) in [("account", &c.account), ("org", &c.org), ("assurance", &c.assurance)] {
             if v.is_empty() {
-                err(format!("claims.{name}"), "must not be empty".into());
+                errs.push(format!("claims.{name}"), "must not be empty");
             }
         }
         if raw.accepted_assurance.is_empty() {
-            err("accepted_assurance".into(), "list at least one (or leave it out for loa3, loa4)".into());
+            errs.push("accepted_assurance", "list at least one (or leave it out for loa3, loa4)");
         }
         for (i, v) in raw.accepted_assurance.iter().enumerate() {
             if v.is_empty() {
-                err(format!("accepted_assurance[{i}]"), "must not be empty".into());
+                errs.push(format!("accepted_assurance[{i}]"), "must not be empty");
             }
         }
 
@@ -265,25 +259,25 @@ impl IdentityPolicy {
         for (i, s) in raw.trusted_proxies.iter().enumerate() {
             match parse_cidr(s) {
                 Ok(n) => trusted_proxies.push(n),
-                Err(m) => err(format!("trusted_proxies[{i}]"), m),
+                Err(m) => errs.push(format!("trusted_proxies[{i}]"), m),
             }
         }
         let forwarded_header = match raw.client_ip_header.as_deref().map(str::to_ascii_lowercase).as_deref() {
             None | Some("x-forwarded-for") => ForwardedHeader::XForwardedFor,
             Some("forwarded") => ForwardedHeader::Forwarded,
             Some(other) => {
-                err("client_ip_header".into(), format!("expected x-forwarded-for or forwarded, got {other:?}"));
+                errs.push("client_ip_header", format!("expected x-forwarded-for or forwarded, got {other:?}"));
                 ForwardedHeader::XForwardedFor
             }
         };
         let gateway = raw.gateway_headers.as_ref().and_then(|g| {
             if raw.trusted_proxies.is_empty() {
-                err("gateway_headers".into(), "gateway mode needs trusted_proxies".into());
+                errs.push("gateway_headers", "gateway mode needs trusted_proxies");
             }
             let mut name = |field: &str, v: &str| match HeaderName::try_from(v) {
                 Ok(n) => Some(n),
                 Err(_) => {
-                    err(format!("gateway_headers.{field}"), format!("not a header name: {v:?}"));
+                    errs.push(format!("gateway_headers.{field}"), format!("not a header name: {v:?}"));
                     None
                 }
             };
@@ -293,15 +287,12 @@ impl IdentityPolicy {
                 assurance: name("assurance", &g.assurance)?,
             };
             if h.account == h.org || h.account == h.assurance || h.org == h.assurance {
-                err("gateway_headers".into(), "the three header names must differ".into());
+                errs.push("gateway_headers", "the three header names must differ");
             }
             Some(h)
         });
 
-        if !errs.is_empty() {
-            return Err(errs);
-        }
-        Ok(IdentityPolicy {
+        errs.into_result(IdentityPolicy {
             keys: Arc::new(keys),
             issuers: raw.issuers.clone(),
             audiences: raw.audiences.clone(),
@@ -369,7 +360,7 @@ pub fn mint_from_config(
 mod tests {
     use super::*;
 
-    fn paths(r: Result<IdentityPolicy, Vec<(String, String)>>) -> Vec<String> {
+    fn paths(r: Result<IdentityPolicy, Invalid>) -> Vec<String> {
         r.expect_err("should fail").into_iter().map(|(p, _)| p).collect()
     }
 

@@ -31,6 +31,7 @@ use serde_json::{Map, Value};
 
 use super::config::{ClaimNames, IdentityPolicy};
 use super::{valid_account, valid_assurance, valid_kvk, AuthError, Identity, IdentitySource};
+use crate::invalid::Invalid;
 
 /// Longest token considered (the proxy caps header bytes lower anyway).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -137,35 +138,28 @@ struct Jwks {
 /// Every problem, as (key path relative to `identity`, message): JWKS problems under
 /// `jwks_file` (with the key's index in the message), allow-list problems under
 /// `key_algorithms.<kid>`.
-pub(crate) fn parse_jwks(
-    text: &str,
-    configured: &BTreeMap<String, Vec<String>>,
-) -> Result<KeySet, Vec<(String, String)>> {
+pub(crate) fn parse_jwks(text: &str, configured: &BTreeMap<String, Vec<String>>) -> Result<KeySet, Invalid> {
     let doc: Jwks = serde_json::from_str(text)
-        .map_err(|e| vec![("jwks_file".to_string(), format!("not a JWKS ({{\"keys\": [...]}}): {e}"))])?;
-    let mut errs = Vec::new();
+        .map_err(|e| Invalid::single("jwks_file", format!("not a JWKS ({{\"keys\": [...]}}): {e}")))?;
+    let mut errs = Invalid::new();
     let mut set = KeySet::default();
     for (i, v) in doc.keys.into_iter().enumerate() {
         match parse_jwk(v, configured) {
             Ok(None) => {}
             Ok(Some(k)) => {
                 if let Some(kid) = k.kid.as_deref().filter(|kid| set.has_kid(kid)) {
-                    errs.push(("jwks_file".into(), format!("keys[{i}]: duplicate kid {kid:?}")));
+                    errs.push("jwks_file", format!("keys[{i}]: duplicate kid {kid:?}"));
                 }
                 set.keys.push(k);
             }
-            Err((path, m)) if path.is_empty() => errs.push(("jwks_file".into(), format!("keys[{i}]: {m}"))),
-            Err((path, m)) => errs.push((path, m)),
+            Err((path, m)) if path.is_empty() => errs.push("jwks_file", format!("keys[{i}]: {m}")),
+            Err((path, m)) => errs.push(path, m),
         }
     }
     for kid in configured.keys().filter(|kid| !set.has_kid(kid)) {
-        errs.push((format!("key_algorithms.{kid}"), "no signing key with this kid in the JWKS".into()));
+        errs.push(format!("key_algorithms.{kid}"), "no signing key with this kid in the JWKS");
     }
-    if errs.is_empty() {
-        Ok(set)
-    } else {
-        Err(errs)
-    }
+    errs.into_result(set)
 }
 
 /// One JWK → a key, or `None` for an encryption key (`use: enc`, irrelevant here).

@@ -333,7 +333,7 @@ fn configured_allow_list_replaces_the_jwk_alg() {
     let (id, _) = identifier_with(&r);
     assert!(ident(&id, &sign(Algorithm::PS256, Some("rsa-1"), &claims())).is_ok());
     r.key_algorithms.insert("rsa-1".into(), vec!["ES256".into()]);
-    let errs = IdentityPolicy::from_raw(&r, Some(&jwks())).unwrap_err();
+    let errs = IdentityPolicy::from_raw(&r, Some(&jwks())).unwrap_err().into_vec();
     assert_eq!(errs[0].0, "key_algorithms.rsa-1", "{errs:?}");
 }
 
@@ -532,7 +532,7 @@ fn jwks_problems_are_config_errors() {
         assert!(m.starts_with(&format!("jwks_file: keys[{i}]: ")), "{m}");
     }
     assert!(msgs[6].starts_with("jwks_file: keys[7]: duplicate kid"), "{}", msgs[6]);
-    let errs = IdentityPolicy::from_raw(&raw(), Some("not json")).unwrap_err();
+    let errs = IdentityPolicy::from_raw(&raw(), Some("not json")).unwrap_err().into_vec();
     assert_eq!(errs[0].0, "jwks_file");
     // An RSA key without alg is fine once its algorithms are configured.
     let mut r = raw();
@@ -541,5 +541,5 @@ fn jwks_problems_are_config_errors() {
     IdentityPolicy::from_raw(&r, Some(&one)).unwrap();
     // The dev kid must not shadow a JWKS kid.
     let r = RawIdentity { dev_hs256: Some(RawDevKey { kid: "rsa-1".into(), secret: DEV_SECRET.into() }), ..raw() };
-    assert_eq!(IdentityPolicy::from_raw(&r, Some(&jwks())).unwrap_err()[0].0, "dev_hs256.kid");
+    assert_eq!(IdentityPolicy::from_raw(&r, Some(&jwks())).unwrap_err().into_vec()[0].0, "dev_hs256.kid");
 }
