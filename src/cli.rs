@@ -124,7 +124,13 @@ pub fn main() -> ExitCode {
             }
         },
         Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(_) => {
+            Ok(c) => {
+                if c.raw.dev_mode {
+                    eprintln!(
+                        "{}: warning: dev_mode is on (dev HS256 tokens accepted): never in production",
+                        config.display()
+                    );
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }

@@ -103,6 +103,12 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
     shared.metrics.config_info.with_label_values(&[&crate::state::config_hash(&config)]).set(1);
     shared.metrics.config_last_reload_success.set(shared.clock.now().as_second());
     shared.metrics.config_last_reload_successful.set(1);
+    shared.metrics.dev_mode.set(i64::from(config.raw.dev_mode));
+    if config.raw.dev_mode {
+        tracing::warn!(
+            "dev_mode is on: tokens signed with identity.dev_hs256 are accepted; never run it in production"
+        );
+    }
     // Spent budgets from before the last stop (memory store): a restart is not a free refill.
     if let (crate::quota::StoreConfig::Memory, Some((path, _))) = (&config.store, &config.snapshot) {
         let n = shared.quota.load_snapshot(path);

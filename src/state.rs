@@ -332,6 +332,12 @@ impl Shared {
             certs.install(cert);
         }
         let hash = config_hash(&rt.config);
+        self.metrics.dev_mode.set(i64::from(rt.config.raw.dev_mode));
+        if rt.config.raw.dev_mode {
+            tracing::warn!(
+                "dev_mode is on: tokens signed with identity.dev_hs256 are accepted; never run it in production"
+            );
+        }
         self.runtime.store(Arc::new(rt));
         self.metrics.config_info.reset();
         self.metrics.config_info.with_label_values(&[&hash]).set(1);

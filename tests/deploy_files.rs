@@ -209,6 +209,7 @@ fn the_configmap_config_is_valid_and_keeps_the_repo_policy() {
     let cfg = configmap_config();
     assert_same_policy(&cfg, "ConfigMap");
     assert!(cfg.raw.identity.dev_hs256.is_none(), "the dev HS256 key must not reach production");
+    assert!(!cfg.raw.dev_mode, "dev_mode must not reach production");
     assert!(cfg.raw.identity.jwks_file.is_some(), "no identity provider keys");
     assert!(cfg.listen.plain.is_none(), "plain HTTP open in production");
     let metrics = cfg.listen.metrics.expect("ops port");

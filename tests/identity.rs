@@ -137,7 +137,8 @@ fn identity_with_jwks(dir: &std::path::Path, trusted: &[&str], gateway: bool) ->
         ""
     };
     format!(
-        r#"identity:
+        r#"dev_mode: true
+identity:
   jwks_file: "{jwks}"
   issuers: ["{ISSUER}"]
   audiences: ["{AUDIENCE}"]

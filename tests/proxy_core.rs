@@ -305,6 +305,21 @@ fn check_config_refuses_what_serve_would() {
     std::fs::write(&path, text).unwrap();
     let err = check_config_refuses(&path);
     assert!(err.contains("line 2: identity.jwks_file: holds the example key published in RFC 8037"), "{err}");
+
+    // The dev HS256 key (anyone with the file signs tokens) only with an explicit dev_mode, which
+    // the process then announces (cvgate_dev_mode, a log line at start).
+    let dev = "identity:\n  issuers: [\"https://idp\"]\n  audiences: [cvgate]\n  dev_hs256:\n    kid: dev\n    secret: \"0123456789abcdef0123456789abcdef\"\n";
+    std::fs::write(&path, dev).unwrap();
+    let err = check_config_refuses(&path);
+    assert!(err.contains("line 4: identity.dev_hs256: a shared-secret key"), "{err}");
+    std::fs::write(&path, format!("dev_mode: true\n{dev}")).unwrap();
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success() && stderr.contains("warning: dev_mode is on"), "{stderr}");
 }
 
 /// The listener decides the cipher suite (testssl.sh: "cipher order"): a client that prefers

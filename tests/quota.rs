@@ -302,6 +302,40 @@ async fn a_429_carries_retry_after_ratelimit_headers_and_a_problem() {
     p.running.shutdown().await;
 }
 
+/// Issue 17: clients built against Kong/Envoy read `X-RateLimit-*`; off by default, on with
+/// `quota.legacy_headers`, showing the same constraining bucket as `RateLimit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_ratelimit_headers_only_when_asked_for() {
+    let base = quota(&day(1000), &day(100_000), &day(100_000));
+    let (p, _) = proxy(&base).await;
+    let t = token(&p, "acct-1", KVK);
+    let mut s = plain_connect(p.plain).await;
+    let r = s.send(get("/api/v1/cvs?size=200", false, &[("authorization", &bearer(&t))])).await;
+    let (parts, _) = body_bytes(r).await;
+    assert!(parts.headers.contains_key("ratelimit") && !parts.headers.contains_key("x-ratelimit-remaining"));
+    p.running.shutdown().await;
+
+    let with = base.replacen("quota:\n", "quota:\n  legacy_headers: true\n", 1);
+    assert_ne!(with, base);
+    let (p, _) = proxy(&with).await;
+    let mut s = plain_connect(p.plain).await;
+    let r = s.send(get("/api/v1/cvs?size=200", false, &[("authorization", &bearer(&t))])).await;
+    let (parts, _) = body_bytes(r).await;
+    assert_eq!(header(&parts, "ratelimit"), format!("\"account-day\";r=800;t={}", refill_secs_1000_day(200)));
+    assert_eq!(header(&parts, "x-ratelimit-limit"), "1000");
+    assert_eq!(header(&parts, "x-ratelimit-remaining"), "800");
+    assert_eq!(header(&parts, "x-ratelimit-reset"), refill_secs_1000_day(200).to_string());
+    for _ in 0..4 {
+        let r = s.send(get("/api/v1/cvs?size=200", false, &[("authorization", &bearer(&t))])).await;
+        body_bytes(r).await;
+    }
+    let r = s.send(get("/api/v1/cvs?size=20", false, &[("authorization", &bearer(&t))])).await;
+    let (parts, _) = expect_problem(r, 429, "quota-exceeded").await;
+    assert_eq!(header(&parts, "x-ratelimit-remaining"), "0");
+    assert_eq!(header(&parts, "retry-after"), "1728");
+    p.running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_paging_is_refused_and_not_charged() {
     let (p, _) = proxy(&quota(&day(10_000), &day(100_000), &day(100_000))).await;

@@ -46,12 +46,23 @@ impl Drop for Serve {
 }
 
 async fn serve(config: &std::path::Path, admin: u16) -> Serve {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("CVGATE_LOG", "error")
-        .spawn()
-        .unwrap();
+    serve_logging(config, admin, None).await
+}
+
+/// `cvgate serve`, its warnings and errors as JSON lines into `log` when given.
+async fn serve_logging(config: &std::path::Path, admin: u16, log: Option<&std::path::Path>) -> Serve {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cvgate"));
+    cmd.args(["serve", "--config"]).arg(config);
+    match log {
+        Some(path) => {
+            cmd.args(["--log-format", "json"]).env("CVGATE_LOG", "warn");
+            cmd.stderr(std::fs::File::create(path).unwrap());
+        }
+        None => {
+            cmd.env("CVGATE_LOG", "error");
+        }
+    }
+    let child = cmd.spawn().unwrap();
     let s = Serve(child);
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", admin)).await.is_ok() {
@@ -60,6 +71,56 @@ async fn serve(config: &std::path::Path, admin: u16) -> Serve {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("cvgate serve did not open its admin port");
+}
+
+/// Issue 17: every admin change is one log line naming the caller, the call and its answer;
+/// a key with spaces and `key=value` text stays one quoted value (no forged fields).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_actions_are_logged_with_who_what_and_outcome() {
+    let mock = start_mock().await;
+    let (dir, _) = cert_dir();
+    let admin = free_port();
+    let blocks = dir.path().join("blocks.json").display().to_string();
+    let yaml = admin_config(&format!("http://{mock}"), dir.path(), &blocks, "")
+        .replace("  admin: \"127.0.0.1:0\"", &format!("  admin: \"127.0.0.1:{admin}\""));
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let log = dir.path().join("stderr.jsonl");
+    let proc = serve_logging(&config, admin, Some(&log)).await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
+    let forged = "tf tiny scope=org key=12345678 reason=forged";
+    let (st, _) = admin_at(addr, "POST", "/v1/blocks", Some(json!({"scope": "account", "key": forged}))).await;
+    assert_eq!(st, 201);
+    let (st, _) = admin_at(addr, "DELETE", "/v1/blocks/account/nobody", None).await;
+    assert_eq!(st, 404);
+    let (st, _) = admin_at(addr, "POST", "/v1/pauses/cv", None).await;
+    assert_eq!(st, 200);
+    let (st, _) = admin_at(addr, "GET", "/v1/blocks", None).await;
+    assert_eq!(st, 200);
+    drop(proc);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let actions: Vec<&Value> = lines.iter().filter(|v| v["message"] == "admin action").collect();
+    let seen: Vec<(String, String, u64)> = actions
+        .iter()
+        .map(|v| {
+            (v["method"].as_str().unwrap().into(), v["path"].as_str().unwrap().into(), v["status"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("POST".into(), "\"/v1/blocks\"".into(), 201),
+            ("DELETE".into(), "\"/v1/blocks/account/nobody\"".into(), 404),
+            ("POST".into(), "\"/v1/pauses/cv\"".into(), 200),
+        ],
+        "{text}"
+    );
+    assert!(actions.iter().all(|v| v["peer"].as_str().unwrap().contains("127.0.0.1:")), "{text}");
+    // The block itself is logged with the whole key as one value.
+    let blocked = lines.iter().find(|v| v["message"] == "blocked").expect("a block line");
+    assert_eq!(blocked["key"].as_str().unwrap(), format!("{forged:?}"), "{text}");
+    assert!(blocked.get("reason").is_some_and(|r| !r.as_str().unwrap().contains("forged")), "{text}");
 }
 
 /// The block keys a restart would read from `file` (and its journal), read the way a start does.

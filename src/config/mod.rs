@@ -263,6 +263,12 @@ impl Config {
             None => None,
         };
         let identity = e.nest("identity", IdentityPolicy::from_raw(&raw.identity, jwks_text.as_deref()));
+        if raw.identity.dev_hs256.is_some() && !raw.dev_mode {
+            e.push(
+                "identity.dev_hs256",
+                "a shared-secret key anyone with this file can sign tokens with: allowed only with `dev_mode: true` (never in production)",
+            );
+        }
         let routes = e.nest("", RouteTable::from_raw(&raw.routes, &raw.unmatched));
         let closure = e.nest("closure", ClosurePolicy::from_raw(&raw.closure));
         let quota = e.nest("quota", QuotaPolicy::from_raw(&raw.quota));

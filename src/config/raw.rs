@@ -14,6 +14,9 @@ use crate::quota::RawQuota;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RawConfig {
+    /// Development mode: allows `identity.dev_hs256` (tokens anyone with this file can sign).
+    /// Logged at start and exported as `cvgate_dev_mode 1`, which pages (alerts.yml).
+    pub dev_mode: bool,
     pub listen: RawListen,
     pub upstream: RawUpstream,
     pub limits: RawLimits,
@@ -37,6 +40,7 @@ pub struct RawConfig {
 impl Default for RawConfig {
     fn default() -> Self {
         Self {
+            dev_mode: false,
             listen: RawListen::default(),
             upstream: RawUpstream::default(),
             limits: RawLimits::default(),

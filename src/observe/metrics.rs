@@ -73,6 +73,8 @@ pub struct Metrics {
     /// 1 while the running config file differs from the started one in settings read only at
     /// start (they apply at the next restart).
     pub config_restart_pending: IntGauge,
+    /// 1 while the running config has `dev_mode: true` (dev tokens accepted).
+    pub dev_mode: IntGauge,
     /// Tracked quota keys in the local store.
     pub quota_tracked_keys: IntGauge,
     /// 1 while the shared quota store's circuit breaker is open (requests take the failure policy).
@@ -138,6 +140,10 @@ impl Metrics {
         let config_restart_pending = gauge(
             "cvgate_config_restart_pending",
             "1 while the config file changes settings read only at start; they apply at the next restart.",
+        );
+        let dev_mode = gauge(
+            "cvgate_dev_mode",
+            "1 while dev_mode is on: tokens signed with the config's dev HS256 key are accepted.",
         );
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -254,6 +260,7 @@ impl Metrics {
             config_last_reload_success,
             config_last_reload_successful,
             config_restart_pending,
+            dev_mode,
             quota_store_breaker_open,
             upstream_latency,
             connections_active,

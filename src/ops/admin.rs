@@ -150,6 +150,21 @@ fn redacted_config(shared: &Shared) -> Value {
     v
 }
 
+/// Every admin call that changes something (any method but GET) is logged once with its
+/// answer: who (the caller's address; the one admin token), what, and how it went. Values are
+/// quoted by the log format, so a key cannot forge fields.
+async fn audited(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
+    if req.method() == Method::GET {
+        return route(shared, req).await;
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let peer = req.extensions().get::<crate::ops::Peer>().map(|p| p.0.to_string()).unwrap_or_default();
+    let resp = route(shared, req).await;
+    let status = resp.status().as_u16();
+    tracing::warn!(target: "cvgate::admin", method = %method, path = ?path, peer = ?peer, status, "admin action");
+    resp
+}
+
 /// Run an admin change that writes to disk (fsync) off the runtime's threads, so proxied
 /// requests on them do not wait for the disk.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
@@ -225,7 +240,7 @@ pub async fn serve(l: TcpListener, shared: Arc<Shared>, stop: CancellationToken)
     }
     crate::ops::serve_local(l, stop, move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(route(shared, req).await) }
+        async move { Ok::<_, Infallible>(audited(shared, req).await) }
     })
     .await;
 }

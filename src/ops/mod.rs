@@ -86,7 +86,12 @@ pub async fn serve(l: TcpListener, shared: Arc<Shared>, stop: CancellationToken)
     serve_local(l, stop, move |req| handle(shared.clone(), req)).await;
 }
 
-/// Accept loop of the small local HTTP ports (ops, admin): every request goes to `handler`.
+/// The peer of a request on a local port (ops, admin), in the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+/// Accept loop of the small local HTTP ports (ops, admin): every request goes to `handler`,
+/// with its [`Peer`] in the extensions.
 pub async fn serve_local<F, Fut>(l: TcpListener, stop: CancellationToken, handler: F)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -96,11 +101,16 @@ where
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
-            r = l.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+            r = l.accept() => match r { Ok(x) => x, Err(_) => continue },
         };
+        let (stream, peer) = stream;
         let (b, handler) = (builder.clone(), handler.clone());
         tokio::spawn(async move {
-            let _ = b.serve_connection(TokioIo::new(stream), hyper::service::service_fn(handler)).await;
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(Peer(peer));
+                handler(req)
+            });
+            let _ = b.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }

@@ -8,6 +8,10 @@
 //! shared with other people, so their usage is reported only when it is what limits this caller,
 //! and only as the single number the caller needs. Quotas are in CVs; the draft's `qu` parameter
 //! has no unit for records, so it is left out (the API docs say "CVs").
+//!
+//! With `quota.legacy_headers`, the same bucket is also shown in the names clients built for
+//! Kong and Envoy read: `X-RateLimit-Limit` (its capacity), `X-RateLimit-Remaining`,
+//! `X-RateLimit-Reset` (seconds until it is full again, as Envoy sends it).
 
 use super::gcra::ceil_secs;
 use super::store::{BucketSpec, BucketState};
@@ -17,6 +21,9 @@ use super::Reservation;
 pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
 pub const RATELIMIT: &str = "ratelimit";
 pub const RETRY_AFTER: &str = "retry-after";
+pub const X_RATELIMIT_LIMIT: &str = "x-ratelimit-limit";
+pub const X_RATELIMIT_REMAINING: &str = "x-ratelimit-remaining";
+pub const X_RATELIMIT_RESET: &str = "x-ratelimit-reset";
 
 /// Headers for a granted request (none for an exempt one or when every bucket is shadow).
 pub fn ratelimit_headers(r: &Reservation) -> Vec<(&'static str, String)> {
@@ -24,7 +31,7 @@ pub fn ratelimit_headers(r: &Reservation) -> Vec<(&'static str, String)> {
         .filter(|&i| !r.buckets[i].shadow)
         .min_by_key(|&i| (r.states[i].remaining, std::cmp::Reverse(r.states[i].reset_secs)));
     match tightest {
-        Some(i) => pair(&r.buckets, &r.states, i),
+        Some(i) => pair(&r.buckets, &r.states, i, r.legacy_headers),
         None => Vec::new(),
     }
 }
@@ -40,15 +47,16 @@ pub(crate) fn rejection_headers(
     states: &[BucketState],
     index: usize,
     retry_after_secs: Option<u64>,
+    legacy: bool,
 ) -> Vec<(&'static str, String)> {
-    let mut h = pair(buckets, states, index);
+    let mut h = pair(buckets, states, index, legacy);
     if let Some(secs) = retry_after_secs {
         h.push((RETRY_AFTER, retry_after(secs)));
     }
     h
 }
 
-fn pair(buckets: &[BucketSpec], states: &[BucketState], i: usize) -> Vec<(&'static str, String)> {
+fn pair(buckets: &[BucketSpec], states: &[BucketState], i: usize, legacy: bool) -> Vec<(&'static str, String)> {
     use std::fmt::Write as _;
     let scope = buckets[i].scope;
     // One buffer per header, written in place (this runs on every charged response).
@@ -63,7 +71,13 @@ fn pair(buckets: &[BucketSpec], states: &[BucketState], i: usize) -> Vec<(&'stat
     let s = &states[i];
     let mut limit = String::with_capacity(48);
     let _ = write!(limit, "\"{}-{}\";r={};t={}", scope.as_str(), b.horizon, s.remaining, s.reset_secs);
-    vec![(RATELIMIT_POLICY, policy), (RATELIMIT, limit)]
+    let mut h = vec![(RATELIMIT_POLICY, policy), (RATELIMIT, limit)];
+    if legacy {
+        h.push((X_RATELIMIT_LIMIT, b.capacity.to_string()));
+        h.push((X_RATELIMIT_REMAINING, s.remaining.to_string()));
+        h.push((X_RATELIMIT_RESET, s.reset_secs.to_string()));
+    }
+    h
 }
 
 #[cfg(test)]
@@ -90,6 +104,7 @@ mod tests {
             would_reject: vec![],
             tier: None,
             exempt: false,
+            legacy_headers: false,
         };
         let h = ratelimit_headers(&r);
         assert_eq!(
@@ -107,8 +122,20 @@ mod tests {
     fn rejection_adds_retry_after() {
         let b = vec![spec(Scope::Ip, "day", 5000, 86_400)];
         let s = vec![BucketState { remaining: 12, reset_secs: 86_000, retry_after_secs: 8000 }];
-        let h = rejection_headers(&b, &s, 0, Some(8000));
+        let h = rejection_headers(&b, &s, 0, Some(8000), false);
         assert_eq!(h[1], (RATELIMIT, "\"ip-day\";r=12;t=86000".to_string()));
         assert_eq!(h[2], (RETRY_AFTER, "8000".to_string()));
+        assert_eq!(h.len(), 3, "no legacy names unless asked for");
+        // Legacy names on: the same bucket in Kong's/Envoy's headers.
+        let h = rejection_headers(&b, &s, 0, Some(8000), true);
+        assert_eq!(
+            &h[2..],
+            &[
+                (X_RATELIMIT_LIMIT, "5000".to_string()),
+                (X_RATELIMIT_REMAINING, "12".to_string()),
+                (X_RATELIMIT_RESET, "86000".to_string()),
+                (RETRY_AFTER, "8000".to_string()),
+            ]
+        );
     }
 }

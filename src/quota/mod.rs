@@ -94,6 +94,8 @@ pub struct Reservation {
     pub tier: Option<Arc<str>>,
     /// Exempt subject: no bucket was touched.
     pub exempt: bool,
+    /// Also send the legacy `X-RateLimit-*` headers (`quota.legacy_headers`).
+    pub legacy_headers: bool,
 }
 
 impl Reservation {
@@ -154,22 +156,25 @@ impl QuotaEngine {
                 CostMode::UpTo { max, .. } => max,
             };
             let exempt = true;
-            return Ok(Reservation { granted, buckets, states: Vec::new(), would_reject: Vec::new(), tier, exempt });
+            let (states, would_reject, legacy_headers) = (Vec::new(), Vec::new(), policy.legacy_headers);
+            return Ok(Reservation { granted, buckets, states, would_reject, tier, exempt, legacy_headers });
         }
         match self.store.reserve(&buckets, cost).await? {
             ReserveOutcome::Granted { granted, states, would_reject } => {
                 let would_reject =
                     would_reject.iter().map(|&i| (buckets[i].scope, buckets[i].horizon.clone())).collect();
-                Ok(Reservation { granted, buckets, states, would_reject, tier, exempt: false })
+                let legacy_headers = policy.legacy_headers;
+                Ok(Reservation { granted, buckets, states, would_reject, tier, exempt: false, legacy_headers })
             }
             ReserveOutcome::Rejected { index, retry_after_secs, states } => {
-                let headers = headers::rejection_headers(&buckets, &states, index, Some(retry_after_secs));
+                let headers =
+                    headers::rejection_headers(&buckets, &states, index, Some(retry_after_secs), policy.legacy_headers);
                 let b = &buckets[index];
                 Err(Rejection::Quota { scope: b.scope, horizon: b.horizon.clone(), retry_after_secs, headers })
             }
             ReserveOutcome::TooLarge { index, states } => {
                 let b = &buckets[index];
-                let headers = headers::rejection_headers(&buckets, &states, index, None);
+                let headers = headers::rejection_headers(&buckets, &states, index, None, policy.legacy_headers);
                 Err(Rejection::TooLarge { scope: b.scope, horizon: b.horizon.clone(), capacity: b.capacity, headers })
             }
         }

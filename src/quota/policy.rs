@@ -36,6 +36,9 @@ pub struct RawQuota {
     pub tiers: BTreeMap<String, RawTier>,
     pub overrides: RawOverrides,
     pub exempt: RawExempt,
+    /// Also send `X-RateLimit-Limit/Remaining/Reset` (Kong's and Envoy's names; Reset in seconds
+    /// from now) beside the standard `RateLimit`/`RateLimit-Policy`, for clients built on them.
+    pub legacy_headers: bool,
 }
 
 /// Prefix lengths that make one IP scope key.
@@ -161,6 +164,7 @@ impl Default for RawQuota {
         Self {
             ip_prefix: RawIpPrefix::default(),
             max_tracked_keys: 1_000_000,
+            legacy_headers: false,
             scopes: RawScopes::default(),
             tiers: BTreeMap::from([(
                 "staffing_agency".to_string(),
@@ -249,6 +253,7 @@ pub struct QuotaPolicy {
     pub(crate) countries: HashMap<String, Vec<Horizon>>,
     pub(crate) exempt_accounts: HashSet<String>,
     pub(crate) exempt_orgs: HashSet<String>,
+    pub(crate) legacy_headers: bool,
 }
 
 impl QuotaPolicy {
@@ -330,6 +335,7 @@ impl QuotaPolicy {
             v4_prefix: raw.ip_prefix.v4,
             v6_prefix: raw.ip_prefix.v6,
             max_tracked_keys: raw.max_tracked_keys,
+            legacy_headers: raw.legacy_headers,
             scopes,
             accounts,
             orgs,

@@ -76,11 +76,13 @@ limits:
     )
 }
 
-/// Identity section with the dev key; `trusted` lists trusted proxy CIDRs.
+/// Identity section with the dev key (and the `dev_mode` it needs); `trusted` lists trusted
+/// proxy CIDRs.
 pub fn identity_yaml(trusted: &[&str]) -> String {
     let list = trusted.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
     format!(
-        r#"identity:
+        r#"dev_mode: true
+identity:
   issuers: ["{ISSUER}"]
   audiences: ["{AUDIENCE}"]
   dev_hs256: {{ kid: "dev", secret: "{DEV_SECRET}" }}
