@@ -17,7 +17,7 @@ fn page() -> Bytes {
         if i > 0 {
             s.push(',');
         }
-        cvgate::mock_api::write_cv(&mut s, 1000 + i);
+        cvgate::devtools::mock_api::write_cv(&mut s, 1000 + i);
     }
     s.push_str("]}");
     Bytes::from(s)
@@ -27,7 +27,7 @@ fn export() -> Bytes {
     let mut s = String::new();
     let mut id = 1;
     while s.len() < 4 << 20 {
-        cvgate::mock_api::write_cv(&mut s, id);
+        cvgate::devtools::mock_api::write_cv(&mut s, id);
         s.push('\n');
         id += 1;
     }

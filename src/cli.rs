@@ -1,5 +1,7 @@
-//! The command line: `serve`, `check-config`, `mock-cv-api`, `token`, `demo`.
+//! The command line: `serve`, `check-config`, `token`; with the `devtools` feature (default)
+//! also `mock-cv-api` and `demo`.
 
+#[cfg(feature = "devtools")]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +37,7 @@ pub enum Command {
         config: PathBuf,
     },
     /// Run the stand-in CV API (demo, tests, benches).
+    #[cfg(feature = "devtools")]
     MockCvApi {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
@@ -65,6 +68,7 @@ pub enum Command {
     },
     /// Replay the 4 May 2024 incident, its evasions and legitimate use through the real proxy
     /// on a manual clock, and print what got through.
+    #[cfg(feature = "devtools")]
     Demo {
         #[arg(long, default_value = "config.yaml")]
         config: PathBuf,
@@ -104,11 +108,16 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo starts a proxy per scenario: their info lines (and the block warnings the replayed
     // attacks are meant to trigger) would bury the table; its report shows them.
-    init_logging(if matches!(cli.command, Command::Demo { .. }) { "error" } else { "info" }, &cli.log_format);
+    #[cfg(feature = "devtools")]
+    let quiet = matches!(cli.command, Command::Demo { .. });
+    #[cfg(not(feature = "devtools"))]
+    let quiet = false;
+    init_logging(if quiet { "error" } else { "info" }, &cli.log_format);
     match cli.command {
+        #[cfg(feature = "devtools")]
         Command::Demo { config, json, serve, fast, upstream_compress } => {
-            let opts = crate::demo::DemoOptions { fast, progress: true, upstream_compress };
-            match runtime().block_on(crate::demo::main(config, json, serve, opts)) {
+            let opts = crate::devtools::demo::DemoOptions { fast, progress: true, upstream_compress };
+            match runtime().block_on(crate::devtools::demo::main(config, json, serve, opts)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("cvgate demo: {e:#}");
@@ -139,15 +148,19 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::MockCvApi { listen, force_encoding, results_key } => match runtime()
-            .block_on(crate::mock_api::run(listen, crate::mock_api::MockOptions { force_encoding, results_key }))
-        {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("cvgate mock-cv-api: {e:#}");
-                ExitCode::FAILURE
+        #[cfg(feature = "devtools")]
+        Command::MockCvApi { listen, force_encoding, results_key } => {
+            match runtime().block_on(crate::devtools::mock_api::run(
+                listen,
+                crate::devtools::mock_api::MockOptions { force_encoding, results_key },
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cvgate mock-cv-api: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::Token { config, account, org, acr, ttl } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,

@@ -28,9 +28,11 @@
 //! blocks and pauses to the other replicas), [`server`] (the composition root: start-up,
 //! signals, shutdown; nothing imports it), [`clock`] (the only reader of time), [`duration`]
 //! (the one duration grammar), [`invalid`] (the one collector of config errors and their key
-//! paths), [`persist`] (crash-safe file writes), [`mock_api`] (the stand-in
-//! CV API), [`demo`] (replays the 4 May 2024 incident and its evasions through the real proxy),
-//! [`cli`].
+//! paths), [`persist`] (crash-safe file writes), [`cli`].
+//!
+//! Not part of the proxy: `devtools` (the stand-in CV API and the demo that replays the 4 May
+//! 2024 incident through a real proxy), behind the default `devtools` feature; nothing above
+//! imports it, and `cargo build --no-default-features` leaves it out.
 //!
 //! One policy for poisoned locks: a lock is held only for a map or field update, so a panic
 //! while holding it cannot leave half a change behind; every lock is taken with
@@ -44,11 +46,11 @@ pub mod config;
 pub mod count;
 pub mod country;
 pub mod ctx;
-pub mod demo;
+#[cfg(feature = "devtools")]
+pub mod devtools;
 pub mod duration;
 pub mod forward;
 pub mod invalid;
-pub mod mock_api;
 pub mod net;
 pub mod observe;
 pub mod ops;

@@ -36,7 +36,7 @@ async fn start_recording_mock() -> (SocketAddr, Seen) {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     rec.lock().unwrap().push(format!("{} {}", req.method(), req.uri()));
-                    cvgate::mock_api::handle(req)
+                    cvgate::devtools::mock_api::handle(req)
                 });
                 let _ = b.serve_connection(hyper_util::rt::TokioIo::new(s), svc).await;
             });

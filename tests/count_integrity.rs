@@ -10,7 +10,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use cvgate::count::codec::{BombGuard, Failure};
-use cvgate::mock_api::MockOptions;
+use cvgate::devtools::mock_api::MockOptions;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,7 +38,7 @@ blocks: {{ rules: [] }}
 async fn mock_with(opts: MockOptions) -> String {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(cvgate::mock_api::serve_with(l, opts, std::future::pending()));
+    tokio::spawn(cvgate::devtools::mock_api::serve_with(l, opts, std::future::pending()));
     format!("http://{addr}")
 }
 

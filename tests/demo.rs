@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use cvgate::config::Config;
-use cvgate::demo::{DemoOptions, DemoReport, HorizonBudget, ScenarioReport};
+use cvgate::devtools::demo::{DemoOptions, DemoReport, HorizonBudget, ScenarioReport};
 use cvgate::quota::Scope;
 
 fn scenario<'a>(r: &'a DemoReport, id: &str) -> &'a ScenarioReport {
@@ -56,15 +56,15 @@ async fn demo_attacks_stay_within_budgets_and_legit_users_are_never_refused() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
     let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let plain = DemoOptions { fast: true, progress: false, upstream_compress: false };
-    let report = cvgate::demo::run(&path, &plain).await.unwrap();
-    eprintln!("{}", cvgate::demo::render(&report));
+    let report = cvgate::devtools::demo::run(&path, &plain).await.unwrap();
+    eprintln!("{}", cvgate::devtools::demo::render(&report));
     check(&config, &report);
 
     // Issue 15: an upstream that gzips every answer (and clients that send Accept-Encoding: gzip)
     // leaks exactly what a plain one does: cvgate counts after decoding.
     let gzip = DemoOptions { upstream_compress: true, ..plain };
-    let compressed = cvgate::demo::run(&path, &gzip).await.unwrap();
-    eprintln!("{}", cvgate::demo::render(&compressed));
+    let compressed = cvgate::devtools::demo::run(&path, &gzip).await.unwrap();
+    eprintln!("{}", cvgate::devtools::demo::render(&compressed));
     assert!(compressed.upstream_compress);
     check(&config, &compressed);
     for (p, c) in report.scenarios.iter().zip(&compressed.scenarios) {

@@ -41,13 +41,13 @@ fn write_files(dir: &Path, n: u64, m: u64) {
         if i > 1 {
             page.push(',');
         }
-        cvgate::mock_api::write_cv(&mut page, i);
+        cvgate::devtools::mock_api::write_cv(&mut page, i);
     }
     page.push_str("]}");
     std::fs::write(dir.join("search.json"), page).unwrap();
     let mut export = String::new();
     for i in 1..=m {
-        cvgate::mock_api::write_cv(&mut export, i);
+        cvgate::devtools::mock_api::write_cv(&mut export, i);
         export.push('\n');
     }
     std::fs::write(dir.join("export.ndjson"), export).unwrap();

@@ -28,6 +28,7 @@
 
 pub mod codec;
 pub mod integrity;
+pub mod mask;
 
 use std::error::Error as StdError;
 use std::future::Future;

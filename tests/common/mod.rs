@@ -31,7 +31,7 @@ pub fn daytime() -> jiff::Timestamp {
 pub async fn start_mock() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(cvgate::mock_api::serve(l, std::future::pending()));
+    tokio::spawn(cvgate::devtools::mock_api::serve(l, std::future::pending()));
     addr
 }
 

@@ -532,11 +532,11 @@ async fn run_plan(
     let mock = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.context("binding the mock CV API")?;
     let mock_addr = mock.local_addr()?;
     let mock_stop = CancellationToken::new();
-    let mock_opts = crate::mock_api::MockOptions {
+    let mock_opts = super::mock_api::MockOptions {
         force_encoding: opts.upstream_compress.then(|| "gzip".to_string()),
-        ..crate::mock_api::MockOptions::default()
+        ..super::mock_api::MockOptions::default()
     };
-    tokio::spawn(crate::mock_api::serve_with(mock, mock_opts, mock_stop.clone().cancelled_owned()));
+    tokio::spawn(super::mock_api::serve_with(mock, mock_opts, mock_stop.clone().cancelled_owned()));
 
     let config = scenario_config(base, dir, mock_addr)?;
     let first = plan.steps.first().context("empty scenario")?.at;
@@ -821,7 +821,7 @@ async fn serve(path: &Path, json: bool) -> anyhow::Result<()> {
         })?;
     let mock = TcpListener::bind(mock_addr).await.with_context(|| format!("binding the mock CV API on {mock_addr}"))?;
     let mock_stop = CancellationToken::new();
-    tokio::spawn(crate::mock_api::serve(mock, mock_stop.clone().cancelled_owned()));
+    tokio::spawn(super::mock_api::serve(mock, mock_stop.clone().cancelled_owned()));
     let clock: SharedClock = Arc::new(SystemClock);
     let now = clock.now();
     let running = crate::server::start(config.clone(), Some(path.to_path_buf()), clock).await?;
