@@ -122,13 +122,6 @@ fn join(prefix: &str, path: String) -> String {
     }
 }
 
-/// For validators not yet converted (`policy::blocks`).
-impl From<Vec<(String, String)>> for Invalid {
-    fn from(v: Vec<(String, String)>) -> Self {
-        Self(v)
-    }
-}
-
 impl IntoIterator for Invalid {
     type Item = (String, String);
     type IntoIter = std::vec::IntoIter<(String, String)>;

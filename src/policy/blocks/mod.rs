@@ -29,6 +29,8 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::invalid::Invalid;
+
 /// What a block applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -248,79 +250,62 @@ impl BlocksConfig {
     }
 
     /// Every error with its key path relative to `blocks`. `base` resolves a relative file.
-    pub fn from_raw(raw: &RawBlocks, base: &Path) -> Result<Self, Vec<(String, String)>> {
-        let mut errs = Vec::new();
-        let dur = |p: String, s: &str, errs: &mut Vec<(String, String)>| match crate::duration::parse(s) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                errs.push((p, "must be greater than 0".into()));
-                Duration::ZERO
-            }
-            Err(e) => {
-                errs.push((p, e));
-                Duration::ZERO
-            }
-        };
+    pub fn from_raw(raw: &RawBlocks, base: &Path) -> Result<Self, Invalid> {
+        let mut e = Invalid::new();
         let mut rules = Vec::new();
         for (i, r) in raw.rules.iter().enumerate() {
-            let p = format!("rules[{i}]");
-            let on = match r.on.as_str() {
-                "quota" => Event::Quota,
-                "deep_paging" => Event::DeepPaging,
-                o => {
-                    errs.push((format!("{p}.on"), format!("expected quota or deep_paging, got {o:?}")));
-                    Event::Quota
-                }
-            };
-            let block = BlockScope::parse(&r.block).unwrap_or_else(|| {
-                errs.push((format!("{p}.block"), format!("expected account, org or ip, got {:?}", r.block)));
-                BlockScope::Account
-            });
-            if r.name.is_empty() {
-                errs.push((format!("{p}.name"), "a rule needs a name".into()));
-            }
-            // A typo here would silently disable the rule: the scope is a closed set (the
-            // horizon is checked against the quota section by `config`).
-            if let Some(s) = &r.scope {
-                if !crate::quota::Scope::ALL.iter().any(|x| x.as_str() == s) {
-                    errs.push((
-                        format!("{p}.scope"),
-                        format!("expected account, org, ip, country or global, got {s:?}"),
-                    ));
-                }
-            }
-            if on == Event::DeepPaging && (r.scope.is_some() || r.horizon.is_some()) {
-                errs.push((format!("{p}.scope"), "scope and horizon narrow quota rules only".into()));
-            }
-            if r.threshold == 0 {
-                errs.push((format!("{p}.threshold"), "must be at least 1".into()));
-            }
-            rules.push(Rule {
-                name: r.name.clone(),
-                on,
-                scope: r.scope.clone(),
-                horizon: r.horizon.clone(),
-                threshold: r.threshold,
-                within: dur(format!("{p}.within"), &r.within, &mut errs),
-                block,
-                duration: dur(format!("{p}.duration"), &r.duration, &mut errs),
-            });
+            let rule = e.under(&format!("rules[{i}]"), |e| Rule::from_raw(r, e));
+            rules.push(rule);
         }
         if raw.escalation_factor == 0 {
-            errs.push(("escalation_factor".into(), "must be at least 1".into()));
+            e.push("escalation_factor", "must be at least 1");
         }
-        let max_duration = match crate::duration::parse_positive(&raw.max_duration) {
-            Ok(ns) => Duration::from_nanos(ns.get()),
-            Err(e) => {
-                errs.push(("max_duration".into(), e));
-                Duration::ZERO
+        let max_duration = e.positive_duration("max_duration", &raw.max_duration).unwrap_or_default();
+        let file = raw.file.as_ref().map(|f| if Path::new(f).is_absolute() { PathBuf::from(f) } else { base.join(f) });
+        e.into_result(Self { file, rules, escalation_factor: raw.escalation_factor, max_duration })
+    }
+}
+
+impl Rule {
+    /// One rule; errors with paths relative to the rule.
+    fn from_raw(r: &RawRule, e: &mut Invalid) -> Rule {
+        let on = match r.on.as_str() {
+            "quota" => Event::Quota,
+            "deep_paging" => Event::DeepPaging,
+            o => {
+                e.push("on", format!("expected quota or deep_paging, got {o:?}"));
+                Event::Quota
             }
         };
-        let file = raw.file.as_ref().map(|f| if Path::new(f).is_absolute() { PathBuf::from(f) } else { base.join(f) });
-        if errs.is_empty() {
-            Ok(Self { file, rules, escalation_factor: raw.escalation_factor, max_duration })
-        } else {
-            Err(errs)
+        let block = BlockScope::parse(&r.block).unwrap_or_else(|| {
+            e.push("block", format!("expected account, org or ip, got {:?}", r.block));
+            BlockScope::Account
+        });
+        if r.name.is_empty() {
+            e.push("name", "a rule needs a name");
+        }
+        // A typo here would silently disable the rule: the scope is a closed set (the horizon
+        // is checked against the quota section by `config`).
+        if let Some(s) = &r.scope {
+            if !crate::quota::Scope::ALL.iter().any(|x| x.as_str() == s) {
+                e.push("scope", format!("expected account, org, ip, country or global, got {s:?}"));
+            }
+        }
+        if on == Event::DeepPaging && (r.scope.is_some() || r.horizon.is_some()) {
+            e.push("scope", "scope and horizon narrow quota rules only");
+        }
+        if r.threshold == 0 {
+            e.push("threshold", "must be at least 1");
+        }
+        Rule {
+            name: r.name.clone(),
+            on,
+            scope: r.scope.clone(),
+            horizon: r.horizon.clone(),
+            threshold: r.threshold,
+            within: e.positive_duration("within", &r.within).unwrap_or_default(),
+            block,
+            duration: e.positive_duration("duration", &r.duration).unwrap_or_default(),
         }
     }
 }
