@@ -150,11 +150,11 @@ mod tests {
 
     #[test]
     fn nest_joins_with_a_dot_an_index_without_and_an_empty_path_is_the_prefix() {
-        let sub: Result<(), Invalid> = Err(Invalid::from(vec![
-            ("a.b".to_string(), "m1".to_string()),
-            ("[2].c".to_string(), "m2".to_string()),
-            (String::new(), "m3".to_string()),
-        ]));
+        let mut inner = Invalid::new();
+        inner.push("a.b", "m1");
+        inner.push("[2].c", "m2");
+        inner.push("", "m3");
+        let sub: Result<(), Invalid> = Err(inner);
         let mut e = Invalid::new();
         assert_eq!(e.nest("quota", sub.clone()), None);
         e.nest("", sub);
@@ -163,12 +163,12 @@ mod tests {
     }
 
     #[test]
-    fn nest_passes_a_value_through_and_takes_plain_vectors() {
+    fn nest_passes_a_value_through() {
         let mut e = Invalid::new();
         assert_eq!(e.nest("x", Ok::<_, Invalid>(7)), Some(7));
         assert!(e.is_empty());
-        let old: Result<(), Vec<(String, String)>> = Err(vec![("rules[0].on".into(), "bad".into())]);
-        e.nest("blocks", old);
+        let rule: Result<(), Invalid> = Err(Invalid::single("rules[0].on", "bad"));
+        e.nest("blocks", rule);
         assert_eq!(e.into_vec(), [("blocks.rules[0].on".to_string(), "bad".to_string())]);
     }
 
