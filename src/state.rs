@@ -172,6 +172,7 @@ impl Shared {
             m.requests.with_label_values(&[&r.name, &r.group, "2xx", "allowed"]);
             m.request_duration.with_label_values(&[&r.name, "2xx"]);
             m.response_bytes.with_label_values(&[&r.name]);
+            m.request_bytes.with_label_values(&[&r.name]);
             if !r.is_charged() {
                 continue;
             }
@@ -199,8 +200,13 @@ impl Shared {
         for reason in ["quota", "closed"] {
             m.streams_truncated.with_label_values(&[reason]);
         }
-        for op in ["reserve", "flags"] {
+        for op in ["reserve", "settle", "peek", "flags"] {
             m.store_errors.with_label_values(&[op]);
+        }
+        for decision in ["closed", "local"] {
+            for reason in ["error", "timeout", "breaker_open"] {
+                m.quota_store_fallback.with_label_values(&[decision, reason]);
+            }
         }
     }
 
