@@ -33,6 +33,10 @@ pub struct Ctx {
     pub count: Certainty,
     /// A charged (CV) route: audited whatever the decision (other routes only when rejected).
     pub audited: bool,
+    /// CVs delivered without their contact data (counted only, in shadow mode).
+    pub masked: u64,
+    /// Why the answer was masked (`soft-budget`, `admin`, ...; `shadow:` prefixed in shadow mode).
+    pub mask_reason: Option<&'static str>,
 }
 
 /// What answered a request: the upstream (allowed), cvgate itself with a problem, or nobody

@@ -10,8 +10,10 @@
 //! forward     stream the request to the upstream (pooled)        → 502 / 504
 //!             (charged routes: no Range/If-*, Accept-Encoding: identity — see `integrity`)
 //! judge       can the answer's records be counted with certainty? (status, type, coding) → 502
-//! respond     the body layers (`Respond::wrap`): decode if compressed, count records as they
-//!             pass, cut at the grant, compress again for the client when the route says so
+//! mask        does it lose its holders' contact data, from which record on? (`masking`) → 502
+//!             when a masked answer is in a coding cvgate cannot decode
+//! respond     the body layers (`Respond::wrap`): decode if compressed, mask contact data,
+//!             count records as they pass, cut at the grant, compress again for the client
 //! settle      when the body ends or is dropped: refund the unused part or charge the excess —
 //!             only on a certain count; an uncertain one is charged its full reservation
 //! finish      the audit line and metrics, exactly once (also for an early answer, and for a
@@ -31,11 +33,13 @@ use hyper::body::Incoming;
 
 use crate::count::codec::{Coding, Failure};
 use crate::count::integrity::Plan;
+use crate::count::masked::{MaskTally, MaskedBody};
 use crate::count::{BodyOutcome, Certainty, CountingBody, EndReason, RecordFormat};
 pub use crate::ctx::{Ctx, Decision};
 use crate::forward::{request_id, Hop, X_REQUEST_ID};
 use crate::net::listener::ConnInfo;
 use crate::policy::blocks::{Event, Who};
+use crate::policy::masking::{Asker, MaskStep};
 use crate::policy::route::{Access, Count, Reserve, Route};
 use crate::problem::{ProxyBody, ProxyError};
 use crate::quota::{CostMode, Rejection, Reservation, Subject};
@@ -102,13 +106,48 @@ async fn run(
     if plan == Plan::Refuse {
         return Err(give_back(shared, reservation.as_ref(), ProxyError::UpstreamUndecodable).await);
     }
+    // mask: what a masked answer's body must be decoded from (never passed on unmasked).
+    let mask = mask_step(shared, rt, &a, reservation.as_deref(), parts.status);
+    let mask_decode = match (&mask, crate::count::codec::content_coding(&parts.headers)) {
+        (None, _) => None,
+        (Some(_), Ok(coding)) => coding,
+        (Some(_), Err(())) => {
+            return Err(give_back(shared, reservation.as_ref(), ProxyError::UpstreamUndecodable).await)
+        }
+    };
+    let soft = match (a.route.mask.is_some() && parts.status.is_success(), reservation.as_deref()) {
+        (true, Some(r)) => rt.config.masking.unmasked_left(r).map(|l| l.header()),
+        _ => None,
+    };
     ctx.status = parts.status.as_u16();
     ctx.decision = Decision::Allowed;
     let cut_at = (a.format() == Some(&RecordFormat::Ndjson))
         .then(|| rt.config.closure.next_cut_after(&a.route.group, a.account(), a.org(), a.now))
         .flatten();
-    let respond = Respond { route: &a.route, reservation, plan, client_coding, started, cut_at };
+    let respond =
+        Respond { route: &a.route, reservation, plan, client_coding, started, cut_at, mask, mask_decode, soft };
     Ok(respond.wrap(shared, &rt.config.limits, parts, body, ctx))
+}
+
+/// Says a masked answer lost contact data, and why: `contact;reason=soft-budget`.
+const MASKED: http::HeaderName = http::HeaderName::from_static("cvgate-masked");
+/// Where the asker stands against its soft budget: `"account-day";after=300;r=120`.
+const MASK_BUDGET: http::HeaderName = http::HeaderName::from_static("cvgate-mask-budget");
+
+/// Does this answer lose its holders' contact data? Only a success on a route that carries CVs.
+fn mask_step(
+    shared: &Shared,
+    rt: &Runtime,
+    a: &Admitted,
+    reservation: Option<&Reservation>,
+    status: http::StatusCode,
+) -> Option<MaskStep> {
+    let format = a.route.mask.as_ref().filter(|_| status.is_success())?;
+    let m = &rt.config.masking;
+    let who = Asker { account: a.account(), org: a.org(), tier: reservation.and_then(|r| r.tier.as_deref()) };
+    let switched = shared.masks.any() && shared.masks.is_on(&a.route.group);
+    let decision = m.decide(&a.route.group, &who, switched, reservation, a.now)?;
+    Some(MaskStep::new(m, decision, format.clone()))
 }
 
 /// What admission established: the route, who is asking, from where, and when.
@@ -288,6 +327,11 @@ struct Respond<'a> {
     started: Instant,
     /// When a closure window with `in_flight: cut` ends a running export.
     cut_at: Option<jiff::Timestamp>,
+    /// The answer loses contact data; its body is decoded from `mask_decode` first.
+    mask: Option<MaskStep>,
+    mask_decode: Option<Coding>,
+    /// `cvgate-mask-budget`: where the asker stands against its soft budget.
+    soft: Option<String>,
 }
 
 impl Respond<'_> {
@@ -299,13 +343,19 @@ impl Respond<'_> {
         body: Incoming,
         ctx: &mut Ctx,
     ) -> Response<ProxyBody> {
-        let Respond { route, reservation, plan, client_coding, started, cut_at } = self;
-        let l = Layers::decide(route, plan, client_coding, &parts, ctx.reserved);
+        let Respond { route, reservation, plan, client_coding, started, cut_at, mask, mask_decode, soft } = self;
+        let mut l = Layers::decide(route, plan, client_coding, &parts, ctx.reserved);
+        l.decode = l.decode.or(mask_decode);
         l.rewrite_head(&mut parts, route, reservation.as_deref());
+        mask_head(&mut parts.headers, mask.as_ref(), soft);
         let failure = Failure::default();
         let inner = match l.decode {
             Some(c) => Either::Right(crate::count::codec::decode(body, c, limits.bomb, failure.clone())),
             None => Either::Left(body),
+        };
+        let inner = match &mask {
+            Some(m) => Either::Right(MaskedBody::new(inner, m.masker(), m.tally.clone())),
+            None => Either::Left(inner),
         };
         let cut = CutByWindow::default();
         // The context moves into the settle step, which writes the audit line when the body ends.
@@ -319,6 +369,7 @@ impl Respond<'_> {
             failure,
             by_design: l.by_design,
             cut: cut.clone(),
+            mask: mask.map(|m| (m.label(), m.tally)),
         };
         let on_end = Box::new(move |o: BodyOutcome| end.done(o));
         let counted = CountingBody::new(inner, l.format, l.limit, Some(limits.idle_body_timeout), on_end);
@@ -404,6 +455,19 @@ impl Layers {
     }
 }
 
+/// What masking changes in the head: the length, the validator, and a word to the client.
+fn mask_head(h: &mut http::HeaderMap, mask: Option<&MaskStep>, soft: Option<String>) {
+    if let Some(v) = soft.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        h.insert(MASK_BUDGET, v);
+    }
+    let Some(m) = mask else { return };
+    h.remove(CONTENT_LENGTH);
+    weaken_etag(h);
+    if let Some(v) = m.header().and_then(|v| HeaderValue::from_str(&v).ok()) {
+        h.insert(MASKED, v);
+    }
+}
+
 /// A body cvgate changed (decoded, re-encoded) keeps only a weak validator (RFC 9110 §8.8.1).
 fn weaken_etag(h: &mut http::HeaderMap) {
     if let Some(v) = h.get(ETAG).and_then(|v| v.to_str().ok()).filter(|v| !v.starts_with("W/")) {
@@ -428,6 +492,8 @@ struct Settle {
     /// The route charges its reservation by design (no count configured).
     by_design: bool,
     cut: CutByWindow,
+    /// A masked answer: its reason label and what the masker did.
+    mask: Option<(&'static str, Arc<MaskTally>)>,
 }
 
 /// The timer that cuts an export when a closure window starts; stopped when the body ends so a
@@ -458,7 +524,10 @@ impl CutByWindow {
 
 impl Settle {
     fn done(self, o: BodyOutcome) {
-        let Settle { shared, reservation, mut ctx, started, header_count, pre, failure, by_design, cut } = self;
+        let Settle { shared, reservation, mut ctx, started, header_count, pre, failure, by_design, cut, mask } = self;
+        if let Some((label, tally)) = mask {
+            tally_mask(&shared, &mut ctx, label, &tally);
+        }
         let by_window = cut.stop();
         // The rule: a refund only on a certain count; otherwise the full reservation (or what
         // was counted, if more).
@@ -493,6 +562,20 @@ impl Settle {
             tokio::spawn(async move { s.quota.settle(&r, delivered).await });
         }
         finish(&shared, ctx, started);
+    }
+}
+
+/// A masked answer's share of the audit line and the metrics.
+fn tally_mask(shared: &Shared, ctx: &mut Ctx, label: &'static str, tally: &MaskTally) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let route = ctx.route.as_deref().unwrap_or("-");
+    ctx.masked = tally.masked.load(Relaxed);
+    ctx.mask_reason = Some(label);
+    shared.metrics.cvs_masked.with_label_values(&[route, label]).inc_by(ctx.masked);
+    let dropped = tally.dropped.load(Relaxed);
+    if dropped > 0 {
+        shared.metrics.mask_dropped.with_label_values(&[route]).inc_by(dropped);
+        tracing::warn!(route, dropped, request_id = %ctx.request_id, "records dropped whole by the masker (too large, or not a JSON object)");
     }
 }
 

@@ -6,10 +6,9 @@
 //! [`serve`] is the CLI's entry point: it adds signal handling (SIGHUP reloads, SIGTERM/SIGINT
 //! drain and exit).
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,6 +24,7 @@ use crate::config::Config;
 use crate::net::listener::{accept_loop, Listener};
 use crate::net::tls::CertStore;
 use crate::observe::metrics::Metrics;
+use crate::policy::switches::{Switch, Switches};
 use crate::quota::QuotaEngine;
 use crate::state::{Runtime, Shared};
 
@@ -81,12 +81,15 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         crate::quota::build_store(&config.store, clock.clone(), config.quota.max_tracked_keys(), &metrics)
             .context("building the quota store")?;
     let audit = crate::observe::audit::AuditLog::start(&config.audit, metrics.audit_dropped.clone())?;
+    let pauses = Switches::new(Switch::Pause, metrics.paused.clone());
+    let masks = Switches::new(Switch::Mask, metrics.masked.clone());
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(Runtime::build(config.clone(), &clock)?),
         quota: QuotaEngine::new(store),
         metrics,
         audit,
-        paused: RwLock::new(BTreeSet::new()),
+        pauses,
+        masks,
         inflight: Arc::new(Semaphore::new(limits.max_inflight_requests)),
         certs: certs.clone(),
         blocks: crate::policy::blocks::Blocks::open(config.blocks.file.clone())?,
@@ -96,7 +99,6 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         config_path,
         clock,
         outbox: Arc::default(),
-        pause_writes: std::sync::Mutex::new(()),
         started_with: crate::state::start_only(&config.raw),
     });
     shared.prime_metrics();
@@ -115,8 +117,11 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         tracing::info!(buckets = n, file = %path.display(), "quota snapshot read");
     }
     // Pauses made at run time before the last stop, then the config's own.
-    for g in shared.saved_pauses() {
+    for g in Switches::saved(shared.switch_file(&shared.pauses).as_deref()) {
         shared.set_paused(&g, true);
+    }
+    for g in Switches::saved(shared.switch_file(&shared.masks).as_deref()) {
+        shared.set_masked(&g, true);
     }
     for g in &config.paused_groups {
         shared.pause(g, true);

@@ -1,4 +1,4 @@
-//! Blocks and pauses shared by the replicas through Redis, without losing a change.
+//! Blocks, pauses and masks shared by the replicas through Redis, without losing a change.
 //!
 //! Every local change (a block, an unblock, a pause) goes into one ordered queue and is written
 //! to Redis from it, one at a time under a lock; a write that fails (Redis down) stays at the
@@ -14,18 +14,18 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::policy::blocks::{Block, BlockScope};
+use crate::policy::switches::Switch;
 use crate::quota::redis::SharedFlags;
 
-/// Redis flag kinds for shared blocks and pauses.
+/// Redis flag kind for shared blocks (switches name theirs: [`Switch::flag_kind`]).
 pub const BLOCK_FLAGS: &str = "blocks";
-pub const PAUSE_FLAGS: &str = "pauses";
 
 /// One local change waiting to reach Redis.
 #[derive(Debug, Clone)]
 enum Change {
     Block(Block),
     Unblock(BlockScope, String),
-    Pause(String, bool),
+    Switch(Switch, String, bool),
 }
 
 /// The ordered queue of local changes and the lock that keeps one writer at a time.
@@ -39,6 +39,7 @@ pub struct Outbox {
 pub struct SharedState {
     pub blocks: Vec<Block>,
     pub paused: BTreeSet<String>,
+    pub masked: BTreeSet<String>,
 }
 
 impl Outbox {
@@ -50,8 +51,8 @@ impl Outbox {
         self.push(Change::Unblock(scope, key));
     }
 
-    pub fn pause(&self, group: String, on: bool) {
-        self.push(Change::Pause(group, on));
+    pub fn switch(&self, s: Switch, group: String, on: bool) {
+        self.push(Change::Switch(s, group, on));
     }
 
     fn push(&self, c: Change) {
@@ -72,7 +73,7 @@ impl Outbox {
         while let Some(change) = self.head() {
             let written = match &change {
                 Change::Block(b) => flags.set(BLOCK_FLAGS, &flag(b), true).await.is_ok(),
-                Change::Pause(g, on) => flags.set(PAUSE_FLAGS, g, *on).await.is_ok(),
+                Change::Switch(s, g, on) => flags.set(s.flag_kind(), g, *on).await.is_ok(),
                 Change::Unblock(scope, key) => match flags.members(BLOCK_FLAGS).await {
                     Ok(members) => {
                         let mut ok = true;
@@ -101,7 +102,8 @@ impl Outbox {
             return None;
         }
         let mut blocks: Vec<Block> = flags.members(BLOCK_FLAGS).await.ok()?.iter().filter_map(|m| parse(m)).collect();
-        let mut paused: BTreeSet<String> = flags.members(PAUSE_FLAGS).await.ok()?.into_iter().collect();
+        let mut paused: BTreeSet<String> = flags.members(Switch::Pause.flag_kind()).await.ok()?.into_iter().collect();
+        let mut masked: BTreeSet<String> = flags.members(Switch::Mask.flag_kind()).await.ok()?.into_iter().collect();
         // Changes made here since the flush: not in Redis yet, already in the local state.
         for c in self.queue.lock().unwrap_or_else(PoisonError::into_inner).iter() {
             match c {
@@ -110,15 +112,17 @@ impl Outbox {
                     blocks.push(b.clone());
                 }
                 Change::Unblock(scope, key) => blocks.retain(|x| !(x.scope == *scope && x.key == *key)),
-                Change::Pause(g, true) => {
-                    paused.insert(g.clone());
-                }
-                Change::Pause(g, false) => {
-                    paused.remove(g);
+                Change::Switch(s, g, on) => {
+                    let set = if *s == Switch::Pause { &mut paused } else { &mut masked };
+                    if *on {
+                        set.insert(g.clone());
+                    } else {
+                        set.remove(g);
+                    }
                 }
             }
         }
-        Some(SharedState { blocks, paused })
+        Some(SharedState { blocks, paused, masked })
     }
 }
 

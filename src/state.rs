@@ -6,9 +6,8 @@
 //! builds everything first and changes nothing when any part fails. The wiring that creates it
 //! (listeners, tasks, signals) is `server`, which nothing imports.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -20,6 +19,7 @@ use crate::forward::Upstreams;
 use crate::net::tls::CertStore;
 use crate::observe::metrics::Metrics;
 use crate::policy::identity::Identifier;
+use crate::policy::switches::{Switch, Switches};
 use crate::quota::QuotaEngine;
 
 /// Everything derived from one config file; replaced whole on reload.
@@ -46,7 +46,9 @@ pub struct Shared {
     /// The audit log (opened at start; flushed at shutdown).
     pub audit: crate::observe::audit::AuditLog,
     /// Route groups paused by an operator (503 `paused`).
-    pub paused: RwLock<BTreeSet<String>>,
+    pub pauses: Switches,
+    /// Route groups whose CVs an operator masked (contact data removed for everyone).
+    pub masks: Switches,
     /// In-flight request cap (tower's concurrency limit shares it across connections).
     pub inflight: Arc<Semaphore>,
     pub certs: Option<Arc<CertStore>>,
@@ -60,8 +62,6 @@ pub struct Shared {
     pub flags: Option<Arc<dyn crate::quota::redis::SharedFlags>>,
     /// The config file, for reloads.
     pub config_path: Option<PathBuf>,
-    /// Serialises writes of `pauses.json`.
-    pub pause_writes: std::sync::Mutex<()>,
     /// Block, unblock and pause changes on their way to Redis, in order (see [`crate::share`]).
     pub outbox: Arc<crate::share::Outbox>,
     /// The settings read only at start, as the process started with them ([`start_only`]).
@@ -113,28 +113,21 @@ impl Shared {
         self.runtime.load_full()
     }
 
-    /// Pause or resume a route group.
-    ///
-    /// A change is logged and kept in `pauses.json` beside the block file, so a restart does not
-    /// quietly reopen a group an operator paused.
+    /// Pause or resume a route group here (logged, kept in `pauses.json` beside the block file,
+    /// so a restart does not quietly reopen a group an operator paused).
     pub fn set_paused(&self, group: &str, paused: bool) {
-        // One writer of the file at a time, each writing the list as it is under this lock.
-        let _file = self.pause_writes.lock().unwrap_or_else(PoisonError::into_inner);
-        let (changed, list) = {
-            let mut p = self.paused.write().unwrap_or_else(PoisonError::into_inner);
-            let changed = if paused { p.insert(group.to_string()) } else { p.remove(group) };
-            (changed, p.iter().cloned().collect::<Vec<_>>())
-        };
-        self.metrics.paused.with_label_values(&[group]).set(i64::from(paused));
-        if !changed {
-            return;
-        }
-        tracing::warn!(group = ?group, paused, "route group {}", if paused { "paused" } else { "resumed" });
-        if let Some(path) = self.pauses_file() {
-            if let Err(e) = crate::persist::write_atomically(&path, &serde_json::to_vec(&list).unwrap_or_default()) {
-                tracing::error!(error = %e, file = %path.display(), "could not persist the paused groups");
-            }
-        }
+        self.pauses.set(group, paused, self.switch_file(&self.pauses).as_deref());
+    }
+
+    /// Mask or unmask a route group's CVs here (kept in `masks.json`).
+    pub fn set_masked(&self, group: &str, masked: bool) {
+        self.masks.set(group, masked, self.switch_file(&self.masks).as_deref());
+    }
+
+    /// The file a switch is kept in, beside the block file (`None` when blocks are kept in
+    /// memory only).
+    pub fn switch_file(&self, s: &Switches) -> Option<PathBuf> {
+        s.file_beside(self.runtime().config.blocks.file.as_deref())
     }
 
     /// Write the memory store's spent buckets to the snapshot file (no-op for Redis or without
@@ -210,21 +203,16 @@ impl Shared {
         }
     }
 
-    /// `pauses.json` beside the block file (`None` when blocks are kept in memory only).
-    pub fn pauses_file(&self) -> Option<PathBuf> {
-        self.runtime().config.blocks.file.as_ref().map(|f| f.with_file_name("pauses.json"))
-    }
-
-    /// The groups paused when the process last ran (empty when there is no file).
-    pub fn saved_pauses(&self) -> Vec<String> {
-        let Some(path) = self.pauses_file() else { return Vec::new() };
-        std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
-    }
-
     /// Pause or resume a route group on every replica (through Redis when configured).
     pub fn pause(&self, group: &str, paused: bool) {
         self.set_paused(group, paused);
-        self.share(|o| o.pause(group.to_string(), paused));
+        self.share(|o| o.switch(Switch::Pause, group.to_string(), paused));
+    }
+
+    /// Mask or unmask a route group on every replica (through Redis when configured).
+    pub fn mask(&self, group: &str, masked: bool) {
+        self.set_masked(group, masked);
+        self.share(|o| o.switch(Switch::Mask, group.to_string(), masked));
     }
 
     /// Block on every replica: here at once, and through Redis (when configured) for the others.
@@ -273,17 +261,12 @@ impl Shared {
         if let Err(e) = self.blocks.replace(state.blocks, self.clock.now()) {
             tracing::warn!(error = %e, "could not persist shared blocks");
         }
-        let before = self.paused.read().unwrap_or_else(PoisonError::into_inner).clone();
-        for g in before.difference(&state.paused) {
-            self.set_paused(g, false);
-        }
-        for g in state.paused.difference(&before) {
-            self.set_paused(g, true);
-        }
+        self.pauses.replace(&state.paused, self.switch_file(&self.pauses).as_deref());
+        self.masks.replace(&state.masked, self.switch_file(&self.masks).as_deref());
     }
 
     pub fn is_paused(&self, group: &str) -> bool {
-        self.paused.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(group)
+        self.pauses.is_on(group)
     }
 
     /// Re-read the config file and swap it in. On any error the running config stays, every

@@ -94,6 +94,8 @@ pub struct Config {
     pub audit: crate::observe::audit::AuditSettings,
     /// Country of the client IP (trusted edge header, MaxMind database).
     pub geo: crate::policy::geo::GeoPolicy,
+    /// When CV answers lose contact data.
+    pub masking: crate::policy::masking::MaskingPolicy,
     pub blocks: crate::policy::blocks::BlocksConfig,
     /// Admin API bearer token; `None`: every admin request is refused.
     pub admin_token: Option<String>,
@@ -281,6 +283,22 @@ impl Config {
         let audit =
             e.nest("audit", crate::observe::audit::AuditSettings::from_raw(&raw.audit, base)).unwrap_or_default();
         let geo = e.nest("geo", crate::policy::geo::GeoPolicy::from_raw(&raw.geo, base)).unwrap_or_default();
+        let masking =
+            e.nest("masking", crate::policy::masking::MaskingPolicy::from_raw(&raw.masking)).unwrap_or_default();
+        if let Some(q) = &quota {
+            for (i, s) in masking.soft_budgets.iter().enumerate() {
+                if !q.has_horizon(s.scope, &s.horizon) {
+                    e.push(
+                        format!("masking.soft_budgets[{i}].horizon"),
+                        format!(
+                            "the {} scope has no quota horizon {:?}: the soft budget could never apply",
+                            s.scope.as_str(),
+                            s.horizon
+                        ),
+                    );
+                }
+            }
+        }
         if let Some(rt) = &routes {
             let groups = rt.groups();
             for (i, g) in raw.paused.iter().enumerate() {
@@ -336,6 +354,7 @@ impl Config {
                     audit,
                     snapshot,
                     geo,
+                    masking,
                     raw,
                 })
             }

@@ -1,7 +1,10 @@
 //! The config as written in YAML: plain serde structs with defaults, no validation.
 //!
-//! Every field has a default so a minimal file works; `config.yaml` at the repo root documents
-//! each key. Unknown keys are reported by the loader (`super::load`), all of them at once.
+//! Every field here has a default, so a minimal file (even `{}`) works; entries of lists and
+//! maps have required fields of their own (a route's name, group and path, a closure window's
+//! name, start, end and groups, a horizon's budget and window). docs/config.md documents each
+//! key, with its default; `tests/docs_honesty.rs` checks that against these structs. Unknown
+//! keys are reported by the loader ([`super::Config::parse`]), all of them at once.
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +38,8 @@ pub struct RawConfig {
     pub geo: crate::policy::geo::RawGeo,
     pub blocks: crate::policy::blocks::RawBlocks,
     pub admin: RawAdmin,
+    /// When CV answers lose their holders' contact data (see `policy::masking`).
+    pub masking: crate::policy::masking::RawMasking,
 }
 
 impl Default for RawConfig {
@@ -55,6 +60,7 @@ impl Default for RawConfig {
             geo: crate::policy::geo::RawGeo::default(),
             blocks: crate::policy::blocks::RawBlocks::default(),
             admin: RawAdmin::default(),
+            masking: crate::policy::masking::RawMasking::default(),
         }
     }
 }
@@ -119,7 +125,8 @@ impl Default for RawTlsListen {
 pub struct RawUpstream {
     /// `http://host:port` or `https://host:port`, optionally with a path prefix.
     pub url: String,
-    /// Extra CA bundle (PEM) to trust for an https upstream, besides the webpki roots.
+    /// CA bundle (PEM) for an https upstream. It replaces the webpki roots: with it, only these
+    /// CAs are trusted (`net::tls::upstream_client_config`).
     pub ca_file: Option<String>,
     /// Keep the client's Host header (true) or send the upstream's authority (false).
     pub preserve_host: bool,
@@ -149,10 +156,13 @@ pub struct RawLimits {
     pub header_read_timeout: String,
     pub idle_timeout: String,
     pub max_header_bytes: usize,
+    /// An upstream response body that sends nothing for this long is ended (the client's
+    /// request body has no such timeout).
     pub idle_body_timeout: String,
     pub max_connections: usize,
     pub max_inflight_requests: usize,
     pub h2_max_concurrent_streams: u32,
+    /// SIGTERM/SIGINT: how long in-flight requests may finish. Read at start.
     pub shutdown_grace: String,
     /// Most bytes one compressed upstream body may decode to (decompression-bomb guard).
     pub max_decoded_bytes: u64,

@@ -640,23 +640,14 @@ pub struct MaskStats {
     pub fields_replaced: u64,
     /// Members of the top-level object, other than the records, dropped for their size.
     pub members_dropped: u64,
+    /// Records passed unmasked, byte for byte, within the allowance
+    /// ([`Masker::with_allowance`]); also in `records_seen`.
+    pub records_allowed: u64,
 }
 
 impl MaskStats {
     pub fn records_dropped(&self) -> u64 {
         self.records_dropped_oversize + self.records_dropped_invalid
-    }
-
-    fn record(&mut self, done: RecordMask) {
-        self.records_seen += 1;
-        match done {
-            RecordMask::Kept { removed, replaced } => {
-                self.fields_removed += removed;
-                self.fields_replaced += replaced;
-                self.records_masked += u64::from(removed + replaced > 0);
-            }
-            RecordMask::Dropped => self.records_dropped_invalid += 1,
-        }
     }
 }
 
@@ -697,12 +688,65 @@ impl MaskError {
 /// Incremental masker of one response body. Pure: bytes in, bytes out, no I/O, no clock.
 #[derive(Debug)]
 pub struct Masker {
-    plan: Arc<MaskPlan>,
-    stats: MaskStats,
+    engine: Engine,
     mode: Mode,
     /// Body bytes fed so far.
     fed: u64,
     failed: Option<MaskError>,
+    /// Shadow mode: the body goes out as it came; the masking is done into `scratch`, for the stats.
+    shadow: bool,
+    scratch: BytesMut,
+}
+
+/// What every record goes through, whatever the format: the plan, the allowance, the stats.
+#[derive(Debug)]
+struct Engine {
+    plan: Arc<MaskPlan>,
+    stats: MaskStats,
+    /// Records still to pass unmasked.
+    allowance: u64,
+}
+
+impl Engine {
+    /// One whole record (whitespace around it allowed and kept): passed within the allowance,
+    /// else masked; dropped when it is not one valid JSON object.
+    fn record(&mut self, record: &[u8], out: &mut BytesMut) -> RecordMask {
+        self.stats.records_seen += 1;
+        let done = if self.allowance > 0 {
+            self.allowance -= 1;
+            if is_object(record) {
+                self.stats.records_allowed += 1;
+                out.extend_from_slice(record);
+                return RecordMask::Kept { removed: 0, replaced: 0 };
+            }
+            RecordMask::Dropped
+        } else {
+            self.plan.mask_record(record, out)
+        };
+        match done {
+            RecordMask::Kept { removed, replaced } => {
+                self.stats.fields_removed += removed;
+                self.stats.fields_replaced += replaced;
+                self.stats.records_masked += u64::from(removed + replaced > 0);
+            }
+            RecordMask::Dropped => self.stats.records_dropped_invalid += 1,
+        }
+        done
+    }
+
+    /// A record over `max_record_bytes`, dropped unseen (it takes its place in the allowance).
+    fn oversize(&mut self) {
+        self.allowance = self.allowance.saturating_sub(1);
+        self.stats.records_seen += 1;
+        self.stats.records_dropped_oversize += 1;
+    }
+}
+
+/// `record` is one valid JSON object, whitespace around it allowed.
+fn is_object(record: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(record) else { return false };
+    text.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n')).starts_with('{')
+        && serde_json::from_str::<IgnoredAny>(text).is_ok()
 }
 
 #[derive(Debug)]
@@ -720,7 +764,28 @@ impl Masker {
             MaskFormat::JsonArrayField(field) => Mode::Json(Box::new(Wrapper::new(field))),
             MaskFormat::Single => Mode::Single(BytesMut::new()),
         };
-        Masker { plan, stats: MaskStats::default(), mode, fed: 0, failed: None }
+        let engine = Engine { plan, stats: MaskStats::default(), allowance: 0 };
+        Masker { engine, mode, fed: 0, failed: None, shadow: false, scratch: BytesMut::new() }
+    }
+
+    /// The first `n` records of the body pass unmasked, byte for byte (counted in
+    /// [`MaskStats::records_allowed`]): a page that straddles a soft budget's threshold. Only
+    /// the masking is left out: a record that is not one valid JSON object, or is over
+    /// `max_record_bytes`, is still dropped (and takes its place in the allowance), and the
+    /// top-level object's other members are still masked.
+    #[must_use]
+    pub fn with_allowance(mut self, n: u64) -> Self {
+        self.engine.allowance = n;
+        self
+    }
+
+    /// Shadow mode: every byte fed goes to `out` unchanged, at once, errors or not; the body is
+    /// masked into a scratch buffer so that [`stats`](Self::stats) say what would have been
+    /// masked, allowed and dropped. Errors are still returned (the caller decides), and repeat.
+    #[must_use]
+    pub fn shadow(mut self) -> Self {
+        self.shadow = true;
+        self
     }
 
     /// Feeds the next chunk of the body; appends to `out` what can be sent now.
@@ -729,23 +794,34 @@ impl Masker {
     /// The body cannot be masked (see [`MaskError`]); it is refused or aborted. `out` may have
     /// been appended masked output before the error. Every later call returns the same error.
     pub fn feed(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), MaskError> {
+        if !self.shadow {
+            return self.feed_into(chunk, out);
+        }
+        out.extend_from_slice(chunk);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let done = self.feed_into(chunk, &mut scratch);
+        scratch.clear();
+        self.scratch = scratch;
+        done
+    }
+
+    fn feed_into(&mut self, chunk: &[u8], out: &mut BytesMut) -> Result<(), MaskError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        let plan = &*self.plan;
-        let stats = &mut self.stats;
+        let engine = &mut self.engine;
+        let max = engine.plan.max_record_bytes;
         let done = match &mut self.mode {
             Mode::Ndjson(lines) => {
-                lines.feed(plan, stats, chunk, out);
+                lines.feed(engine, chunk, out);
                 Ok(())
             }
-            Mode::Json(wrapper) => wrapper.feed(plan, stats, chunk, out),
+            Mode::Json(wrapper) => wrapper.feed(engine, chunk, out),
             Mode::Single(record) => {
-                if record.len() + chunk.len() > plan.max_record_bytes {
-                    stats.records_seen += 1;
-                    stats.records_dropped_oversize += 1;
+                if record.len() + chunk.len() > max {
+                    engine.oversize();
                     *record = BytesMut::new();
-                    Err(MaskError::RecordTooLarge { limit: plan.max_record_bytes })
+                    Err(MaskError::RecordTooLarge { limit: max })
                 } else {
                     record.extend_from_slice(chunk);
                     Ok(())
@@ -764,21 +840,29 @@ impl Masker {
     /// As [`feed`](Self::feed): a JSON body that is cut short or never showed its records field,
     /// a single record that is not one valid JSON object. Idempotent.
     pub fn finish(&mut self, out: &mut BytesMut) -> Result<(), MaskError> {
+        if !self.shadow {
+            return self.finish_into(out);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let done = self.finish_into(&mut scratch);
+        self.scratch = BytesMut::new();
+        done
+    }
+
+    fn finish_into(&mut self, out: &mut BytesMut) -> Result<(), MaskError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        let plan = &*self.plan;
-        let stats = &mut self.stats;
+        let engine = &mut self.engine;
         let done = match std::mem::replace(&mut self.mode, Mode::Finished) {
             Mode::Ndjson(mut lines) => {
-                lines.finish(plan, stats, out);
+                lines.finish(engine, out);
                 Ok(())
             }
             Mode::Json(wrapper) => wrapper.finish(),
             Mode::Single(record) if record.iter().all(|&b| is_ws(b)) => Err(MaskError::InvalidRecord),
             Mode::Single(record) => {
-                let done = plan.mask_record(&record, out);
-                stats.record(done);
+                let done = engine.record(&record, out);
                 match done {
                     RecordMask::Kept { .. } => Ok(()),
                     RecordMask::Dropped => Err(MaskError::InvalidRecord),
@@ -791,7 +875,7 @@ impl Masker {
 
     /// What was done so far.
     pub fn stats(&self) -> &MaskStats {
-        &self.stats
+        &self.engine.stats
     }
 
     fn fail(&mut self, done: Result<(), MaskError>) -> Result<(), MaskError> {
@@ -814,13 +898,14 @@ struct Lines {
 }
 
 impl Lines {
-    fn feed(&mut self, plan: &MaskPlan, stats: &mut MaskStats, chunk: &[u8], out: &mut BytesMut) {
+    fn feed(&mut self, engine: &mut Engine, chunk: &[u8], out: &mut BytesMut) {
+        let max = engine.plan.max_record_bytes;
         let mut rest = chunk;
         while !rest.is_empty() {
             let newline = memchr::memchr(b'\n', rest);
             let (piece, after) = rest.split_at(newline.map_or(rest.len(), |p| p + 1));
             rest = after;
-            if !self.skip && self.over(piece, newline.is_some(), plan.max_record_bytes) {
+            if !self.skip && self.over(piece, newline.is_some(), max) {
                 self.skip = true;
                 self.content = !all_ws(&self.line);
                 self.line.clear();
@@ -828,15 +913,15 @@ impl Lines {
             if self.skip {
                 self.content |= !all_ws(piece);
                 if newline.is_some() {
-                    self.skipped(stats);
+                    self.skipped(engine);
                 }
             } else if newline.is_none() {
                 self.line.extend_from_slice(piece);
             } else if self.line.is_empty() {
-                line(plan, stats, piece, out); // the whole line is in this chunk: no copy
+                line(engine, piece, out); // the whole line is in this chunk: no copy
             } else {
                 self.line.extend_from_slice(piece);
-                line(plan, stats, &self.line, out);
+                line(engine, &self.line, out);
                 self.line.clear();
             }
         }
@@ -856,23 +941,22 @@ impl Lines {
         len - 1 - usize::from(before_newline == Some(&b'\r')) > max
     }
 
-    fn finish(&mut self, plan: &MaskPlan, stats: &mut MaskStats, out: &mut BytesMut) {
+    fn finish(&mut self, engine: &mut Engine, out: &mut BytesMut) {
         let len = self.line.len() - usize::from(self.line.last() == Some(&b'\r'));
-        if !self.skip && len > plan.max_record_bytes {
+        if !self.skip && len > engine.plan.max_record_bytes {
             (self.skip, self.content) = (true, !all_ws(&self.line));
         }
         if self.skip {
-            self.skipped(stats);
+            self.skipped(engine);
         } else if !self.line.is_empty() {
-            line(plan, stats, &self.line, out);
+            line(engine, &self.line, out);
             self.line.clear();
         }
     }
 
-    fn skipped(&mut self, stats: &mut MaskStats) {
+    fn skipped(&mut self, engine: &mut Engine) {
         if self.content {
-            stats.records_seen += 1;
-            stats.records_dropped_oversize += 1;
+            engine.oversize();
         }
         (self.skip, self.content) = (false, false);
     }
@@ -884,11 +968,11 @@ fn all_ws(bytes: &[u8]) -> bool {
 
 /// One whole NDJSON line, its `\n` included if it has one: blank lines pass, a record is masked
 /// with its whitespace kept, or dropped with its line.
-fn line(plan: &MaskPlan, stats: &mut MaskStats, line: &[u8], out: &mut BytesMut) {
+fn line(engine: &mut Engine, line: &[u8], out: &mut BytesMut) {
     if all_ws(line) {
         out.extend_from_slice(line);
     } else {
-        stats.record(plan.mask_record(line, out));
+        engine.record(line, out);
     }
 }
 
@@ -1065,14 +1149,8 @@ impl Wrapper {
         }
     }
 
-    fn feed(
-        &mut self,
-        plan: &MaskPlan,
-        stats: &mut MaskStats,
-        chunk: &[u8],
-        out: &mut BytesMut,
-    ) -> Result<(), MaskError> {
-        let max = plan.max_record_bytes;
+    fn feed(&mut self, engine: &mut Engine, chunk: &[u8], out: &mut BytesMut) -> Result<(), MaskError> {
+        let max = engine.plan.max_record_bytes;
         let mut i = 0;
         while i < chunk.len() {
             let offset = self.pos + i as u64;
@@ -1083,11 +1161,11 @@ impl Wrapper {
                     let piece = &rest[..end.unwrap_or(rest.len())];
                     i += piece.len();
                     if self.at == At::InElem {
-                        self.element(plan, stats, piece, end.is_some(), out);
+                        self.element(engine, piece, end.is_some(), out);
                     } else {
                         self.push(piece, max);
                         if end.is_some() {
-                            self.member_part_done(plan, stats, offset, out)?;
+                            self.member_part_done(engine, offset, out)?;
                         }
                     }
                 }
@@ -1204,13 +1282,7 @@ impl Wrapper {
     }
 
     /// A member's name or value has ended.
-    fn member_part_done(
-        &mut self,
-        plan: &MaskPlan,
-        stats: &mut MaskStats,
-        offset: u64,
-        out: &mut BytesMut,
-    ) -> Result<(), MaskError> {
+    fn member_part_done(&mut self, engine: &mut Engine, offset: u64, out: &mut BytesMut) -> Result<(), MaskError> {
         let bad = |reason| MaskError::Malformed { offset, reason };
         if self.at == At::InKey {
             self.at = At::Colon;
@@ -1222,7 +1294,7 @@ impl Wrapper {
         }
         self.at = At::AfterValue;
         if self.skip {
-            stats.members_dropped += 1;
+            engine.stats.members_dropped += 1;
             self.members.skip();
             return Ok(());
         }
@@ -1231,13 +1303,13 @@ impl Wrapper {
         let (name, value) = self.buf.split_at(self.value_at);
         dst.extend_from_slice(name);
         let value = std::str::from_utf8(value).map_err(|_| bad("invalid member value"))?;
-        everywhere(plan, value, dst, stats, 0).map_err(|Invalid| bad("invalid member value"))
+        everywhere(&engine.plan, value, dst, &mut engine.stats, 0).map_err(|Invalid| bad("invalid member value"))
     }
 
     /// A piece of the current record; `done` when the record ends with it.
-    fn element(&mut self, plan: &MaskPlan, stats: &mut MaskStats, piece: &[u8], done: bool, out: &mut BytesMut) {
+    fn element(&mut self, engine: &mut Engine, piece: &[u8], done: bool, out: &mut BytesMut) {
         if !self.skip {
-            if self.buf.len() + piece.len() > plan.max_record_bytes {
+            if self.buf.len() + piece.len() > engine.plan.max_record_bytes {
                 self.skip = true;
                 self.buf = BytesMut::new();
             } else if !(done && self.buf.is_empty()) {
@@ -1249,8 +1321,7 @@ impl Wrapper {
         }
         self.at = At::AfterElem;
         if self.skip {
-            stats.records_seen += 1;
-            stats.records_dropped_oversize += 1;
+            engine.oversize();
             self.elems.skip();
             return;
         }
@@ -1258,12 +1329,10 @@ impl Wrapper {
         let record = if self.buf.is_empty() { piece } else { &self.buf[..] };
         let mark = out.len();
         let kept = self.elems.open(out);
-        let done = plan.mask_record(record, out);
-        if done == RecordMask::Dropped {
+        if engine.record(record, out) == RecordMask::Dropped {
             out.truncate(mark);
             self.elems.undo(kept);
         }
-        stats.record(done);
         self.buf.clear();
     }
 

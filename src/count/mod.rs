@@ -29,6 +29,7 @@
 pub mod codec;
 pub mod integrity;
 pub mod mask;
+pub mod masked;
 
 use std::error::Error as StdError;
 use std::future::Future;

@@ -59,6 +59,7 @@ pub const TOTAL: u64 = 1_000_000;
 /// Largest page the search returns.
 pub const MAX_SIZE: u64 = 200;
 
+/// First names; an even index is a man's name, an odd one a woman's (`geslacht`).
 const FIRST: [&str; 16] = [
     "Daan", "Sanne", "Lucas", "Emma", "Milan", "Julia", "Sem", "Tess", "Bram", "Fleur", "Thijs", "Lotte", "Jesse",
     "Noor", "Ruben", "Anouk",
@@ -81,20 +82,39 @@ const LAST: [&str; 16] = [
     "Peters",
     "Hendriks",
 ];
-const CITIES: [&str; 12] = [
-    "Amsterdam",
-    "Rotterdam",
-    "Utrecht",
-    "Den Haag",
-    "Eindhoven",
-    "Groningen",
-    "Tilburg",
-    "Almere",
-    "Breda",
-    "Nijmegen",
-    "Zwolle",
-    "Leeuwarden",
+/// Places of residence with their province (`regio`, which is not contact data) and the first two
+/// digits of their postcodes.
+const CITIES: [(&str, &str, u64); 12] = [
+    ("Amsterdam", "Noord-Holland", 10),
+    ("Rotterdam", "Zuid-Holland", 30),
+    ("Utrecht", "Utrecht", 35),
+    ("Den Haag", "Zuid-Holland", 25),
+    ("Eindhoven", "Noord-Brabant", 56),
+    ("Groningen", "Groningen", 97),
+    ("Tilburg", "Noord-Brabant", 50),
+    ("Almere", "Flevoland", 13),
+    ("Breda", "Noord-Brabant", 48),
+    ("Nijmegen", "Gelderland", 65),
+    ("Zwolle", "Overijssel", 80),
+    ("Leeuwarden", "Friesland", 89),
 ];
+const STREETS: [&str; 12] = [
+    "Kerkstraat",
+    "Dorpsstraat",
+    "Schoolstraat",
+    "Molenweg",
+    "Stationsweg",
+    "Julianastraat",
+    "Beatrixlaan",
+    "Nieuwstraat",
+    "Industrieweg",
+    "Eikenlaan",
+    "Wilhelminapark",
+    "Zuiderdiep",
+];
+/// Letters of a postcode's suffix (PTT never used F, I, O, Q, U, Y).
+const POSTCODE_LETTERS: &[u8; 20] = b"ABCDEGHJKLMNPRSTVWXZ";
+const MAIL_DOMAINS: [&str; 4] = ["example.nl", "voorbeeld.nl", "mail.example", "post.example.nl"];
 const SKILLS: [&str; 16] = [
     "heftruck",
     "VCA",
@@ -127,6 +147,7 @@ const ROLES: [&str; 10] = [
 ];
 const EMPLOYERS: [&str; 8] =
     ["Albert Heijn", "PostNL", "Gemeente Utrecht", "Randstad", "Philips", "NS", "Jumbo", "Rabobank"];
+const EDUCATION: [&str; 5] = ["mbo 2", "mbo 4", "hbo", "wo", "vmbo"];
 
 /// SplitMix64: a tiny, good-enough PRNG so each CV is a pure function of its id.
 struct Rng(u64);
@@ -138,31 +159,75 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs[(self.next() % xs.len() as u64) as usize]
+    /// A number in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a, T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len() as u64) as usize]
     }
 }
 
-/// One CV as a JSON object (no trailing newline), appended to `out`.
+/// One CV as the backend serves it, a JSON object (no trailing newline), appended to `out`.
+///
+/// Shape: `id`; the contact data (`naam`, `geslacht`, `geboortedatum`, `adres {straat,
+/// huisnummer}`, `postcode`, `woonplaats`, `email`, `telefoon`), present only when the job
+/// seeker chose `toon_contactgegevens` (about two in three; the backend shows the others
+/// anonymously), `telefoon` only with `toon_telefoon` too; then both choices and the profile
+/// (`beroep`, `vaardigheden`, `werkervaring [{functie, werkgever, jaren}]`, `opleiding`,
+/// `samenvatting`, `regio`: a province, not contact data). 450–800 bytes. Written straight into
+/// `out` (no allocation of its own): benches build pages and exports from it.
 pub fn write_cv(out: &mut String, id: u64) {
     let mut r = Rng(id.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xC0FFEE);
-    let (first, last, city) = (r.pick(&FIRST), r.pick(&LAST), r.pick(&CITIES));
+    let first_at = r.below(FIRST.len() as u64) as usize;
+    let (first, last) = (FIRST[first_at], r.pick(&LAST));
+    let (city, province, area) = r.pick(&CITIES);
+    let toon_contact = r.below(3) != 0;
+    let toon_telefoon = r.below(2) == 0;
+    let _ = write!(out, r#"{{"id":"cv-{id:07}""#);
+    if toon_contact {
+        let gender = if first_at % 2 == 0 { "man" } else { "vrouw" };
+        let (year, month, day) = (1960 + r.below(47), 1 + r.below(12), 1 + r.below(28));
+        let (street, number) = (r.pick(&STREETS), 1 + r.below(180));
+        let suffix = ["", "", "", "a", "b", "-2"][r.below(6) as usize];
+        let digits = area * 100 + r.below(100);
+        let (a, b) = (r.pick(POSTCODE_LETTERS) as char, r.pick(POSTCODE_LETTERS) as char);
+        let _ = write!(
+            out,
+            r#","naam":"{first} {last}","geslacht":"{gender}","geboortedatum":"{year}-{month:02}-{day:02}","adres":{{"straat":"{street}","huisnummer":"{number}{suffix}"}},"postcode":"{digits} {a}{b}","woonplaats":"{city}","email":""#,
+        );
+        out.extend(first.chars().map(|c| c.to_ascii_lowercase()));
+        out.push('.');
+        out.extend(last.chars().filter(|c| *c != ' ').map(|c| c.to_ascii_lowercase()));
+        let _ = write!(out, "@{}\"", r.pick(&MAIL_DOMAINS));
+        if toon_telefoon {
+            let _ = write!(out, r#","telefoon":"06-{:08}""#, r.below(100_000_000));
+        }
+    }
+    let role = r.pick(&ROLES);
     let _ = write!(
         out,
-        r#"{{"id":"cv-{id:07}","name":"{first} {last}","city":"{city}","age":{},"skills":["{}","{}","{}"],"experience":[{{"role":"{}","employer":"{}","years":{}}},{{"role":"{}","employer":"{}","years":{}}}],"education":"{}","summary":"Gemotiveerde {} uit {city} met {} jaar ervaring, zoekt een nieuwe uitdaging.","contact":"hidden"}}"#,
-        18 + r.next() % 48,
+        r#","toon_contactgegevens":{toon_contact},"toon_telefoon":{toon_telefoon},"beroep":"{role}","vaardigheden":["{}","{}","{}"],"werkervaring":["#,
         r.pick(&SKILLS),
         r.pick(&SKILLS),
         r.pick(&SKILLS),
-        r.pick(&ROLES),
-        r.pick(&EMPLOYERS),
-        1 + r.next() % 12,
-        r.pick(&ROLES),
-        r.pick(&EMPLOYERS),
-        1 + r.next() % 8,
-        ["mbo 2", "mbo 4", "hbo", "wo", "vmbo"][(r.next() % 5) as usize],
-        r.pick(&ROLES),
-        r.next() % 25,
+    );
+    let jobs = 1 + r.below(3);
+    let mut years = 0;
+    for n in 0..jobs {
+        let (functie, employer, jaren) = if n == 0 {
+            (role, r.pick(&EMPLOYERS), 1 + r.below(12))
+        } else {
+            (r.pick(&ROLES), r.pick(&EMPLOYERS), 1 + r.below(8))
+        };
+        years += jaren;
+        let comma = if n == 0 { "" } else { "," };
+        let _ = write!(out, r#"{comma}{{"functie":"{functie}","werkgever":"{employer}","jaren":{jaren}}}"#);
+    }
+    let _ = write!(
+        out,
+        r#"],"opleiding":"{}","samenvatting":"Gemotiveerde {role} uit {province} met {years} jaar ervaring, zoekt een nieuwe uitdaging.","regio":"{province}"}}"#,
+        r.pick(&EDUCATION),
     );
 }
 
@@ -201,7 +266,7 @@ async fn search(q: &str, opts: &MockOptions) -> Response<ProxyBody> {
     let start = (page - 1) * size;
     let n = num(q, "results").unwrap_or_else(|| size.min(total.saturating_sub(start)));
     let base = query_offset(q) + start;
-    let mut out = String::with_capacity(64 + n as usize * 600);
+    let mut out = String::with_capacity(64 + n as usize * 800);
     if query_param(q, "format") == Some("csv") {
         out.push_str("id,record\n");
         for i in 0..n {
@@ -291,7 +356,7 @@ fn export(q: &str) -> Response<ProxyBody> {
     tokio::spawn(async move {
         let mut id = 0;
         while id < limit {
-            let mut buf = String::with_capacity(chunk as usize * 640);
+            let mut buf = String::with_capacity(chunk as usize * 800);
             for _ in 0..chunk.min(limit - id) {
                 id += 1;
                 write_cv(&mut buf, base + id);
@@ -454,6 +519,51 @@ mod tests {
         assert_eq!(a, b);
         let v: serde_json::Value = serde_json::from_str(&a).unwrap();
         assert_eq!(v["id"], "cv-0000042");
-        assert!(a.len() > 300 && a.len() < 700, "{}", a.len());
+    }
+
+    /// The backend's Dutch CV: contact data only where the job seeker shows it, the phone only
+    /// where they show that too, the profile always.
+    #[test]
+    fn cvs_have_the_backends_shape_and_choices() {
+        const CONTACT: [&str; 8] =
+            ["naam", "geslacht", "geboortedatum", "adres", "postcode", "woonplaats", "email", "telefoon"];
+        const PROFILE: [&str; 6] = ["beroep", "vaardigheden", "werkervaring", "opleiding", "samenvatting", "regio"];
+        let (mut shown, mut phones) = (0, 0);
+        let mut s = String::new();
+        for id in 1..=3000 {
+            s.clear();
+            write_cv(&mut s, id);
+            assert!((300..900).contains(&s.len()), "{id}: {} bytes: {s}", s.len());
+            let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+            let show = v["toon_contactgegevens"].as_bool().unwrap();
+            let phone = v["toon_telefoon"].as_bool().unwrap();
+            for k in &CONTACT[..7] {
+                assert_eq!(v.get(k).is_some(), show, "{id}: {k} in {s}");
+            }
+            assert_eq!(v.get("telefoon").is_some(), show && phone, "{id}: {s}");
+            for k in PROFILE {
+                assert!(v.get(k).is_some(), "{id}: {k} missing in {s}");
+            }
+            for job in v["werkervaring"].as_array().unwrap() {
+                assert!(job["functie"].is_string() && job["werkgever"].is_string() && job["jaren"].is_u64(), "{s}");
+            }
+            if show {
+                shown += 1;
+                phones += u32::from(phone);
+                assert!(v["adres"]["straat"].is_string() && v["adres"]["huisnummer"].is_string(), "{s}");
+                let pc = v["postcode"].as_str().unwrap().as_bytes();
+                assert!(pc.len() == 7 && pc[..4].iter().all(u8::is_ascii_digit) && pc[4] == b' ', "{s}");
+                let born = v["geboortedatum"].as_str().unwrap();
+                assert!(jiff::civil::Date::strptime("%Y-%m-%d", born).is_ok(), "{born}");
+                assert!(v["email"].as_str().unwrap().contains('@'), "{s}");
+                assert!(["man", "vrouw"].contains(&v["geslacht"].as_str().unwrap()), "{s}");
+            }
+            // The province is profile data; the residence must not leak through the summary.
+            if let Some(city) = v["woonplaats"].as_str() {
+                assert!(!v["samenvatting"].as_str().unwrap().contains(city) || v["regio"] == city, "{s}");
+            }
+        }
+        assert!((1850..2150).contains(&shown), "{shown} of 3000 show their contact data");
+        assert!((shown * 2 / 5..shown * 3 / 5).contains(&phones), "{phones} of {shown} show their phone");
     }
 }

@@ -180,6 +180,9 @@ pub struct AuditRecord {
     pub truncated: bool,
     /// How sure `delivered` is: `exact`, `reserved`, `uncertain:<reason>` (charged requests).
     pub count: crate::count::Certainty,
+    /// CVs delivered without contact data, and why (masked answers only).
+    pub masked: u64,
+    pub mask_reason: Option<&'static str>,
 }
 
 impl AuditRecord {
@@ -206,6 +209,8 @@ impl AuditRecord {
             duration,
             truncated: ctx.truncated,
             count: ctx.count,
+            masked: ctx.masked,
+            mask_reason: ctx.mask_reason,
         }
     }
 
@@ -240,6 +245,10 @@ impl AuditRecord {
             truncated: bool,
             #[serde(skip_serializing_if = "Option::is_none")]
             count: Option<std::borrow::Cow<'static, str>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            masked: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            mask_reason: Option<&'static str>,
         }
         let line = Line {
             // Fixed millisecond precision: lines sort and parse the same everywhere.
@@ -264,6 +273,8 @@ impl AuditRecord {
             duration_ms: (self.duration.as_secs_f64() * 1e6).round() / 1e3,
             truncated: self.truncated,
             count: self.count.label(),
+            masked: self.mask_reason.map(|_| self.masked),
+            mask_reason: self.mask_reason,
         };
         serde_json::to_writer(&mut *out, &line).expect("audit lines serialise");
         out.push(b'\n');
@@ -491,6 +502,8 @@ mod tests {
             duration: Duration::from_micros(12_345),
             truncated: false,
             count: crate::count::Certainty::Exact,
+            masked: 0,
+            mask_reason: None,
         }
     }
 

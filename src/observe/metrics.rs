@@ -4,8 +4,10 @@
 //! construction: labels take values from config (route names and groups, scope and horizon
 //! names, window names) or small fixed sets (status class, decision, reason); there is no
 //! per-IP or per-organisation label. The one exception, `cvgate_account_cvs_top`, shows the
-//! top 20 accounts of the hour (bounded, replaced every second). The list with help texts is in
-//! README.md ("Metrics"); `process_*` come from the prometheus crate's process collector.
+//! top 20 accounts of the hour (bounded, replaced every second). Every family, with its type,
+//! labels and meaning, is listed in docs/metrics.md (`tests/docs_honesty.rs` fails when a family
+//! here is not there, or the other way round); `process_*` come from the prometheus crate's
+//! process collector (Linux).
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -33,13 +35,22 @@ pub struct Metrics {
     pub closed: IntGaugeVec,
     /// 1 while a route group is paused, by group.
     pub paused: IntGaugeVec,
+    /// 1 while an operator has masked a route group's CVs, by group.
+    pub masked: IntGaugeVec,
+    /// CVs delivered without contact data, by route and reason (`shadow:` reasons in shadow
+    /// mode: counted, not masked).
+    pub cvs_masked: IntCounterVec,
+    /// Records dropped whole by the masker (too large or not a JSON object), by route.
+    pub mask_dropped: IntCounterVec,
     /// Active blocks by scope.
     pub blocks_active: IntGaugeVec,
     /// Blocks made by this replica, by scope and source (`manual`, or `rule:<name>`).
     pub blocks_created: IntCounterVec,
-    /// Upstream response-header latency by route.
+    /// Upstream response-header latency by route (answers only; failures count in
+    /// `upstream_errors`).
     pub upstream_latency: HistogramVec,
-    /// Upstream failures by kind (unreachable, timeout, failed).
+    /// Upstream failures by kind: the problem slug (`upstream-unreachable`, `upstream-timeout`,
+    /// `upstream-failed`).
     pub upstream_errors: IntCounterVec,
     pub connections_active: IntGauge,
     pub connections_refused: IntCounter,
@@ -47,7 +58,7 @@ pub struct Metrics {
     /// Config reloads by result (ok, failed).
     pub config_reloads: IntCounterVec,
     pub audit_dropped: IntCounter,
-    /// Quota store errors by operation.
+    /// Quota store errors by operation (`reserve`, `settle`, `peek`, `flags`).
     pub store_errors: IntCounterVec,
     /// CVs in the current hour for the top accounts only (bounded cardinality, see
     /// [`TopAccounts`]).
@@ -64,7 +75,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// 1, labelled with the version.
     pub build_info: IntGaugeVec,
-    /// 1, labelled with the SHA-256 of the running config file's text.
+    /// 1, labelled with the SHA-256 of the running config as parsed (`state::config_hash`:
+    /// comments and layout do not change it).
     pub config_info: IntGaugeVec,
     /// When the running config was loaded (start or last good reload), Unix seconds.
     pub config_last_reload_success: IntGauge,
@@ -209,6 +221,19 @@ impl Metrics {
             ),
             closed: gauge_vec(&r, "cvgate_closed", "1 while the closure window is active.", &["window"]),
             paused: gauge_vec(&r, "cvgate_paused", "1 while the route group is paused.", &["group"]),
+            masked: gauge_vec(&r, "cvgate_masked", "1 while an operator has masked the route group's CVs.", &["group"]),
+            cvs_masked: counter_vec(
+                &r,
+                "cvgate_cvs_masked_total",
+                "CVs delivered without contact data, by route and reason (shadow:<reason> when only counted).",
+                &["route", "reason"],
+            ),
+            mask_dropped: counter_vec(
+                &r,
+                "cvgate_mask_dropped_total",
+                "Records dropped whole by the masker (too large, or not a JSON object), by route.",
+                &["route"],
+            ),
             top_accounts: gauge_vec(
                 &r,
                 "cvgate_account_cvs_top",

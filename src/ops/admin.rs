@@ -13,6 +13,9 @@
 //! | `GET /v1/pauses`                       | paused route groups                               |
 //! | `POST /v1/pauses/{group}`              | pause a route group (503 `paused`)                |
 //! | `DELETE /v1/pauses/{group}`            | resume it                                         |
+//! | `GET /v1/masks`                        | route groups masked by an operator                |
+//! | `POST /v1/masks/{group}`               | mask every CV of the group (contact data removed) |
+//! | `DELETE /v1/masks/{group}`             | lift it (the config's own mask triggers stay)     |
 //! | `POST /v1/reload`                      | reload config.yaml; 422 with every error if bad   |
 //! | `GET /v1/config`                       | the effective config, secrets redacted            |
 
@@ -197,22 +200,26 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
                 Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, "persist", e.to_string()),
             }
         }
-        (Method::GET, ["v1", "pauses"]) => {
-            let p: Vec<String> =
-                shared.paused.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect();
-            reply(StatusCode::OK, json!({ "paused": p }))
+        (Method::GET, ["v1", kind @ ("pauses" | "masks")]) => {
+            let (switch, key) = if *kind == "pauses" { (&shared.pauses, "paused") } else { (&shared.masks, "masked") };
+            reply(StatusCode::OK, json!({ key: switch.list() }))
         }
-        (m @ (Method::POST | Method::DELETE), ["v1", "pauses", group]) => {
+        (m @ (Method::POST | Method::DELETE), ["v1", kind @ ("pauses" | "masks"), group]) => {
             if !shared.runtime().config.routes.groups().iter().any(|g| &**g == *group) {
                 return problem(StatusCode::NOT_FOUND, "no-group", format!("no route has group {group:?}"));
             }
-            let (s, g, on) = (Arc::clone(&shared), group.to_string(), m == Method::POST);
+            let (s, g, on, pause) = (Arc::clone(&shared), group.to_string(), m == Method::POST, *kind == "pauses");
             let _ = blocking(move || {
-                s.pause(&g, on);
+                if pause {
+                    s.pause(&g, on);
+                } else {
+                    s.mask(&g, on);
+                }
                 Ok(())
             })
             .await;
-            reply(StatusCode::OK, json!({"group": group, "paused": on}))
+            let key = if pause { "paused" } else { "masked" };
+            reply(StatusCode::OK, json!({"group": group, key: on}))
         }
         (Method::POST, ["v1", "reload"]) => match shared.reload() {
             Ok(r) => reply(StatusCode::OK, json!({"reloaded": true, "restart_pending": r.restart_pending})),

@@ -5,4 +5,6 @@ pub mod blocks;
 pub mod closure;
 pub mod geo;
 pub mod identity;
+pub mod masking;
 pub mod route;
+pub mod switches;

@@ -73,6 +73,9 @@ pub struct Route {
     pub deep_paging: Option<DeepPaging>,
     /// Content codings: what is asked upstream, whether to compress for the client.
     pub encoding: RouteEncoding,
+    /// Answers carry CVs `masking` may mask: how they are made of records (a counted body's
+    /// format, else one CV per answer).
+    pub mask: Option<crate::count::mask::MaskFormat>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,7 +192,14 @@ impl Route {
             // An export cut at its grant cannot pass uncounted: whatever the file says, refuse.
             encoding.undecodable = Undecodable::Refuse;
         }
+        let mask = match (r.mask, &count) {
+            (Some(false), _) => None,
+            (None, _) if r.cost.is_none() => None,
+            (_, Count::Body(f)) => Some(f.clone().into()),
+            (_, _) => Some(crate::count::mask::MaskFormat::Single),
+        };
         errs.into_result(Route {
+            mask,
             name: r.name.as_str().into(),
             group: r.group.as_str().into(),
             methods,
@@ -219,6 +229,7 @@ impl Route {
             count: Count::Reserved,
             deep_paging: None,
             encoding: RouteEncoding::default(),
+            mask: None,
         }
     }
 
@@ -353,6 +364,8 @@ pub struct RawRoute {
     pub deep_paging: Option<RawDeepPaging>,
     /// Content codings on a charged route (count integrity).
     pub encoding: RawEncoding,
+    /// Its answers carry CVs whose contact data `masking` may remove; default: charged routes.
+    pub mask: Option<bool>,
 }
 
 /// `routes[].encoding`: what a charged route asks of the upstream and gives the client.
@@ -417,6 +430,7 @@ pub fn default_routes() -> Vec<RawRoute> {
         cost: Some(cost),
         deep_paging: None,
         encoding: RawEncoding::default(),
+        mask: None,
     };
     vec![
         cv(
@@ -455,6 +469,7 @@ pub fn default_routes() -> Vec<RawRoute> {
             cost: None,
             deep_paging: None,
             encoding: RawEncoding::default(),
+            mask: None,
         },
     ]
 }

@@ -35,12 +35,15 @@ pub const MIN_DEV_SECRET_BYTES: usize = 32;
 pub struct RawIdentity {
     /// JWKS file with the identity provider's public keys (read by the config loader).
     pub jwks_file: Option<String>,
-    /// Accepted `iss` values; required when any key is configured.
+    /// Accepted `iss` values; required when any key (JWKS or dev) is configured. Empty by
+    /// default.
     pub issuers: Vec<String>,
     /// Accepted `aud` values (a token matches if any of its audiences is listed); required when
     /// any key is configured.
     pub audiences: Vec<String>,
-    /// Clock-skew leeway for `exp`/`nbf`, e.g. `30s` (the default); at most 5 minutes.
+    /// Clock-skew leeway for `exp`/`nbf`, e.g. `30s` (the default); at most 5 minutes. Parsed
+    /// as a jiff `SignedDuration`, not by [`crate::duration`]: units up to hours (`2m`, `PT30S`),
+    /// no days or weeks.
     pub leeway: Option<String>,
     pub claims: RawClaims,
     /// Accepted `acr` values for employer routes. Default: eHerkenning loa3 and loa4.
@@ -49,6 +52,7 @@ pub struct RawIdentity {
     /// key without `alg` in the JWKS; otherwise it narrows (or replaces) the JWK's `alg`.
     pub key_algorithms: BTreeMap<String, Vec<String>>,
     /// DEV ONLY: an HS256 shared secret, for the demo and tests (`cvgate token` mints with it).
+    /// The config loader refuses it unless the top-level `dev_mode` is on.
     pub dev_hs256: Option<RawDevKey>,
     /// CIDRs (or bare IPs) of proxies/gateways whose forwarding and identity headers are believed.
     pub trusted_proxies: Vec<String>,
