@@ -176,9 +176,16 @@ impl Shared {
             for reason in crate::count::integrity::UNCERTAIN_REASONS {
                 m.count_uncertain.with_label_values(&[&r.name, reason]);
             }
+            if r.mask.is_some() {
+                for reason in crate::policy::masking::Reason::ALL {
+                    m.cvs_masked.with_label_values(&[&r.name, reason.as_str()]);
+                }
+                m.mask_dropped.with_label_values(&[&r.name]);
+            }
         }
         for g in cfg.routes.groups() {
             m.paused.with_label_values(&[&g]);
+            m.masked.with_label_values(&[&g]);
         }
         for scope in ["account", "org", "ip"] {
             m.blocks_created.with_label_values(&[scope, "manual"]);

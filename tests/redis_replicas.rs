@@ -284,6 +284,43 @@ async fn blocks_and_pauses_made_on_one_replica_apply_on_all_and_survive_a_restar
     c.running.shutdown().await;
 }
 
+/// Issue 18: a mask switched on one replica masks the group's CVs on every replica within a
+/// second or two, survives a restart of all of them, and lifts everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mask_made_on_one_replica_applies_on_all_and_survives_a_restart_of_all() {
+    let redis = RedisServer::start();
+    let mock = format!("http://{}", start_mock().await);
+    let a = replica(&mock, &redis.url(), "fail_closed", 100_000).await;
+    let b = replica(&mock, &redis.url(), "fail_closed", 100_000).await;
+    let tok = token(&a, "acct-m", "12345678");
+    // The `cvgate-masked` header of one search on `p`, polled until it is `want` or 5 s pass.
+    async fn masked_becomes(p: &Proxy, tok: &str, want: Option<&str>) -> Option<String> {
+        let mut last = None;
+        for _ in 0..50 {
+            let mut s = plain_connect(p.plain).await;
+            let r = s.send(get("/api/v1/cvs?size=5", false, &[("authorization", &bearer(tok))])).await;
+            last = r.headers().get("cvgate-masked").map(|v| v.to_str().unwrap().to_string());
+            body_bytes(r).await;
+            if last.as_deref() == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last
+    }
+    assert_eq!(masked_becomes(&b, &tok, None).await, None);
+    a.running.shared.mask("cv", true);
+    let admin = Some("contact;reason=admin");
+    assert_eq!(masked_becomes(&b, &tok, admin).await.as_deref(), admin, "the mask did not reach replica B");
+    a.running.shutdown().await;
+    b.running.shutdown().await;
+    let c = replica(&mock, &redis.url(), "fail_closed", 100_000).await;
+    assert_eq!(masked_becomes(&c, &tok, admin).await.as_deref(), admin, "mask lost across a restart of every replica");
+    c.running.shared.mask("cv", false);
+    assert_eq!(masked_becomes(&c, &tok, None).await, None);
+    c.running.shutdown().await;
+}
+
 /// `/readyz` as text and status.
 async fn readyz(p: &Proxy) -> (u16, String) {
     let mut s = plain_connect(p.ops).await;
