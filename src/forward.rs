@@ -3,8 +3,10 @@
 //! Bodies stream both ways without buffering: the client's request body is handed to hyper's
 //! client as is, the upstream's response body comes back as a stream (wrapped for counting by
 //! the caller). Hop-by-hop headers are removed in both directions (RFC 9110 §7.6.1), the
-//! X-Forwarded-* headers and a request id are set, and Host is set for HTTP/1.1 upstreams even
-//! when the client spoke HTTP/2 (which has `:authority` and no Host).
+//! X-Forwarded-* headers and a request id are set, and Host is set, as the upstream is always
+//! spoken to in HTTP/1.1, even when the client spoke HTTP/2 (which has `:authority` and no
+//! Host). An `https` upstream is verified against the webpki roots, or, with `ca_file`, against
+//! that bundle only.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -74,9 +76,12 @@ pub struct Upstream {
     pub authority: http::uri::Authority,
     /// Path prefix prepended to every forwarded path ("" for none), without trailing '/'.
     pub path_prefix: String,
+    /// PEM CA bundle that replaces the webpki roots for an `https` upstream.
     pub ca_file: Option<PathBuf>,
     pub preserve_host: bool,
+    /// Connecting takes longer: `UpstreamUnreachable` (502).
     pub connect_timeout: Duration,
+    /// No response headers within it, connecting included: `UpstreamTimeout` (504).
     pub response_header_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,

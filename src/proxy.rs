@@ -237,7 +237,7 @@ fn check_paging(shared: &Shared, cfg: &crate::config::Config, a: &Admitted, quer
     let mut size = number_param(query, &dp.size_param)?.unwrap_or(dp.default_size);
     if let Reserve::Query { param, max, .. } = &a.route.reserve {
         if *param == dp.size_param {
-            size = size.min(*max); // the upstream is never asked for more than the cap
+            size = size.min(*max); // depth is checked at the reserved size; the query itself goes upstream unchanged
         }
     }
     let depth = page.saturating_mul(size);

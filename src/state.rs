@@ -79,8 +79,10 @@ pub const START_ONLY: &[&str] = &[
     "limits.max_inflight_requests",
     "limits.shutdown_grace",
     "quota.max_tracked_keys",
-    "store",
+    "store.kind",
+    "store.redis",
     "audit",
+    "paused",
 ];
 
 /// The values of [`START_ONLY`] in `raw`, by key.

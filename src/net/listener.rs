@@ -4,7 +4,9 @@
 //! once), the TLS handshake and header-read timeouts (slowloris), the idle timeout, hyper's
 //! header buffer limits, HTTP/2 stream limits, and graceful drain: on shutdown every connection
 //! is told to finish its in-flight requests and close; the server waits up to the grace period,
-//! then drops the rest.
+//! then drops the rest. The limits are read when a connection is accepted, so a reload applies
+//! them to new connections; the connection and in-flight caps and the grace period are sized
+//! once, at start.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -53,11 +55,17 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed (gracefully: GOAWAY on h2).
     pub idle_timeout: Duration,
+    /// Request line and headers; beyond it the proxy answers 431 (hyper's own limit is twice it).
     pub max_header_bytes: usize,
+    /// An upstream response body that sends nothing for this long is ended (applied by the
+    /// proxy's body wrapper; the client's request body has no such timeout).
     pub idle_body_timeout: Duration,
+    /// Read at start (the connection semaphore is sized once; a reload reports it pending).
     pub max_connections: usize,
+    /// Read at start, like `max_connections`.
     pub max_inflight_requests: usize,
     pub h2_max_concurrent_streams: u32,
+    /// Read at start: how long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
     /// Decompression-bomb limits for a compressed upstream body on a counted route.
     pub bomb: crate::count::codec::BombGuard,

@@ -264,7 +264,7 @@ impl Metrics {
             config_info: gauge_vec(
                 &r,
                 "cvgate_config_info",
-                "1, labelled with the SHA-256 of the running config file.",
+                "1, labelled with the SHA-256 of the running config as parsed (comments and layout do not change it).",
                 &["sha256"],
             ),
             response_bytes: counter_vec(

@@ -6,5 +6,6 @@ pub mod closure;
 pub mod geo;
 pub mod identity;
 pub mod masking;
+pub mod probation;
 pub mod route;
 pub mod switches;

@@ -7,7 +7,8 @@
 //! - [`memory`]: the in-process store (exact under concurrency, bounded, flood-proof).
 //! - [`redis`]: the shared store for many replicas (one Lua script call per operation).
 //! - [`failover`]: the `store:` config, circuit breaker and fail-closed/fail-open-local policy.
-//! - [`headers`]: `RateLimit-Policy`, `RateLimit` and `Retry-After` values.
+//! - [`headers`]: `RateLimit-Policy`, `RateLimit` and `Retry-After` values, and with
+//!   `quota.legacy_headers` `X-RateLimit-Limit`/`-Remaining`/`-Reset`.
 //!
 //! The proxy passes the current [`QuotaPolicy`] on every call (it is swapped on reload); the
 //! [`QuotaEngine`] keeps the store, so what was spent survives a reload.
@@ -142,7 +143,9 @@ impl QuotaEngine {
     ///
     /// # Errors
     /// [`Rejection::Quota`] / [`Rejection::TooLarge`] naming the first bucket without room;
-    /// [`Rejection::Store`] when the store fails (the caller applies its fail-open/closed policy).
+    /// [`Rejection::Store`] when the store cannot decide: with Redis, the failover store has
+    /// already applied the failure policy, so this means a scope of the request is `fail_closed`
+    /// (the proxy answers 503 `quota-unavailable`).
     pub async fn reserve(
         &self,
         policy: &QuotaPolicy,

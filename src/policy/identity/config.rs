@@ -227,20 +227,14 @@ impl IdentityPolicy {
         }
         let leeway = match &raw.leeway {
             None => DEFAULT_LEEWAY,
-            Some(s) => match s.parse::<SignedDuration>() {
-                Ok(d) if d.is_negative() => {
-                    errs.push("leeway", format!("must not be negative: {s:?}"));
-                    DEFAULT_LEEWAY
-                }
-                Ok(d) if d > MAX_LEEWAY => {
+            // The one duration grammar (`30s`, `1m`), like every other duration key.
+            Some(s) => match errs.duration("leeway", s).map(SignedDuration::try_from) {
+                Some(Ok(d)) if d > MAX_LEEWAY => {
                     errs.push("leeway", format!("at most 5m, got {s:?}"));
                     DEFAULT_LEEWAY
                 }
-                Ok(d) => d,
-                Err(e) => {
-                    errs.push("leeway", format!("not a duration like 30s: {s:?} ({e})"));
-                    DEFAULT_LEEWAY
-                }
+                Some(Ok(d)) => d,
+                _ => DEFAULT_LEEWAY,
             },
         };
         let c = &raw.claims;
