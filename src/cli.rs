@@ -66,6 +66,15 @@ pub enum Command {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+    /// Seed the first-seen times (probation) from audit logs, so nobody who used the site before
+    /// starts on probation: files (`.gz` too) or `-` for stdin; written to `seen.jsonl` beside
+    /// the block file (with Redis, the next start of a replica shares them).
+    ImportSeen {
+        #[arg(long, default_value = "config.yaml")]
+        config: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Replay the 4 May 2024 incident, its evasions and legitimate use through the real proxy
     /// on a manual clock, and print what got through.
     #[cfg(feature = "devtools")]
@@ -161,6 +170,16 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::ImportSeen { config, files } => match import_seen(&config, &files) {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cvgate import-seen: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Token { config, account, org, acr, ttl } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -195,4 +214,46 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `cvgate import-seen`: read the audit files into the first-seen list beside the block file.
+fn import_seen(config: &std::path::Path, files: &[PathBuf]) -> anyhow::Result<String> {
+    use std::io::{BufReader, Read};
+    let cfg = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let blocks = cfg
+        .blocks
+        .file
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("blocks.file is null: nowhere to keep first-seen times"))?;
+    let path = blocks.with_file_name("seen.jsonl");
+    let seen = crate::policy::probation::FirstSeen::default();
+    let before = seen.load(&path)?;
+    let mut total = crate::policy::probation::Imported::default();
+    for f in files {
+        let raw: Box<dyn Read> = if f.as_os_str() == "-" {
+            Box::new(std::io::stdin().lock())
+        } else {
+            let file = std::fs::File::open(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            if f.extension().is_some_and(|e| e == "gz") {
+                Box::new(flate2::read::MultiGzDecoder::new(file))
+            } else {
+                Box::new(file)
+            }
+        };
+        let r = crate::policy::probation::import_audit(BufReader::new(raw), &seen)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        eprintln!("{}: {} lines, {} subjects set earlier, {} skipped", f.display(), r.lines, r.changed, r.skipped);
+        total.lines += r.lines;
+        total.changed += r.changed;
+        total.skipped += r.skipped;
+    }
+    seen.save_if_changed(&path)?;
+    Ok(format!(
+        "{}: {} subjects ({} before); {} lines read, {} skipped",
+        path.display(),
+        seen.len(),
+        before,
+        total.lines,
+        total.skipped
+    ))
 }

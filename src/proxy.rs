@@ -7,6 +7,7 @@
 //!             identify: verified JWT or trusted-gateway headers  → 401 / 403
 //!             block, pause, closure window, deep paging          → 403 / 503 / 503 / 403
 //! reserve     expected CVs from every bucket, all or nothing     → 429 + Retry-After + RateLimit
+//!             (a newcomer on probation: in the probation tier's buckets)
 //! forward     stream the request to the upstream (pooled)        → 502 / 504
 //!             (charged routes: no Range/If-*, Accept-Encoding: identity — see `integrity`)
 //! judge       can the answer's records be counted with certainty? (status, type, coding) → 502
@@ -261,7 +262,10 @@ async fn reserve(
     let Some(n) = expected_cost(&a.route, query)? else { return Ok(None) };
     let mode = if a.route.up_to { CostMode::UpTo { max: n, min: 1 } } else { CostMode::Exact(n) };
     let subject = Subject { account: a.account(), org: a.org(), ip: a.client_ip, country: &ctx.country };
-    let r = match shared.quota.reserve(&cfg.quota, &subject, mode).await {
+    // A newcomer (probation) without an override of its own is charged in the probation tier.
+    let newcomer = crate::policy::probation::on_probation(&cfg.probation, &shared.seen, a.account(), a.org(), a.now);
+    let tier = newcomer.then_some(&*cfg.probation.tier);
+    let r = match shared.quota.reserve_as(&cfg.quota, &subject, tier, mode).await {
         Ok(r) => Arc::new(r),
         Err(rej) => {
             let e = rejection(rej);

@@ -51,6 +51,7 @@ impl Running {
         // After the drain, so the lines of the requests that just finished are written too.
         self.shared.audit.close().await;
         self.shared.save_snapshot();
+        self.shared.save_seen();
         // Blocks made by rules since the last housekeeping tick.
         let memory = self.shared.runtime().config.blocks.max_duration;
         if let Err(e) = self.shared.blocks.maintain(self.shared.clock.now(), Duration::ZERO, memory) {
@@ -93,6 +94,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         inflight: Arc::new(Semaphore::new(limits.max_inflight_requests)),
         certs: certs.clone(),
         blocks: crate::policy::blocks::Blocks::open(config.blocks.file.clone())?,
+        seen: crate::policy::probation::FirstSeen::default(),
         top_accounts: crate::observe::metrics::TopAccounts::default(),
         uncertain_log: crate::count::integrity::UncertainLog::default(),
         flags,
@@ -116,6 +118,12 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         let n = shared.quota.load_snapshot(path);
         tracing::info!(buckets = n, file = %path.display(), "quota snapshot read");
     }
+    // First-seen times (probation): the file, then what every replica recorded.
+    if let Some(path) = shared.seen_file() {
+        let n = shared.seen.load(&path)?;
+        tracing::info!(subjects = n, file = %path.display(), "first-seen list read");
+    }
+    shared.sync_seen(true).await;
     // Pauses made at run time before the last stop, then the config's own.
     for g in Switches::saved(shared.switch_file(&shared.pauses).as_deref()) {
         shared.set_paused(&g, true);

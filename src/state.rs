@@ -54,6 +54,8 @@ pub struct Shared {
     pub certs: Option<Arc<CertStore>>,
     /// Blocked accounts, organisations and IP prefixes (persisted).
     pub blocks: Arc<crate::policy::blocks::Blocks>,
+    /// When each account and organisation was first seen (probation; `seen.jsonl`).
+    pub seen: crate::policy::probation::FirstSeen,
     /// CVs per account in the current hour, for the bounded top-N gauge.
     pub top_accounts: crate::observe::metrics::TopAccounts,
     /// The rate-limited warning for responses whose count is uncertain.
@@ -130,6 +132,50 @@ impl Shared {
     /// memory only).
     pub fn switch_file(&self, s: &Switches) -> Option<PathBuf> {
         s.file_beside(self.runtime().config.blocks.file.as_deref())
+    }
+
+    /// `seen.jsonl` beside the block file (`None` when blocks are kept in memory only).
+    pub fn seen_file(&self) -> Option<PathBuf> {
+        self.runtime().config.blocks.file.as_ref().map(|f| f.with_file_name("seen.jsonl"))
+    }
+
+    /// With Redis: share this replica's newcomers (the earliest time any replica saw a subject
+    /// wins) and, with `all`, take every time the replicas recorded. One round trip each;
+    /// housekeeping, never the request path. Redis away: kept and tried again.
+    pub async fn sync_seen(&self, all: bool) {
+        use crate::policy::probation::Seen;
+        let Some(flags) = &self.flags else { return };
+        let fresh = if all { self.seen.entries() } else { self.seen.take_fresh() };
+        if !fresh.is_empty() {
+            let entries: Vec<(String, i64)> = fresh.iter().map(|s| (s.field(), s.first)).collect();
+            match flags.seen_put(&entries).await {
+                Ok(times) => {
+                    for (s, first) in fresh.into_iter().zip(times) {
+                        self.seen.merge(&Seen { first, ..s });
+                    }
+                }
+                Err(_) if all => {}
+                Err(_) => self.seen.put_back(fresh),
+            }
+        }
+        if all {
+            if let Ok(v) = flags.seen_all().await {
+                for (field, first) in v {
+                    if let Some(s) = Seen::from_field(&field, first) {
+                        self.seen.merge(&s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write `seen.jsonl` when it changed, logging a failure. Blocking I/O.
+    pub fn save_seen(&self) {
+        if let Some(path) = self.seen_file() {
+            if let Err(e) = self.seen.save_if_changed(&path) {
+                tracing::warn!(error = %e, file = %path.display(), "could not write the first-seen list");
+            }
+        }
     }
 
     /// Write the memory store's spent buckets to the snapshot file (no-op for Redis or without

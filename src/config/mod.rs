@@ -96,6 +96,8 @@ pub struct Config {
     pub geo: crate::policy::geo::GeoPolicy,
     /// When CV answers lose contact data.
     pub masking: crate::policy::masking::MaskingPolicy,
+    /// Newcomer probation.
+    pub probation: crate::policy::probation::ProbationPolicy,
     pub blocks: crate::policy::blocks::BlocksConfig,
     /// Admin API bearer token; `None`: every admin request is refused.
     pub admin_token: Option<String>,
@@ -285,6 +287,14 @@ impl Config {
         let geo = e.nest("geo", crate::policy::geo::GeoPolicy::from_raw(&raw.geo, base)).unwrap_or_default();
         let masking =
             e.nest("masking", crate::policy::masking::MaskingPolicy::from_raw(&raw.masking)).unwrap_or_default();
+        let probation = e
+            .nest("probation", crate::policy::probation::ProbationPolicy::from_raw(&raw.probation))
+            .unwrap_or_default();
+        if let (Some(q), true) = (&quota, probation.enabled()) {
+            if !q.has_tier(&probation.tier) {
+                e.push("probation.tier", format!("no quota tier is called {:?} (quota.tiers)", probation.tier));
+            }
+        }
         if let Some(q) = &quota {
             for (i, s) in masking.soft_budgets.iter().enumerate() {
                 if !q.has_horizon(s.scope, &s.horizon) {
@@ -355,6 +365,7 @@ impl Config {
                     snapshot,
                     geo,
                     masking,
+                    probation,
                     raw,
                 })
             }

@@ -40,6 +40,8 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     /// When CV answers lose their holders' contact data (see `policy::masking`).
     pub masking: crate::policy::masking::RawMasking,
+    /// Newcomer probation (see `policy::probation`).
+    pub probation: crate::policy::probation::RawProbation,
 }
 
 impl Default for RawConfig {
@@ -61,6 +63,7 @@ impl Default for RawConfig {
             blocks: crate::policy::blocks::RawBlocks::default(),
             admin: RawAdmin::default(),
             masking: crate::policy::masking::RawMasking::default(),
+            probation: crate::policy::probation::RawProbation::default(),
         }
     }
 }

@@ -119,6 +119,7 @@ where
 pub async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut since_snapshot = Duration::ZERO;
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -130,6 +131,8 @@ pub async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
             shared.metrics.closed.with_label_values(&[window.as_str()]).set(i64::from(closed));
         }
         shared.sync_flags().await;
+        ticks += 1;
+        shared.sync_seen(ticks % 60 == 0).await;
         // Prune expired blocks and stale rule events; write rule-made blocks (file I/O: off
         // the runtime's threads).
         let (blocks, within, memory) =
@@ -148,6 +151,8 @@ pub async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
             let s = shared.clone();
             let _ = tokio::task::spawn_blocking(move || s.save_snapshot()).await;
         }
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || s.save_seen()).await;
         shared.metrics.quota_tracked_keys.set(shared.quota.tracked_keys() as i64);
     }
 }

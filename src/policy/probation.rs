@@ -4,7 +4,7 @@
 //!
 //! cvgate remembers when it first saw each subject ([`FirstSeen`]): kept in `seen.jsonl` beside
 //! the block file (written by housekeeping, read at start), shared with the other replicas
-//! through Redis (the earliest time any replica saw a subject wins: `HSETNX`), and seeded on
+//! through Redis (the earliest time any replica saw a subject wins), and seeded on
 //! first deployment by `established_before` (everyone seen before that date is established)
 //! and by `cvgate import-seen` from the audit logs the operator already keeps.
 //!
@@ -132,6 +132,24 @@ pub struct Seen {
     pub first: i64,
 }
 
+impl Seen {
+    /// The field in the replicas' shared hash: `account:<id>` or `org:<id>`.
+    pub fn field(&self) -> String {
+        format!("{}:{}", self.kind.as_str(), self.id)
+    }
+
+    /// A field of the shared hash back as a subject.
+    pub fn from_field(field: &str, first: i64) -> Option<Seen> {
+        let (kind, id) = field.split_once(':')?;
+        let kind = match kind {
+            "account" => Kind::Account,
+            "org" => Kind::Org,
+            _ => return None,
+        };
+        Some(Seen { kind, id: id.to_string(), first })
+    }
+}
+
 /// When cvgate first saw each account and organisation.
 #[derive(Debug, Default)]
 pub struct FirstSeen {
@@ -193,6 +211,11 @@ impl FirstSeen {
         self.seen.is_empty()
     }
 
+    /// Every subject remembered (to share a whole file, e.g. after `import-seen`).
+    pub fn entries(&self) -> Vec<Seen> {
+        self.seen.iter().map(|e| Seen { kind: e.key().0, id: e.key().1.clone(), first: *e.value() }).collect()
+    }
+
     /// Newcomers seen here since the last call (to share through Redis).
     pub fn take_fresh(&self) -> Vec<Seen> {
         std::mem::take(&mut *self.fresh.lock().unwrap_or_else(PoisonError::into_inner))
@@ -243,6 +266,49 @@ impl FirstSeen {
         self.dirty.store(false, Ordering::Release);
         Ok(n)
     }
+}
+
+/// What `cvgate import-seen` read.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Imported {
+    pub lines: u64,
+    /// Subjects whose first-seen time the import set or made earlier.
+    pub changed: u64,
+    /// Lines that are not audit lines (no `ts`), skipped.
+    pub skipped: u64,
+}
+
+/// Seed first-seen times from audit lines (cvgate's own, or any JSON lines with `ts` and
+/// `account`/`org`, as the operator's logs before cvgate can be made to look): the earliest
+/// line of each subject wins.
+///
+/// # Errors
+/// The input cannot be read.
+pub fn import_audit(input: impl std::io::BufRead, seen: &FirstSeen) -> std::io::Result<Imported> {
+    #[derive(Deserialize)]
+    struct Line {
+        ts: Timestamp,
+        account: Option<String>,
+        org: Option<String>,
+    }
+    let mut out = Imported::default();
+    for line in input.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.lines += 1;
+        let Ok(l) = serde_json::from_str::<Line>(&line) else {
+            out.skipped += 1;
+            continue;
+        };
+        for (kind, id) in [(Kind::Account, l.account), (Kind::Org, l.org)] {
+            if let Some(id) = id.filter(|i| !i.is_empty()) {
+                out.changed += u64::from(seen.merge(&Seen { kind, id, first: l.ts.as_second() }));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Is this request's subject on probation? A new account, or an account of a new
@@ -328,6 +394,21 @@ mod tests {
         assert!(on_probation(&p, &seen, Some("c"), None, t("2026-12-20T09:00:00Z")), "and never graduates early");
         assert!(!on_probation(&p, &seen, Some("a"), None, later), "remembered subjects stay");
         assert_eq!(seen.len(), 2);
+    }
+
+    #[test]
+    fn audit_lines_seed_the_earliest_time() {
+        let seen = FirstSeen::default();
+        let log = concat!(
+            r#"{"ts":"2026-11-03T10:00:00.000Z","account":"a","org":"11111111","decision":"allowed"}"#,
+            "\n",
+            r#"{"ts":"2026-11-01T08:00:00.000Z","account":"a","org":null}"#,
+            "\nnot json\n\n",
+        );
+        let r = import_audit(log.as_bytes(), &seen).unwrap();
+        assert_eq!(r, Imported { lines: 3, changed: 3, skipped: 1 });
+        assert_eq!(seen.get(Kind::Account, "a"), Some(t("2026-11-01T08:00:00Z").as_second()));
+        assert_eq!(seen.get(Kind::Org, "11111111"), Some(t("2026-11-03T10:00:00Z").as_second()));
     }
 
     #[test]

@@ -136,7 +136,7 @@ impl QuotaEngine {
 
     /// The buckets `subject` is charged in under `policy` (empty when exempt).
     pub fn buckets(&self, policy: &QuotaPolicy, subject: &Subject<'_>) -> Vec<BucketSpec> {
-        resolve(policy, subject).0
+        resolve(policy, subject, None).0
     }
 
     /// Reserve CVs in every bucket of `subject`, all or nothing.
@@ -152,7 +152,19 @@ impl QuotaEngine {
         subject: &Subject<'_>,
         cost: CostMode,
     ) -> Result<Reservation, Rejection> {
-        let (buckets, tier) = resolve(policy, subject);
+        self.reserve_as(policy, subject, None, cost).await
+    }
+
+    /// As [`QuotaEngine::reserve`], with `newcomer_tier` (a tier of `quota.tiers`) for a subject
+    /// that has no override of its own: probation.
+    pub async fn reserve_as(
+        &self,
+        policy: &QuotaPolicy,
+        subject: &Subject<'_>,
+        newcomer_tier: Option<&str>,
+        cost: CostMode,
+    ) -> Result<Reservation, Rejection> {
+        let (buckets, tier) = resolve(policy, subject, newcomer_tier);
         if buckets.is_empty() {
             let granted = match cost {
                 CostMode::Exact(n) => n,
@@ -247,7 +259,7 @@ impl QuotaEngine {
 
 /// Buckets and tier for a subject. Order: account, org, ip, country, global; within a scope,
 /// shortest window first.
-fn resolve(policy: &QuotaPolicy, s: &Subject<'_>) -> (Vec<BucketSpec>, Option<Arc<str>>) {
+fn resolve(policy: &QuotaPolicy, s: &Subject<'_>, newcomer: Option<&str>) -> (Vec<BucketSpec>, Option<Arc<str>>) {
     let account = s.account.filter(|a| !a.is_empty());
     let org = s.org.filter(|o| !o.is_empty() && account.is_some());
     if account.is_some_and(|a| policy.exempt_accounts.contains(a))
@@ -256,7 +268,11 @@ fn resolve(policy: &QuotaPolicy, s: &Subject<'_>) -> (Vec<BucketSpec>, Option<Ar
         return (Vec::new(), None);
     }
     let ao = account.and_then(|a| policy.accounts.get(a));
-    let oo = org.and_then(|o| policy.orgs.get(o));
+    let mut oo = org.and_then(|o| policy.orgs.get(o));
+    if ao.is_none() && oo.is_none() {
+        // A newcomer without an override of its own gets the probation tier.
+        oo = newcomer.and_then(|t| policy.tiers.get(t));
+    }
     let tier = ao.and_then(|o| o.tier.clone()).or_else(|| oo.and_then(|o| o.tier.clone()));
     let country = crate::country::or_unknown(s.country);
     let mut out = Vec::with_capacity(12);

@@ -254,6 +254,8 @@ pub struct QuotaPolicy {
     pub(crate) exempt_accounts: HashSet<String>,
     pub(crate) exempt_orgs: HashSet<String>,
     pub(crate) legacy_headers: bool,
+    /// Tiers by name, for a tier given at request time (probation).
+    pub(crate) tiers: HashMap<String, Override>,
 }
 
 impl QuotaPolicy {
@@ -313,6 +315,10 @@ impl QuotaPolicy {
             }
             out
         };
+        let named_tiers: HashMap<String, Override> = tiers
+            .iter()
+            .map(|(n, o)| ((*n).to_string(), Override { tier: Some(Arc::from(*n)), ..o.clone() }))
+            .collect();
         let accounts = resolve("accounts", &raw.overrides.accounts, &mut e);
         let orgs = resolve("orgs", &raw.overrides.orgs, &mut e);
         let mut countries = HashMap::new();
@@ -342,7 +348,13 @@ impl QuotaPolicy {
             countries,
             exempt_accounts: raw.exempt.accounts.iter().cloned().collect(),
             exempt_orgs: raw.exempt.orgs.iter().cloned().collect(),
+            tiers: named_tiers,
         })
+    }
+
+    /// Whether `quota.tiers` has a tier called `name`.
+    pub fn has_tier(&self, name: &str) -> bool {
+        self.tiers.contains_key(name)
     }
 
     /// Hard cap on keys tracked by the memory store (read once, at store creation).

@@ -242,17 +242,20 @@ fn split_now(v: &[i64], n: usize) -> Result<(u64, &[i64]), StoreError> {
     }
 }
 
-/// Hook for the rest of issue 7: operator blocks and route pauses shared by every replica.
-/// The blocks module (not written yet) is meant to hold an `Arc<dyn SharedFlags>` and call
-/// [`SharedFlags::members`] from housekeeping (once a second); operators' changes go through
-/// [`SharedFlags::set`]. [`RedisStore`] implements it with one Redis set per kind
-/// (`{key_prefix}flags:{kind}`) and a `PUBLISH` on `{key_prefix}flags` for those who prefer
-/// to subscribe. Without Redis, the blocks module keeps its flags in memory.
+/// State every replica shares besides the buckets: blocks, pauses and masks as flags (one Redis
+/// set per kind, `{key_prefix}flags:{kind}`, plus a `PUBLISH` on `{key_prefix}flags`; written
+/// through `crate::share`, read by housekeeping once a second), and first-seen times of
+/// accounts and organisations (one hash, `{key_prefix}seen`, earliest time wins).
 pub trait SharedFlags: Send + Sync {
-    /// Turn flag `name` of `kind` (e.g. `block:account`, `pause`) on or off for every replica.
+    /// Turn flag `name` of `kind` (`blocks`, `pauses`, `masks`) on or off for every replica.
     fn set<'a>(&'a self, kind: &'a str, name: &'a str, on: bool) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Every flag of `kind` that is on.
     fn members<'a>(&'a self, kind: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+    /// Record first-seen times (the earlier of the given and the stored time stays) and return
+    /// the times the hash holds for those fields, in order. One round trip.
+    fn seen_put<'a>(&'a self, entries: &'a [(String, i64)]) -> BoxFuture<'a, Result<Vec<i64>, StoreError>>;
+    /// Every first-seen time the replicas have recorded.
+    fn seen_all(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>, StoreError>>;
 }
 
 impl SharedFlags for RedisStore {
@@ -278,6 +281,46 @@ impl SharedFlags for RedisStore {
             cmd.arg(format!("{}flags:{kind}", self.prefix));
             let q = cmd.query_async::<Vec<String>>(&mut conn);
             match tokio::time::timeout(self.timeout, q).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+                Err(_) => Err(StoreError::Timeout),
+            }
+        })
+    }
+
+    fn seen_put<'a>(&'a self, entries: &'a [(String, i64)]) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
+        Box::pin(async move {
+            if entries.is_empty() {
+                return Ok(Vec::new());
+            }
+            // The earliest time wins, whichever replica writes first.
+            const MIN: &str = "local c = redis.call('HGET', KEYS[1], ARGV[1]) \
+                if (not c) or tonumber(c) > tonumber(ARGV[2]) then \
+                redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return tonumber(ARGV[2]) end \
+                return tonumber(c)";
+            let key = format!("{}seen", self.prefix);
+            let mut pipe = redis::pipe();
+            for (field, t) in entries {
+                pipe.cmd("EVAL").arg(MIN).arg(1).arg(&key).arg(field).arg(*t);
+            }
+            let mut conn = self.conn.clone();
+            // Longer than one call's timeout: thousands of fields at start.
+            let q = pipe.query_async::<Vec<i64>>(&mut conn);
+            match tokio::time::timeout(self.timeout * 4, q).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+                Err(_) => Err(StoreError::Timeout),
+            }
+        })
+    }
+
+    fn seen_all(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>, StoreError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(format!("{}seen", self.prefix));
+            let q = cmd.query_async::<Vec<(String, i64)>>(&mut conn);
+            match tokio::time::timeout(self.timeout * 4, q).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
                 Err(_) => Err(StoreError::Timeout),
