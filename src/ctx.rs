@@ -37,6 +37,10 @@ pub struct Ctx {
     pub masked: u64,
     /// Why the answer was masked (`soft-budget`, `admin`, ...; `shadow:` prefixed in shadow mode).
     pub mask_reason: Option<&'static str>,
+    /// A newcomer on probation.
+    pub newcomer: bool,
+    /// The population guard masks this request's cohort (the rule).
+    pub guard_mask: Option<Arc<str>>,
 }
 
 /// What answered a request: the upstream (allowed), cvgate itself with a problem, or nobody

@@ -41,6 +41,8 @@ pub enum ProxyError {
     Closed { window: String, opens_at: String, retry_after: u64 },
     /// The route group is paused by an operator.
     Paused { group: String },
+    /// Paused for a cohort of employers by the population guard (rule `rule`).
+    GuardPaused { group: String, rule: String },
     /// Page × size beyond the route's deep-paging depth.
     TooDeep { depth: u64, max_depth: u64 },
     /// A quota bucket has no room for this request.
@@ -72,7 +74,7 @@ impl ProxyError {
             Self::Auth { .. } => "forbidden",
             Self::Blocked { .. } => "blocked",
             Self::Closed { .. } => "closed",
-            Self::Paused { .. } => "paused",
+            Self::Paused { .. } | Self::GuardPaused { .. } => "paused",
             Self::TooDeep { .. } => "paging-too-deep",
             Self::QuotaExceeded { .. } => "quota-exceeded",
             Self::TooLarge { .. } => "request-too-large",
@@ -92,9 +94,11 @@ impl ProxyError {
             Self::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Auth { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::UNAUTHORIZED),
             Self::Blocked { .. } | Self::TooDeep { .. } => StatusCode::FORBIDDEN,
-            Self::Closed { .. } | Self::Paused { .. } | Self::QuotaUnavailable | Self::Overloaded => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Closed { .. }
+            | Self::Paused { .. }
+            | Self::GuardPaused { .. }
+            | Self::QuotaUnavailable
+            | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::QuotaExceeded { .. } | Self::TooLarge { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamUnreachable | Self::UpstreamFailed | Self::UpstreamUndecodable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -128,6 +132,11 @@ impl ProxyError {
             Self::Paused { group } => {
                 x.insert("group".into(), json!(group));
                 ("Paused", format!("The {group} service is paused by the operator."))
+            }
+            Self::GuardPaused { group, rule } => {
+                x.insert("group".into(), json!(group));
+                x.insert("guard".into(), json!(rule));
+                ("Paused", format!("The {group} service is paused for new or unusual use after an unusual volume of downloads; try again later or contact the service desk."))
             }
             Self::TooDeep { depth, max_depth } => {
                 x.insert("max_depth".into(), json!(max_depth));

@@ -108,7 +108,7 @@ async fn run(
         return Err(give_back(shared, reservation.as_ref(), ProxyError::UpstreamUndecodable).await);
     }
     // mask: what a masked answer's body must be decoded from (never passed on unmasked).
-    let mask = mask_step(shared, rt, &a, reservation.as_deref(), parts.status);
+    let mask = mask_step(shared, rt, &a, reservation.as_deref(), parts.status, ctx.guard_mask.is_some());
     let mask_decode = match (&mask, crate::count::codec::content_coding(&parts.headers)) {
         (None, _) => None,
         (Some(_), Ok(coding)) => coding,
@@ -135,6 +135,16 @@ const MASKED: http::HeaderName = http::HeaderName::from_static("cvgate-masked");
 /// Where the asker stands against its soft budget: `"account-day";after=300;r=120`.
 const MASK_BUDGET: http::HeaderName = http::HeaderName::from_static("cvgate-mask-budget");
 
+fn guard_subject<'a>(
+    account: Option<&'a str>,
+    org: Option<&'a str>,
+    tier: Option<&'a str>,
+    country: &'a str,
+    probation: bool,
+) -> crate::policy::guard::Subject<'a> {
+    crate::policy::guard::Subject { account, org, tier, country, probation }
+}
+
 /// Does this answer lose its holders' contact data? Only a success on a route that carries CVs.
 fn mask_step(
     shared: &Shared,
@@ -142,12 +152,13 @@ fn mask_step(
     a: &Admitted,
     reservation: Option<&Reservation>,
     status: http::StatusCode,
+    guard: bool,
 ) -> Option<MaskStep> {
     let format = a.route.mask.as_ref().filter(|_| status.is_success())?;
     let m = &rt.config.masking;
     let who = Asker { account: a.account(), org: a.org(), tier: reservation.and_then(|r| r.tier.as_deref()) };
     let switched = shared.masks.any() && shared.masks.is_on(&a.route.group);
-    let decision = m.decide(&a.route.group, &who, switched, reservation, a.now)?;
+    let decision = m.decide(&a.route.group, &who, switched, guard, reservation, a.now)?;
     Some(MaskStep::new(m, decision, format.clone()))
 }
 
@@ -265,6 +276,14 @@ async fn reserve(
     // A newcomer (probation) without an override of its own is charged in the probation tier.
     let newcomer = crate::policy::probation::on_probation(&cfg.probation, &shared.seen, a.account(), a.org(), a.now);
     let tier = newcomer.then_some(&*cfg.probation.tier);
+    // The population guard: this request's cohorts may be masked or paused.
+    let cohort_tier = crate::quota::tier_of(&cfg.quota, a.account(), a.org(), tier);
+    let who = guard_subject(a.account(), a.org(), cohort_tier.as_deref(), &ctx.country, newcomer);
+    let action = shared.guard.action_for(&who);
+    if let Some(rule) = action.pause {
+        return Err(ProxyError::GuardPaused { group: a.route.group.to_string(), rule: rule.to_string() });
+    }
+    (ctx.newcomer, ctx.guard_mask) = (newcomer, action.mask);
     let r = match shared.quota.reserve_as(&cfg.quota, &subject, tier, mode).await {
         Ok(r) => Arc::new(r),
         Err(rej) => {
@@ -651,6 +670,9 @@ fn finish(shared: &Shared, ctx: Ctx, started: Instant) {
         m.request_bytes.with_label_values(&[route]).inc_by(ctx.request_bytes);
     }
     if ctx.delivered > 0 {
+        let who =
+            guard_subject(ctx.account.as_deref(), ctx.org.as_deref(), ctx.tier.as_deref(), &ctx.country, ctx.newcomer);
+        shared.guard.add(&who, ctx.delivered, shared.clock.now());
         let tier = ctx.tier.as_deref().unwrap_or("default");
         shared.metrics.cvs_delivered.with_label_values(&[route, tier]).inc_by(ctx.delivered);
     }

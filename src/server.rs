@@ -52,6 +52,7 @@ impl Running {
         self.shared.audit.close().await;
         self.shared.save_snapshot();
         self.shared.save_seen();
+        self.shared.save_guard();
         // Blocks made by rules since the last housekeeping tick.
         let memory = self.shared.runtime().config.blocks.max_duration;
         if let Err(e) = self.shared.blocks.maintain(self.shared.clock.now(), Duration::ZERO, memory) {
@@ -95,6 +96,8 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         certs: certs.clone(),
         blocks: crate::policy::blocks::Blocks::open(config.blocks.file.clone())?,
         seen: crate::policy::probation::FirstSeen::default(),
+        guard: crate::policy::guard::PopulationGuard::new(config.guard.clone(), clock.now()),
+        process_id: uuid::Uuid::new_v4().to_string(),
         top_accounts: crate::observe::metrics::TopAccounts::default(),
         uncertain_log: crate::count::integrity::UncertainLog::default(),
         flags,
@@ -124,6 +127,14 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         tracing::info!(subjects = n, file = %path.display(), "first-seen list read");
     }
     shared.sync_seen(true).await;
+    // The guard's levels and baselines from before the stop; the fleet's sums of the last day.
+    if let Some(saved) = shared.guard_file().and_then(|p| std::fs::read(p).ok()) {
+        match serde_json::from_slice(&saved) {
+            Ok(s) => shared.guard.restore(s, shared.clock.now()),
+            Err(e) => tracing::warn!(error = %e, "guard state file unreadable; the guard starts from normal"),
+        }
+    }
+    shared.sync_guard(true).await;
     // Pauses made at run time before the last stop, then the config's own.
     for g in Switches::saved(shared.switch_file(&shared.pauses).as_deref()) {
         shared.set_paused(&g, true);

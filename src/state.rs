@@ -56,6 +56,8 @@ pub struct Shared {
     pub blocks: Arc<crate::policy::blocks::Blocks>,
     /// When each account and organisation was first seen (probation; `seen.jsonl`).
     pub seen: crate::policy::probation::FirstSeen,
+    /// Sliding sums of CVs per cohort and the guard's steps (kept across reloads).
+    pub guard: crate::policy::guard::PopulationGuard,
     /// CVs per account in the current hour, for the bounded top-N gauge.
     pub top_accounts: crate::observe::metrics::TopAccounts,
     /// The rate-limited warning for responses whose count is uncertain.
@@ -68,6 +70,8 @@ pub struct Shared {
     pub outbox: Arc<crate::share::Outbox>,
     /// The settings read only at start, as the process started with them ([`start_only`]).
     pub started_with: serde_json::Value,
+    /// This process among the replicas (fresh per start): its field in the shared guard sums.
+    pub process_id: String,
 }
 
 /// Settings read only at start: a reload that changes one keeps the old value until the next
@@ -169,6 +173,72 @@ impl Shared {
         }
     }
 
+    /// With Redis: push this replica's guard sums and take the others' (one round trip), so
+    /// every replica decides on the fleet's sums from memory, one second late. `whole_day`
+    /// after a start or an outage; else the current and the previous minute.
+    pub async fn sync_guard(&self, whole_day: bool) -> bool {
+        use crate::policy::guard::minute_of;
+        let Some(flags) = &self.flags else { return true };
+        let now = self.clock.now();
+        let deltas = self.guard.take_deltas();
+        let push: Vec<(String, i64, u64)> =
+            deltas.iter().map(|d| (d.cohort.to_string(), d.minute, d.local_total)).collect();
+        let (m, span) = (minute_of(now), if whole_day { 1440 } else { 2 });
+        let cohorts = self.guard.cohorts();
+        let read: Vec<(String, i64)> =
+            cohorts.iter().flat_map(|c| (0..span).map(move |i| (c.to_string(), m - i))).collect();
+        match flags.guard_sync(&self.process_id, &push, &read).await {
+            Ok(totals) => {
+                let mut it = totals.into_iter();
+                for c in &cohorts {
+                    for i in 0..span {
+                        self.guard.set_remote(c, m - i, it.next().unwrap_or(0), now);
+                    }
+                }
+                true
+            }
+            Err(_) => false, // the local totals are pushed again whole next time
+        }
+    }
+
+    /// The guard's state file beside the block file (levels and baselines, not the sums).
+    pub fn guard_file(&self) -> Option<PathBuf> {
+        self.runtime().config.blocks.file.as_ref().map(|f| f.with_file_name("guard.json"))
+    }
+
+    /// Write the guard's levels and baselines. Blocking I/O.
+    pub fn save_guard(&self) {
+        let Some(path) = self.guard_file() else { return };
+        let bytes = serde_json::to_vec(&self.guard.save()).unwrap_or_default();
+        if let Err(e) = crate::persist::write_atomically(&path, &bytes) {
+            tracing::warn!(error = %e, file = %path.display(), "could not write the guard's state");
+        }
+    }
+
+    /// Log, audit and count the guard's transitions of one tick.
+    pub fn report_guard(&self, transitions: Vec<crate::policy::guard::Transition>) {
+        for t in transitions {
+            let cohort = t.cohort.to_string();
+            self.metrics.guard_state.with_label_values(&[&t.rule, &cohort]).set(t.to as i64);
+            if t.to > t.from {
+                self.metrics.guard_trips.with_label_values(&[&t.rule, t.to.as_str()]).inc();
+            }
+            tracing::warn!(
+                guard = ?t.rule, cohort = ?cohort, from = t.from.as_str(), to = t.to.as_str(),
+                reason = t.reason.as_str(), sum = t.sum, threshold = ?t.threshold,
+                "population guard {}", if t.to > t.from { "stepped up" } else { "released" }
+            );
+            self.audit.event(
+                t.at,
+                "guard",
+                serde_json::json!({
+                    "guard": &*t.rule, "cohort": cohort, "from": t.from.as_str(), "to": t.to.as_str(),
+                    "reason": t.reason.as_str(), "sum": t.sum, "threshold": t.threshold,
+                }),
+            );
+        }
+    }
+
     /// Write `seen.jsonl` when it changed, logging a failure. Blocking I/O.
     pub fn save_seen(&self) {
         if let Some(path) = self.seen_file() {
@@ -238,6 +308,12 @@ impl Shared {
         for scope in ["account", "org", "ip"] {
             m.blocks_created.with_label_values(&[scope, "manual"]);
             m.blocks_active.with_label_values(&[scope]);
+        }
+        for rule in &cfg.guard.rules {
+            m.guard_state.with_label_values(&[&*rule.name, &rule.cohort.to_string()]);
+            for step in &rule.steps {
+                m.guard_trips.with_label_values(&[&*rule.name, step.as_str()]);
+            }
         }
         for rule in &cfg.blocks.rules {
             m.blocks_created.with_label_values(&[rule.block.as_str(), &format!("rule:{}", rule.name)]);
@@ -375,6 +451,7 @@ impl Shared {
         if let (Some(certs), Some(cert)) = (&self.certs, cert) {
             certs.install(cert);
         }
+        self.guard.reconfigure(rt.config.guard.clone(), self.clock.now());
         let hash = config_hash(&rt.config);
         self.metrics.dev_mode.set(i64::from(rt.config.raw.dev_mode));
         if rt.config.raw.dev_mode {

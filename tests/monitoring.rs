@@ -379,6 +379,9 @@ quota:
       shadow: true
       horizons:
         day: { budget: 5, window: 24h }
+guard:
+  rules:
+    - { name: spread-harvest, cohort: all, window: 1h, above: 1000000, steps: [alert, mask, pause], escalate_after: 15m, cool_down: 1h }
 "#;
 
 async fn make_traffic(p: &Proxy) {

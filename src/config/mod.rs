@@ -98,6 +98,8 @@ pub struct Config {
     pub masking: crate::policy::masking::MaskingPolicy,
     /// Newcomer probation.
     pub probation: crate::policy::probation::ProbationPolicy,
+    /// The population guard's rules.
+    pub guard: crate::policy::guard::GuardPolicy,
     pub blocks: crate::policy::blocks::BlocksConfig,
     /// Admin API bearer token; `None`: every admin request is refused.
     pub admin_token: Option<String>,
@@ -290,6 +292,7 @@ impl Config {
         let probation = e
             .nest("probation", crate::policy::probation::ProbationPolicy::from_raw(&raw.probation))
             .unwrap_or_default();
+        let guard = e.nest("guard", crate::policy::guard::GuardPolicy::from_raw(&raw.guard)).unwrap_or_default();
         if let (Some(q), true) = (&quota, probation.enabled()) {
             if !q.has_tier(&probation.tier) {
                 e.push("probation.tier", format!("no quota tier is called {:?} (quota.tiers)", probation.tier));
@@ -366,6 +369,7 @@ impl Config {
                     geo,
                     masking,
                     probation,
+                    guard,
                     raw,
                 })
             }

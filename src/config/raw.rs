@@ -42,6 +42,8 @@ pub struct RawConfig {
     pub masking: crate::policy::masking::RawMasking,
     /// Newcomer probation (see `policy::probation`).
     pub probation: crate::policy::probation::RawProbation,
+    /// The population guard (see `policy::guard`).
+    pub guard: crate::policy::guard::RawGuard,
 }
 
 impl Default for RawConfig {
@@ -64,6 +66,7 @@ impl Default for RawConfig {
             admin: RawAdmin::default(),
             masking: crate::policy::masking::RawMasking::default(),
             probation: crate::policy::probation::RawProbation::default(),
+            guard: crate::policy::guard::RawGuard::default(),
         }
     }
 }

@@ -283,6 +283,8 @@ impl AuditRecord {
 
 enum Msg {
     Line(Box<AuditRecord>),
+    /// A line that is not a request (a guard trip or release), already JSON, at its time.
+    Event(Vec<u8>, Timestamp),
     /// Write and flush everything queued before this, then answer.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -404,6 +406,23 @@ impl AuditLog {
         }
     }
 
+    /// An audit line for an event that is not a request (the population guard's trips and
+    /// releases): `{"ts", "local", "event", ...fields}`.
+    pub fn event(&self, at: Timestamp, event: &str, fields: serde_json::Value) {
+        let Some(tx) = &self.tx else { return };
+        let mut line = serde_json::Map::new();
+        line.insert("ts".into(), at.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string().into());
+        line.insert("event".into(), event.into());
+        if let serde_json::Value::Object(f) = fields {
+            line.extend(f);
+        }
+        let mut buf = serde_json::to_vec(&line).unwrap_or_default();
+        buf.push(b'\n');
+        if tx.try_send(Msg::Event(buf, at)).is_err() {
+            self.dropped.inc();
+        }
+    }
+
     /// Wait (at most 10 s) until every line queued before this call is written and flushed.
     /// Called at shutdown; safe to call more than once, and lines recorded later are still
     /// written.
@@ -467,6 +486,7 @@ fn write_loop(rx: Receiver<Msg>, mut sink: Box<dyn LineSink>, tz: TimeZone) {
                 r.write_json(&tz, &mut buf);
                 report(sink.write_line(&buf, r.ts), &mut failing);
             }
+            Msg::Event(line, at) => report(sink.write_line(&line, at), &mut failing),
             Msg::Flush(ack) => {
                 report(sink.flush(), &mut failing);
                 let _ = ack.send(());

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub cvs_masked: IntCounterVec,
     /// Records dropped whole by the masker (too large or not a JSON object), by route.
     pub mask_dropped: IntCounterVec,
+    /// The population guard's step per rule and cohort: 0 normal, 1 alert, 2 mask, 3 pause.
+    pub guard_state: IntGaugeVec,
+    /// Steps the population guard took up, by rule and step (`alert`, `mask`, `pause`).
+    pub guard_trips: IntCounterVec,
     /// Active blocks by scope.
     pub blocks_active: IntGaugeVec,
     /// Blocks made by this replica, by scope and source (`manual`, or `rule:<name>`).
@@ -227,6 +231,18 @@ impl Metrics {
                 "cvgate_cvs_masked_total",
                 "CVs delivered without contact data, by route and reason (shadow:<reason> when only counted).",
                 &["route", "reason"],
+            ),
+            guard_state: gauge_vec(
+                &r,
+                "cvgate_guard_state",
+                "The population guard's step per rule and cohort: 0 normal, 1 alert, 2 mask, 3 pause.",
+                &["guard", "cohort"],
+            ),
+            guard_trips: counter_vec(
+                &r,
+                "cvgate_guard_trips_total",
+                "Steps up taken by the population guard, by rule and step.",
+                &["guard", "step"],
             ),
             mask_dropped: counter_vec(
                 &r,

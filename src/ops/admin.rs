@@ -16,6 +16,10 @@
 //! | `GET /v1/masks`                        | route groups masked by an operator                |
 //! | `POST /v1/masks/{group}`               | mask every CV of the group (contact data removed) |
 //! | `DELETE /v1/masks/{group}`             | lift it (the config's own mask triggers stay)     |
+//! | `GET /v1/guard`                        | the population guard's rules: step, sum, threshold |
+//! | `POST /v1/guard/{rule}/acknowledge`    | hold the current step (no further escalation)     |
+//! | `POST /v1/guard/{rule}/release`        | back to normal now (no re-trip for the cool-down) |
+//! | `POST /v1/guard/{rule}/trip?step=`     | force a step: `alert`, `mask` or `pause`          |
 //! | `POST /v1/reload`                      | reload config.yaml; 422 with every error if bad   |
 //! | `GET /v1/config`                       | the effective config, secrets redacted            |
 
@@ -153,6 +157,36 @@ fn redacted_config(shared: &Shared) -> Value {
     v
 }
 
+/// The operator's hand on the population guard: `acknowledge` (hold the current step, no
+/// further escalation), `release` (back to normal now; no re-trip for the rule's cool-down),
+/// `trip?step=mask` (force a step). On this replica; each is logged and audited.
+fn guard_op(shared: &Shared, rule: &str, op: &str, q: &str) -> Response<ProxyBody> {
+    use crate::policy::guard::{GuardError, Level};
+    let now = shared.clock.now();
+    let result = match op {
+        "acknowledge" => shared.guard.acknowledge(rule).map(|()| Vec::new()),
+        "release" => shared.guard.release(rule, now).map(|t| t.into_iter().collect()),
+        "trip" => {
+            let step = match param(q, "step") {
+                Some("alert") => Level::Alert,
+                Some("mask") => Level::Mask,
+                Some("pause") => Level::Pause,
+                _ => return problem(StatusCode::UNPROCESSABLE_ENTITY, "bad-step", "step must be alert, mask or pause"),
+            };
+            shared.guard.trip(rule, step, now).map(|t| vec![t])
+        }
+        _ => return problem(StatusCode::NOT_FOUND, "not-found", "guard operations: acknowledge, release, trip"),
+    };
+    match result {
+        Ok(transitions) => {
+            shared.report_guard(transitions);
+            reply(StatusCode::OK, json!({ "rules": shared.guard.states() }))
+        }
+        Err(e @ GuardError::UnknownRule(_)) => problem(StatusCode::NOT_FOUND, "no-guard", e.to_string()),
+        Err(e) => problem(StatusCode::CONFLICT, "guard-state", e.to_string()),
+    }
+}
+
 /// Every admin call that changes something (any method but GET) is logged once with its
 /// answer: who (the caller's address; the one admin token), what, and how it went. Values are
 /// quoted by the log format, so a key cannot forge fields.
@@ -221,6 +255,8 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
             let key = if pause { "paused" } else { "masked" };
             reply(StatusCode::OK, json!({"group": group, key: on}))
         }
+        (Method::GET, ["v1", "guard"]) => reply(StatusCode::OK, json!({ "rules": shared.guard.states() })),
+        (Method::POST, ["v1", "guard", rule, op]) => guard_op(&shared, rule, op, &q),
         (Method::POST, ["v1", "reload"]) => match shared.reload() {
             Ok(r) => reply(StatusCode::OK, json!({"reloaded": true, "restart_pending": r.restart_pending})),
             Err(errs) => {

@@ -120,6 +120,7 @@ pub async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut since_snapshot = Duration::ZERO;
     let mut ticks = 0u64;
+    let mut guard_synced = true; // the start read the whole day
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -133,6 +134,13 @@ pub async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
         shared.sync_flags().await;
         ticks += 1;
         shared.sync_seen(ticks % 60 == 0).await;
+        // The guard: the fleet's sums (Redis), then one evaluation of every rule.
+        guard_synced = shared.sync_guard(!guard_synced).await;
+        shared.report_guard(shared.guard.tick(now));
+        if ticks % 60 == 0 {
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || s.save_guard()).await;
+        }
         // Prune expired blocks and stale rule events; write rule-made blocks (file I/O: off
         // the runtime's threads).
         let (blocks, within, memory) =

@@ -8,7 +8,8 @@
 //! 2. `exempt` tiers, organisations and accounts: never masked by the config's own triggers;
 //! 3. `always` (the board's decision as one switch), then listed `tiers`, `orgs`, `accounts`;
 //! 4. the `schedule` (closure-window syntax: during these windows CVs are masked, not closed);
-//! 5. `soft_budgets`: past `after` CVs in a quota horizon of a scope ("after 300 CVs in a day an
+//! 5. the population guard masking the asker's cohort (`policy::guard`);
+//! 6. `soft_budgets`: past `after` CVs in a quota horizon of a scope ("after 300 CVs in a day an
 //!    account gets the rest without contact data; at 2,000 it is refused"), counted on the same
 //!    bucket as the quota, so a page that straddles the line passes its first records whole.
 //!
@@ -120,11 +121,21 @@ pub enum Reason {
     Account,
     Window,
     SoftBudget,
+    /// The population guard masks the asker's cohort.
+    Guard,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] =
-        [Reason::Admin, Reason::Always, Reason::Tier, Reason::Org, Reason::Account, Reason::Window, Reason::SoftBudget];
+    pub const ALL: [Reason; 8] = [
+        Reason::Admin,
+        Reason::Always,
+        Reason::Tier,
+        Reason::Org,
+        Reason::Account,
+        Reason::Window,
+        Reason::SoftBudget,
+        Reason::Guard,
+    ];
 
     /// The label in shadow mode (counted, not masked).
     pub fn shadow_str(self) -> &'static str {
@@ -136,6 +147,7 @@ impl Reason {
             Reason::Account => "shadow:account",
             Reason::Window => "shadow:window",
             Reason::SoftBudget => "shadow:soft-budget",
+            Reason::Guard => "shadow:guard",
         }
     }
 
@@ -148,6 +160,7 @@ impl Reason {
             Reason::Account => "account",
             Reason::Window => "window",
             Reason::SoftBudget => "soft-budget",
+            Reason::Guard => "guard",
         }
     }
 }
@@ -268,6 +281,7 @@ impl MaskingPolicy {
         group: &str,
         who: &Asker<'_>,
         switched: bool,
+        guard: bool,
         reservation: Option<&Reservation>,
         now: Timestamp,
     ) -> Option<Decision> {
@@ -296,6 +310,9 @@ impl MaskingPolicy {
         }
         if self.schedule.decide(group, who.account, who.org, now).is_some() {
             return at(Reason::Window);
+        }
+        if guard {
+            return at(Reason::Guard);
         }
         let r = reservation?;
         let left = self.unmasked_left(r)?;

@@ -4,6 +4,7 @@
 pub mod blocks;
 pub mod closure;
 pub mod geo;
+pub mod guard;
 pub mod identity;
 pub mod masking;
 pub mod probation;

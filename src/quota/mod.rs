@@ -259,6 +259,25 @@ impl QuotaEngine {
 
 /// Buckets and tier for a subject. Order: account, org, ip, country, global; within a scope,
 /// shortest window first.
+/// The tier a subject is charged in: its account's or organisation's override, else
+/// `newcomer` (probation) when given. What [`QuotaEngine::reserve_as`] would report, without
+/// building buckets.
+pub fn tier_of(
+    policy: &QuotaPolicy,
+    account: Option<&str>,
+    org: Option<&str>,
+    newcomer: Option<&str>,
+) -> Option<Arc<str>> {
+    let account = account.filter(|a| !a.is_empty());
+    let org = org.filter(|o| !o.is_empty() && account.is_some());
+    let ao = account.and_then(|a| policy.accounts.get(a));
+    let oo = org.and_then(|o| policy.orgs.get(o));
+    if ao.is_none() && oo.is_none() {
+        return newcomer.and_then(|t| policy.tiers.get(t)).and_then(|o| o.tier.clone());
+    }
+    ao.and_then(|o| o.tier.clone()).or_else(|| oo.and_then(|o| o.tier.clone()))
+}
+
 fn resolve(policy: &QuotaPolicy, s: &Subject<'_>, newcomer: Option<&str>) -> (Vec<BucketSpec>, Option<Arc<str>>) {
     let account = s.account.filter(|a| !a.is_empty());
     let org = s.org.filter(|o| !o.is_empty() && account.is_some());

@@ -256,6 +256,15 @@ pub trait SharedFlags: Send + Sync {
     fn seen_put<'a>(&'a self, entries: &'a [(String, i64)]) -> BoxFuture<'a, Result<Vec<i64>, StoreError>>;
     /// Every first-seen time the replicas have recorded.
     fn seen_all(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>, StoreError>>;
+    /// The population guard's sums: write this process's per-minute totals (`(cohort, minute,
+    /// total)`, idempotent `HSET` of field `process`, kept 25 h), then read the other processes'
+    /// totals for `read` (`(cohort, minute)`), in order. One round trip.
+    fn guard_sync<'a>(
+        &'a self,
+        process: &'a str,
+        push: &'a [(String, i64, u64)],
+        read: &'a [(String, i64)],
+    ) -> BoxFuture<'a, Result<Vec<u64>, StoreError>>;
 }
 
 impl SharedFlags for RedisStore {
@@ -308,6 +317,36 @@ impl SharedFlags for RedisStore {
             let q = pipe.query_async::<Vec<i64>>(&mut conn);
             match tokio::time::timeout(self.timeout * 4, q).await {
                 Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+                Err(_) => Err(StoreError::Timeout),
+            }
+        })
+    }
+
+    fn guard_sync<'a>(
+        &'a self,
+        process: &'a str,
+        push: &'a [(String, i64, u64)],
+        read: &'a [(String, i64)],
+    ) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
+        Box::pin(async move {
+            let key = |c: &str, m: i64| format!("{}guard:{c}:{m}", self.prefix);
+            let mut pipe = redis::pipe();
+            for (c, m, total) in push {
+                let k = key(c, *m);
+                pipe.cmd("HSET").arg(&k).arg(process).arg(*total).ignore();
+                pipe.cmd("EXPIRE").arg(&k).arg(25 * 3600).ignore();
+            }
+            for (c, m) in read {
+                pipe.cmd("HGETALL").arg(key(c, *m));
+            }
+            let mut conn = self.conn.clone();
+            let q = pipe.query_async::<Vec<Vec<(String, u64)>>>(&mut conn);
+            match tokio::time::timeout(self.timeout * 4, q).await {
+                Ok(Ok(v)) => Ok(v
+                    .into_iter()
+                    .map(|fields| fields.iter().filter(|(p, _)| p != process).map(|(_, n)| n).sum())
+                    .collect()),
                 Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
                 Err(_) => Err(StoreError::Timeout),
             }
