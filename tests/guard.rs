@@ -4,6 +4,8 @@
 //! forced step cools down by itself.
 
 mod common;
+#[path = "common/redis.rs"]
+mod redis_server;
 
 use std::time::Duration;
 
@@ -13,8 +15,12 @@ use serde_json::Value;
 const ADMIN_TOKEN: &str = "admin-token-for-guard-tests-012345";
 
 fn config(upstream: &str, dir: &std::path::Path) -> String {
+    config_with(upstream, dir, "")
+}
+
+fn config_with(upstream: &str, dir: &std::path::Path, store: &str) -> String {
     let extra = format!(
-        r#"{identity}admin: {{ token: "{ADMIN_TOKEN}" }}
+        r#"{identity}{store}admin: {{ token: "{ADMIN_TOKEN}" }}
 audit: {{ sink: file, path: audit.log }}
 blocks: {{ rules: [] }}
 quota:
@@ -135,4 +141,28 @@ async fn a_spread_harvest_trips_alert_then_mask_then_pause_and_the_vetted_tier_i
     ];
     let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
     assert_eq!(steps, want, "{text}");
+}
+
+/// Two replicas on one redis-server: each delivers 60 CVs (under the rule's 100), and each
+/// trips, because each decides on the fleet's sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_trip_on_the_fleets_sum_through_redis() {
+    let redis = redis_server::RedisServer::start();
+    let mock = format!("http://{}", start_mock().await);
+    let store =
+        format!("store:\n  kind: redis\n  redis: {{ url: \"{}\", key_prefix: \"cvgate:{{quota}}:\" }}\n", redis.url());
+    let replica = || async {
+        let (dir, cert) = cert_dir();
+        let yaml = config_with(&mock, dir.path(), &store);
+        start_proxy_in(dir, cert, &yaml).await
+    };
+    let (a, b) = (replica().await, replica().await);
+    for i in 0..3 {
+        assert_eq!(search(&a, &format!("a-{i}"), &format!("1100000{i}")).await.0, 200);
+        assert_eq!(search(&b, &format!("b-{i}"), &format!("2200000{i}")).await.0, 200);
+    }
+    assert_eq!(state_becomes(&a, 1.0).await, 1.0, "replica A sees 120 across the fleet");
+    assert_eq!(state_becomes(&b, 1.0).await, 1.0, "replica B sees 120 across the fleet");
+    a.running.shutdown().await;
+    b.running.shutdown().await;
 }
