@@ -163,7 +163,7 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-    fn pick<'a, T: Copy>(&mut self, xs: &[T]) -> T {
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
         xs[self.below(xs.len() as u64) as usize]
     }
 }
@@ -186,7 +186,7 @@ pub fn write_cv(out: &mut String, id: u64) {
     let toon_telefoon = r.below(2) == 0;
     let _ = write!(out, r#"{{"id":"cv-{id:07}""#);
     if toon_contact {
-        let gender = if first_at % 2 == 0 { "man" } else { "vrouw" };
+        let gender = if first_at.is_multiple_of(2) { "man" } else { "vrouw" };
         let (year, month, day) = (1960 + r.below(47), 1 + r.below(12), 1 + r.below(28));
         let (street, number) = (r.pick(&STREETS), 1 + r.below(180));
         let suffix = ["", "", "", "a", "b", "-2"][r.below(6) as usize];

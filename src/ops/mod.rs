@@ -133,11 +133,11 @@ pub async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
         }
         shared.sync_flags().await;
         ticks += 1;
-        shared.sync_seen(ticks % 60 == 0).await;
+        shared.sync_seen(ticks.is_multiple_of(60)).await;
         // The guard: the fleet's sums (Redis), then one evaluation of every rule.
         guard_synced = shared.sync_guard(!guard_synced).await;
         shared.report_guard(shared.guard.tick(now));
-        if ticks % 60 == 0 {
+        if ticks.is_multiple_of(60) {
             let s = shared.clone();
             let _ = tokio::task::spawn_blocking(move || s.save_guard()).await;
         }
