@@ -98,6 +98,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         seen: crate::policy::probation::FirstSeen::default(),
         guard: crate::policy::guard::PopulationGuard::new(config.guard.clone(), clock.now()),
         process_id: uuid::Uuid::new_v4().to_string(),
+        started_at: clock.now(),
         top_accounts: crate::observe::metrics::TopAccounts::default(),
         uncertain_log: crate::count::integrity::UncertainLog::default(),
         flags,

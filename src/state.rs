@@ -72,6 +72,8 @@ pub struct Shared {
     pub started_with: serde_json::Value,
     /// This process among the replicas (fresh per start): its field in the shared guard sums.
     pub process_id: String,
+    /// When this process started (the admin API's `/v1/version`).
+    pub started_at: jiff::Timestamp,
 }
 
 /// Settings read only at start: a reload that changes one keeps the old value until the next

@@ -81,6 +81,13 @@ async fn admin_api_needs_the_token() {
     assert_eq!(v["identity"]["dev_hs256"]["secret"], "<redacted>");
     assert_eq!(v["admin"]["token"], "<redacted>");
     assert!(!v.to_string().contains(DEV_SECRET) && !v.to_string().contains(ADMIN_TOKEN));
+    // What runs: the version, the config's hash (as /metrics labels it), when it started.
+    let (status, v) = admin(&p, "GET", "/v1/version", None, ADMIN_TOKEN).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let hash = v["config_sha256"].as_str().unwrap();
+    assert_eq!(common::metric(&p, "cvgate_config_info", &[("sha256", hash)]).await, 1.0);
+    assert_eq!(v["started"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap(), daytime());
     p.running.shutdown().await;
 }
 

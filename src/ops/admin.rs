@@ -16,6 +16,7 @@
 //! | `GET /v1/masks`                        | route groups masked by an operator                |
 //! | `POST /v1/masks/{group}`               | mask every CV of the group (contact data removed) |
 //! | `DELETE /v1/masks/{group}`             | lift it (the config's own mask triggers stay)     |
+//! | `GET /v1/version`                      | version, running config's SHA-256, start time     |
 //! | `GET /v1/guard`                        | the population guard's rules: step, sum, threshold |
 //! | `POST /v1/guard/{rule}/acknowledge`    | hold the current step (no further escalation)     |
 //! | `POST /v1/guard/{rule}/release`        | back to normal now (no re-trip for the cool-down) |
@@ -254,6 +255,19 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
             .await;
             let key = if pause { "paused" } else { "masked" };
             reply(StatusCode::OK, json!({"group": group, key: on}))
+        }
+        (Method::GET, ["v1", "version"]) => {
+            let rt = shared.runtime();
+            reply(
+                StatusCode::OK,
+                json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "config_sha256": crate::state::config_hash(&rt.config),
+                    "started": shared.started_at.to_string(),
+                    "process": shared.process_id,
+                    "dev_mode": rt.config.raw.dev_mode,
+                }),
+            )
         }
         (Method::GET, ["v1", "guard"]) => reply(StatusCode::OK, json!({ "rules": shared.guard.states() })),
         (Method::POST, ["v1", "guard", rule, op]) => guard_op(&shared, rule, op, &q),
