@@ -2,11 +2,16 @@
 //! more than one account's day budget, each evasion no more than the budget of the scope meant to
 //! stop it (budgets read from the repo's config.yaml, never hard-coded here), and legitimate users
 //! are refused nothing.
+//!
+//! Issue 18, the "with contact data" column: each attack gets contact data of no more job
+//! seekers than config.yaml's `masking.soft_budgets` let through over its span (the 4 May
+//! replay: a few hundred, not 2,000), while the staffing agency gets every CV that had contact
+//! data with it and the small employer and the bystanders are never masked.
 
 use std::path::Path;
 
 use cvgate::config::Config;
-use cvgate::devtools::demo::{DemoOptions, DemoReport, HorizonBudget, ScenarioReport};
+use cvgate::devtools::demo::{DemoOptions, DemoReport, HorizonBudget, ScenarioReport, Tally};
 use cvgate::quota::Scope;
 
 fn scenario<'a>(r: &'a DemoReport, id: &str) -> &'a ScenarioReport {
@@ -51,6 +56,26 @@ fn day_budget(hs: &[HorizonBudget]) -> u64 {
     budget(hs, 86_400)
 }
 
+/// The most CVs with contact data config.yaml's soft budgets let an attacker without a tier
+/// have from `first` to `last`, least over the lines: past `after` CVs in a horizon the rest come
+/// masked, so a fixed horizon passes `after` whole CVs per fixed window the span touches, and a
+/// continuous one `after` plus what its bucket refills over the span (`B·t/W`: used CVs drain
+/// at the bucket's rate). `None` without soft budgets.
+fn soft_bound(config: &Config, first: u64, last: u64) -> Option<u64> {
+    config
+        .masking
+        .soft_budgets
+        .iter()
+        .map(|s| {
+            let h = horizons(config, s.scope).into_iter().find(|h| h.name == s.horizon).expect("a configured horizon");
+            match h.fixed_offset_secs {
+                None => s.after + h.budget * (last - first) / h.window_secs,
+                Some(o) => s.after * ((last - o) / h.window_secs - (first - o) / h.window_secs + 1),
+            }
+        })
+        .min()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_attacks_stay_within_budgets_and_legit_users_are_never_refused() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
@@ -71,6 +96,12 @@ async fn demo_attacks_stay_within_budgets_and_legit_users_are_never_refused() {
         assert_eq!(p.id, c.id);
         let cvs = |s: &ScenarioReport| (s.attacker.as_ref().map(|a| a.delivered_cvs), s.legit.delivered_cvs);
         assert_eq!(cvs(p), cvs(c), "{}: the same CVs get through with a compressing upstream", p.id);
+        // Masking works on the decoded body: the same contact data gets through too.
+        let contact = |s: &ScenarioReport| {
+            let t = |t: &Tally| (t.with_contact_cvs, t.had_contact_cvs, t.masked_answers);
+            (s.attacker.as_ref().map(t), t(&s.legit))
+        };
+        assert_eq!(contact(p), contact(c), "{}: the same contact data with a compressing upstream", p.id);
     }
 }
 
@@ -168,4 +199,54 @@ fn check(config: &Config, report: &DemoReport) {
     for s in &report.scenarios {
         assert_eq!(s.blocked_legit_requests, 0, "{}: a legitimate user was blocked", s.id);
     }
+    check_contact(&config, report);
+}
+
+/// Issue 18: who gets CVs with their holders' contact data.
+fn check_contact(config: &Config, report: &DemoReport) {
+    assert!(!config.masking.soft_budgets.is_empty(), "config.yaml ships soft budgets");
+    // Each attack: no more CVs with contact data than the soft budgets let through over its
+    // span, and masking is why (some of what it got lost contact data it had upstream).
+    for id in ["may4", "accounts30", "orgs30", "week"] {
+        let s = scenario(report, id);
+        let a = s.attacker.as_ref().unwrap();
+        let soft = soft_bound(config, s.attack_start_secs, s.attack_start_secs + s.span_secs).unwrap();
+        assert!(
+            a.with_contact_cvs <= soft,
+            "{id}: {} CVs with contact data, the soft budgets allow {soft} over {} s",
+            a.with_contact_cvs,
+            s.span_secs
+        );
+        assert!(a.with_contact_cvs <= a.had_contact_cvs && a.had_contact_cvs <= a.delivered_cvs, "{id}: {a:?}");
+        assert!(a.with_contact_cvs < a.had_contact_cvs, "{id}: masking took contact data from the attacker");
+        assert!(a.masked_answers > 0 && s.mask_reasons.get("soft-budget").is_some_and(|n| *n > 0), "{id}: {s:?}");
+        assert!(a.with_contact_cvs > 0, "{id}: the first CVs come whole");
+    }
+    // The 4 May replay: a few hundred job seekers' contact data, at most one account's day line.
+    let may4 = scenario(report, "may4");
+    let day_line = config
+        .masking
+        .soft_budgets
+        .iter()
+        .filter(|b| b.scope == Scope::Account && b.horizon == "day")
+        .map(|b| b.after)
+        .min()
+        .expect("an account/day soft budget");
+    let leaked = may4.attacker.as_ref().unwrap().with_contact_cvs;
+    assert!(leaked <= day_line, "may4: contact data of {leaked} job seekers, the account's day line is {day_line}");
+
+    // Legitimate users are never masked: every CV that had contact data upstream arrives with
+    // it — the staffing agency (its tier is exempt: it fetches far more than any soft line), the
+    // small employer, and the bystander browsing during each attack.
+    for s in &report.scenarios {
+        let t = &s.legit;
+        assert_eq!(t.masked_answers, 0, "{}: a legitimate user was masked: {}", s.id, s.contact_note);
+        assert_eq!(t.with_contact_cvs, t.had_contact_cvs, "{}: {}", s.id, s.contact_note);
+        assert!(t.had_contact_cvs > 0 && t.had_contact_cvs < t.delivered_cvs, "{}: the mock shows some, not all", s.id);
+        assert_eq!(t.contact_kept_pct(), Some(100.0), "{}", s.id);
+    }
+    let agency = scenario(report, "agency");
+    let most_after = config.masking.soft_budgets.iter().map(|b| b.after).max().unwrap();
+    assert!(agency.legit.with_contact_cvs > most_after, "the agency's contact data goes past every soft line");
+    assert!(agency.mask_reasons.is_empty() && scenario(report, "employer").mask_reasons.is_empty());
 }

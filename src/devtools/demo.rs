@@ -14,6 +14,14 @@
 //! through, the scope and horizon of the first 429 and its local time, the blocks the proxy's
 //! rules made and the CVs legitimate users were refused (must be 0).
 //!
+//! It also holds how many of the CVs that came through still carried their holders' contact
+//! data (issue #18), read from what the client received: a CV has contact data when it holds
+//! any of the config's `masking.fields.remove` paths, keys compared case-insensitively. The mock
+//! shows contact data on about two CVs in three (the job seeker's choice), so each tally also
+//! counts the delivered CVs the mock served *with* contact data — every mock CV is a pure
+//! function of its id, so the demo looks the id up in the mock's corpus — and the share that
+//! kept it is the honest measure: 100% for a user who is never masked.
+//!
 //! [`Limit::bound`] is the most the scope meant to stop the attack can let through over the
 //! attack's span, the least over its horizons: a continuous bucket of budget `B` and window `W`
 //! lets through at most `B + B·t/W` over a span `t`; a fixed one `B` per fixed window the span
@@ -39,6 +47,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::Serialize;
+use serde_json::Value;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
@@ -86,6 +95,61 @@ pub struct Tally {
     pub delivered_cvs: u64,
     /// `requested_cvs − delivered_cvs`: refused or cut short.
     pub refused_cvs: u64,
+    /// Delivered CVs that still carried contact data (any `masking.fields.remove` path, case
+    /// ignored), as the client read them.
+    pub with_contact_cvs: u64,
+    /// Delivered CVs the upstream served with contact data (the mock's CV of the same id; a CV
+    /// without a readable id counts as having had it, so the share can only understate): what
+    /// `with_contact_cvs` would be if nothing were masked.
+    pub had_contact_cvs: u64,
+    /// Answers that came with `cvgate-masked` (contact data removed).
+    pub masked_answers: u64,
+}
+
+impl Tally {
+    /// Percent of the CVs that had contact data upstream that arrived with it (`None`: none had).
+    pub fn contact_kept_pct(&self) -> Option<f64> {
+        (self.had_contact_cvs > 0).then(|| 100.0 * self.with_contact_cvs as f64 / self.had_contact_cvs as f64)
+    }
+
+    /// `16,650 (100%)`: the table's "with contact data" cell.
+    fn contact_cell(&self) -> String {
+        match self.contact_kept_pct() {
+            Some(p) => format!("{} ({})", thousands(self.with_contact_cvs), pct(p)),
+            None => thousands(self.with_contact_cvs),
+        }
+    }
+
+    /// `never masked: all 584 CVs that had contact data upstream arrived with it`, or what
+    /// masking took.
+    fn contact_summary(&self) -> String {
+        if self.masked_answers == 0 && self.with_contact_cvs == self.had_contact_cvs {
+            return format!(
+                "never masked: all {} CVs that had contact data upstream arrived with it",
+                thousands(self.had_contact_cvs)
+            );
+        }
+        format!(
+            "{} of the {} CVs that had contact data upstream arrived with it ({}), {} answers masked",
+            thousands(self.with_contact_cvs),
+            thousands(self.had_contact_cvs),
+            self.contact_kept_pct().map_or("-".into(), pct),
+            thousands(self.masked_answers)
+        )
+    }
+}
+
+/// `99.96` → `99.9%`, `100` → `100%`, `15.8` → `16%`: never rounds up to 100% or down to 0%.
+fn pct(p: f64) -> String {
+    if p >= 100.0 {
+        "100%".into()
+    } else if p >= 99.0 {
+        format!("{:.1}%", (p * 10.0).floor() / 10.0)
+    } else if p > 0.0 && p < 1.0 {
+        format!("{:.1}%", (p * 10.0).ceil() / 10.0)
+    } else {
+        format!("{p:.0}%")
+    }
 }
 
 /// The first quota refusal of a scenario.
@@ -157,6 +221,11 @@ pub struct ScenarioReport {
     /// 403 `blocked` answers, by whom.
     pub blocked_attacker_requests: u64,
     pub blocked_legit_requests: u64,
+    /// Masked answers (everyone's) by the reason in `cvgate-masked` (`soft-budget`, ...).
+    pub mask_reasons: BTreeMap<String, u64>,
+    /// What masking did to whom, in words: the attacker's and the legitimate users' share of
+    /// CVs with contact data ("never masked" when nothing was taken from them).
+    pub contact_note: String,
 }
 
 impl ScenarioReport {
@@ -203,16 +272,62 @@ impl Fetch {
         }
     }
 
-    /// Records in a 200 body of this request.
-    fn count(&self, body: &[u8]) -> u64 {
+    /// The CVs in a 200 body of this request: a search page's `results`, an export's lines
+    /// (not the marker line of an export cut at its grant, which is no CV; a line that is not
+    /// JSON is still a record, as `Null`), or the one CV.
+    fn records(&self, body: &[u8]) -> Vec<Value> {
         match self {
-            Fetch::Search { .. } => serde_json::from_slice::<serde_json::Value>(body)
-                .ok()
-                .and_then(|v| v.get("results").and_then(|r| r.as_array()).map(|a| a.len() as u64))
-                .unwrap_or(0),
-            Fetch::Export { .. } => body.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count() as u64,
-            Fetch::Get { .. } => 1,
+            Fetch::Search { .. } => match serde_json::from_slice::<Value>(body) {
+                Ok(Value::Object(mut page)) => match page.remove("results") {
+                    Some(Value::Array(cvs)) => cvs,
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            },
+            Fetch::Export { .. } => body
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.trim_ascii().is_empty())
+                .map(|l| serde_json::from_slice::<Value>(l).unwrap_or(Value::Null))
+                .filter(|v| v.get("_cvgate").is_none())
+                .collect(),
+            Fetch::Get { .. } => vec![serde_json::from_slice(body).unwrap_or(Value::Null)],
         }
+    }
+}
+
+/// What makes a CV one "with contact data": the config's `masking.fields.remove` paths, as
+/// lowercase segments (a dotted path reaches into nested objects, and a segment applies to each
+/// element of an array it meets, as the masker reads them).
+struct ContactFields(Vec<Vec<String>>);
+
+impl ContactFields {
+    /// From `masking.fields.remove` as the config writes it.
+    fn new(remove: &[String]) -> Self {
+        ContactFields(remove.iter().map(|p| p.split('.').map(str::to_lowercase).collect()).collect())
+    }
+
+    /// Does `cv` hold any of the paths, whatever the case of its keys?
+    fn held_by(&self, cv: &Value) -> bool {
+        fn has(v: &Value, path: &[String]) -> bool {
+            let Some((seg, rest)) = path.split_first() else { return true };
+            match v {
+                Value::Array(items) => items.iter().any(|x| has(x, path)),
+                Value::Object(m) => m.iter().any(|(k, x)| k.to_lowercase() == *seg && has(x, rest)),
+                _ => false,
+            }
+        }
+        self.0.iter().any(|p| has(cv, p))
+    }
+
+    /// Did the upstream serve `cv` with contact data? The mock's CV `cv-0001234` is a pure
+    /// function of 1234, so it is written again and read with the same paths. A CV without a
+    /// readable id is counted as having had contact data.
+    fn held_upstream(&self, cv: &Value) -> bool {
+        let id = cv.get("id").and_then(Value::as_str).and_then(|s| s.strip_prefix("cv-")).and_then(|n| n.parse().ok());
+        let Some(id) = id else { return true };
+        let mut served = String::new();
+        super::mock_api::write_cv(&mut served, id);
+        serde_json::from_str::<Value>(&served).map_or(true, |v| self.held_by(&v))
     }
 }
 
@@ -375,6 +490,14 @@ fn plans(fast: bool) -> Vec<Plan> {
     out
 }
 
+/// What the client got: status, the reason in `cvgate-masked` (masked answers only), the body
+/// as the client reads it (decoded if the proxy compressed it).
+struct Answer {
+    status: StatusCode,
+    masked: Option<String>,
+    body: Bytes,
+}
+
 /// One actor's keep-alive HTTP/1.1 connection to the proxy, from its own source address.
 struct Conn {
     src: IpAddr,
@@ -395,7 +518,7 @@ impl Conn {
     }
 
     /// GET `path`; one retry on a fresh connection when the kept-alive one was closed.
-    async fn get(&mut self, path: &str, bearer: &str) -> anyhow::Result<(StatusCode, Bytes)> {
+    async fn get(&mut self, path: &str, bearer: &str) -> anyhow::Result<Answer> {
         let mut last = None;
         for _ in 0..2 {
             let mut tx = match self.tx.take() {
@@ -411,6 +534,11 @@ impl Conn {
                 tx.ready().await?;
                 let resp = tx.send_request(req).await?;
                 let status = resp.status();
+                // `contact;reason=soft-budget` → `soft-budget`.
+                let masked = resp.headers().get("cvgate-masked").map(|v| {
+                    let v = v.to_str().unwrap_or("?");
+                    v.split(';').find_map(|p| p.trim().strip_prefix("reason=")).unwrap_or(v).to_string()
+                });
                 let coding = crate::count::codec::content_coding(resp.headers());
                 let body = resp.into_body();
                 // What the client reads: decoded, when the proxy compressed it for the client.
@@ -422,7 +550,7 @@ impl Conn {
                     }
                     _ => body.collect().await.map(|b| b.to_bytes()).map_err(Into::into),
                 };
-                Ok::<_, crate::problem::BoxError>((status, body?))
+                Ok::<_, crate::problem::BoxError>(Answer { status, masked, body: body? })
             };
             match sent.await {
                 Ok(r) => {
@@ -559,11 +687,20 @@ async fn run_plan(
     let (mut blocks_seen, mut blocked_attacker_requests, mut blocked_legit_requests) = (BTreeSet::new(), 0, 0);
     let (mut attack_first, mut attack_last) = (None::<Timestamp>, None::<Timestamp>);
     let mut deliveries: Vec<(u64, u64)> = Vec::new(); // the attacker's (second, CVs), in time order
+    let contact = ContactFields::new(&config.raw.masking.fields.remove);
+    let mut mask_reasons = BTreeMap::new();
     for step in &plan.steps {
         clock.set(step.at);
         let actor = &plan.actors[step.actor];
-        let (status, body) = conns[step.actor].get(&step.fetch.path(), &bearers[step.actor]).await?;
-        let got = if status == StatusCode::OK { step.fetch.count(&body) } else { 0 };
+        let Answer { status, masked, body } = conns[step.actor].get(&step.fetch.path(), &bearers[step.actor]).await?;
+        let cvs = if status == StatusCode::OK { step.fetch.records(&body) } else { Vec::new() };
+        let got = cvs.len() as u64;
+        let (mut with_contact, mut had_contact) = (0, 0);
+        for cv in &cvs {
+            let with = contact.held_by(cv);
+            with_contact += u64::from(with);
+            had_contact += u64::from(with || contact.held_upstream(cv));
+        }
         if status == StatusCode::TOO_MANY_REQUESTS {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let (scope, horizon) = (v["scope"].as_str().unwrap_or("?"), v["horizon"].as_str().unwrap_or("?"));
@@ -600,6 +737,12 @@ async fn run_plan(
         t.requested_cvs += step.fetch.cvs();
         t.delivered_cvs += got;
         t.refused_cvs += step.fetch.cvs().saturating_sub(got);
+        t.with_contact_cvs += with_contact;
+        t.had_contact_cvs += had_contact;
+        if let Some(reason) = masked {
+            t.masked_answers += 1;
+            *mask_reasons.entry(reason).or_insert(0) += 1;
+        }
         if !actor.legit {
             attack_first.get_or_insert(step.at);
             attack_last = Some(step.at);
@@ -637,6 +780,11 @@ async fn run_plan(
         }
     });
     let blocks = blocks_triggered(&running);
+    let contact_note = if plan.kind == Kind::Attack {
+        format!("attacker: {}; bystander: {}", attacker.contact_summary(), legit.contact_summary())
+    } else {
+        legit.contact_summary()
+    };
     drop(conns); // closes the client connections, so the drain below does not wait for them
     running.shutdown().await;
     mock_stop.cancel();
@@ -656,6 +804,8 @@ async fn run_plan(
         blocks_seen: blocks_seen.len() as u64,
         blocked_attacker_requests,
         blocked_legit_requests,
+        mask_reasons,
+        contact_note,
     })
 }
 
@@ -735,10 +885,11 @@ pub fn render(r: &DemoReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<42} {:>14} {:>14} {:>17}  {:<33} {:>6} {:>13}",
+        "{:<42} {:>14} {:>14} {:>17} {:>17}  {:<33} {:>6} {:>13}",
         "scenario",
         "without cvgate",
         "through cvgate",
+        "with contact data",
         "bound (scope)",
         "stopped by (first 429)",
         "blocks",
@@ -751,10 +902,11 @@ pub fn render(r: &DemoReport) -> String {
         let blocks = s.blocks.to_string();
         let _ = writeln!(
             out,
-            "{:<42} {:>14} {:>14} {:>17}  {:<33} {:>6} {:>13}",
+            "{:<42} {:>14} {:>14} {:>17} {:>17}  {:<33} {:>6} {:>13}",
             s.title,
             thousands(t.requested_cvs),
             thousands(t.delivered_cvs),
+            t.contact_cell(),
             bound,
             stop,
             blocks,
@@ -781,6 +933,10 @@ pub fn render(r: &DemoReport) -> String {
             let list: Vec<String> = s.other_refusals.iter().map(|(k, v)| format!("{k} {v}")).collect();
             parts.push(format!("other refusals: {}", list.join(", ")));
         }
+        if !s.mask_reasons.is_empty() {
+            let list: Vec<String> = s.mask_reasons.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            parts.push(format!("masked answers: {}", list.join(", ")));
+        }
         if let Some(l) = &s.limit {
             let hs: Vec<String> = l
                 .horizons
@@ -800,12 +956,15 @@ pub fn render(r: &DemoReport) -> String {
             ));
         }
         let _ = writeln!(out, "  {:<11} {}", s.id, parts.join("; "));
+        let _ = writeln!(out, "  {:<11} contact data: {}", "", s.contact_note);
     }
     let _ = writeln!(
         out,
         "\n\"bound\": the most the scope meant to stop the attack can let through over the attack's span, least over\n\
          its horizons. A continuous horizon (budget B per window W) refills as a rate: at most B + B*t/W over a span t.\n\
-         A fixed one is a hard cap: B per fixed window (days from 00:00 UTC, weeks from Monday) the span touches."
+         A fixed one is a hard cap: B per fixed window (days from 00:00 UTC, weeks from Monday) the span touches.\n\
+         \"with contact data\": CVs received that still held a masking.fields.remove field; in brackets, the share\n\
+         of the received CVs the upstream served with contact data (the mock shows it on about two in three) that kept it."
     );
     out
 }
@@ -941,6 +1100,60 @@ mod tests {
         let p = &plans(false)[0];
         assert_eq!(p.steps.iter().filter(|s| !p.actors[s.actor].legit).count(), 750);
         assert_eq!(local_string(p.steps[0].at), "Sat 04 May 07:00");
+    }
+
+    #[test]
+    fn contact_data_is_any_remove_path_in_any_case_nested_or_in_arrays() {
+        let remove: Vec<String> = ["naam", "adres.huisnummer", "werkervaring.werkgever"].map(String::from).into();
+        let c = ContactFields::new(&remove);
+        let held = |j: &str| c.held_by(&serde_json::from_str(j).unwrap());
+        assert!(held(r#"{"id":"cv-1","NAAM":"Jan"}"#), "keys in any case");
+        assert!(held(r#"{"Adres":{"HuisNummer":"4a"}}"#));
+        assert!(!held(r#"{"adres":{"straat":"Dorpsstraat"}}"#), "only the path, not its parent");
+        assert!(held(r#"{"werkervaring":[{"functie":"kok"},{"werkgever":"Hema"}]}"#), "each element of an array");
+        assert!(!held(r#"{"id":"cv-1","beroep":"kok","naam_zichtbaar":false}"#));
+        assert!(!held("null"), "an export line that is not JSON has none");
+    }
+
+    #[test]
+    fn contact_upstream_is_the_mocks_cv_of_the_same_id() {
+        let remove = crate::policy::masking::RawFields::default().remove;
+        let c = ContactFields::new(&remove);
+        let (mut shown, mut hidden) = (0, 0);
+        for id in 1..=60 {
+            let mut s = String::new();
+            super::super::mock_api::write_cv(&mut s, id);
+            let mut cv: Value = serde_json::from_str(&s).unwrap();
+            let upstream = cv["toon_contactgegevens"] == Value::Bool(true);
+            assert_eq!(c.held_by(&cv), upstream, "{s}");
+            // Masked as cvgate would: the upstream still had it.
+            for k in &remove {
+                cv.as_object_mut().unwrap().remove(k);
+            }
+            assert!(!c.held_by(&cv));
+            assert_eq!(c.held_upstream(&cv), upstream, "cv {id}");
+            if upstream {
+                shown += 1
+            } else {
+                hidden += 1
+            }
+        }
+        assert!(shown > 0 && hidden > 0, "the mock shows some and hides some: {shown}/{hidden}");
+        assert!(c.held_upstream(&serde_json::json!({"beroep": "kok"})), "no id: counted as having had it");
+    }
+
+    #[test]
+    fn export_records_leave_out_the_cut_marker() {
+        let body = b"{\"id\":\"cv-0000001\"}\n{\"id\":\"cv-0000002\"}\n{\"_cvgate\":{\"truncated\":true,\"records\":2,\"reason\":\"quota\"}}\n";
+        assert_eq!(Fetch::Export { limit: 5 }.records(body).len(), 2);
+        let page = br#"{"page":1,"size":2,"results":[{"id":"cv-0000001"},{"id":"cv-0000002"}]}"#;
+        assert_eq!(Fetch::Search { query: "q".into(), page: 1, size: 2 }.records(page).len(), 2);
+        assert_eq!(Fetch::Get { id: 1 }.records(br#"{"id":"cv-0000001"}"#).len(), 1);
+    }
+
+    #[test]
+    fn percentages_never_round_to_all_or_nothing() {
+        assert_eq!([pct(100.0), pct(99.96), pct(15.8), pct(0.04), pct(0.0)], ["100%", "99.9%", "16%", "0.1%", "0%"]);
     }
 
     #[test]
