@@ -200,6 +200,77 @@ fn check(config: &Config, report: &DemoReport) {
         assert_eq!(s.blocked_legit_requests, 0, "{}: a legitimate user was blocked", s.id);
     }
     check_contact(&config, report);
+    check_guard(&config, report);
+}
+
+/// Issue 19: the harvest spread over 75 organisations of one account each, on 75 /24s, in one
+/// day: no account, organisation or /24 budget sees it. As newcomers the probation tier holds
+/// it (and masks it); established, the population guard does.
+fn check_guard(config: &Config, report: &DemoReport) {
+    let steps = |s: &ScenarioReport, rule: &str, level: &str| {
+        s.guard_steps.iter().filter(|g| g.rule == rule && g.level == level).cloned().collect::<Vec<_>>()
+    };
+    for id in ["orgs75new", "orgs75"] {
+        let s = scenario(report, id);
+        let a = s.attacker.as_ref().unwrap();
+        assert!(s.span_secs < 86_400, "{id} is one day");
+        assert!(a.delivered_cvs > 0 && a.delivered_cvs <= a.requested_cvs, "{id}: {a:?}");
+        assert!(a.with_contact_cvs <= a.had_contact_cvs && a.had_contact_cvs <= a.delivered_cvs, "{id}: {a:?}");
+        // The staffing agency (exempt from the guard and from masking) works through it untouched.
+        let agency = s.legit_groups.get("staffing agency").unwrap_or_else(|| panic!("{id}: the agency works"));
+        assert!(agency.delivered_cvs > 0);
+        assert_eq!(agency.refused_cvs, 0, "{id}: the agency was refused: {}", s.contact_note);
+        assert_eq!((agency.masked_answers, agency.guard_masked_cvs), (0, 0), "{id}: the agency was masked");
+        assert_eq!(agency.with_contact_cvs, agency.had_contact_cvs, "{id}");
+        assert_eq!(s.blocked_legit_requests, 0, "{id}");
+    }
+
+    // Newcomers: the probation tier's budgets and masking. Contact data of at most 2% of what
+    // was asked for (here none: the tier is masked), and the newcomer-harvest rule trips.
+    let new = scenario(report, "orgs75new");
+    assert!(new.newcomers && !scenario(report, "orgs75").newcomers);
+    assert_eq!(config.probation.tier.as_ref(), "probation");
+    let a = new.attacker.as_ref().unwrap();
+    assert!(a.with_contact_cvs <= a.requested_cvs * 2 / 100, "orgs75new: {a:?}");
+    assert!(new.mask_reasons.get("tier").is_some_and(|n| *n > 0), "orgs75new: masked as newcomers");
+    assert!(!steps(new, "newcomer-harvest", "alert").is_empty(), "orgs75new: {:?}", new.guard_steps);
+    assert!(new.rejections.keys().any(|k| k.starts_with("account/")), "orgs75new: {:?}", new.rejections);
+    // Each of the 75 newcomer accounts gets no more than the probation tier's account day
+    // budget (a fixed cap; config.yaml's `quota.tiers.probation`), far below an established
+    // account's.
+    let tier = &config.raw.quota.tiers[config.probation.tier.as_ref()];
+    let newcomer_day = tier.account.get("day").expect("the probation tier has an account day budget").budget;
+    assert!(newcomer_day < day_budget(&horizons(config, Scope::Account)));
+    assert!(a.delivered_cvs <= 75 * newcomer_day, "orgs75new: {a:?}, probation day budget {newcomer_day}");
+    assert!(a.requested_cvs > 2 * a.delivered_cvs, "orgs75new: {a:?}");
+    // The small employer (established) is neither a newcomer nor in the probation cohort: never
+    // refused; masked only while a population rule holds (reported).
+    let employer = &new.legit_groups["small employer"];
+    assert_eq!(employer.refused_cvs, 0, "orgs75new: {}", new.contact_note);
+    eprintln!("orgs75new: small employer {employer:?}");
+
+    // Established: no budget stops it (no 429 for the attacker), the population guard does:
+    // contact data stops at its mask step, at most 2% of the 150,000 asked for leak, and
+    // nobody legitimate is refused (rules over the whole population mask, never pause).
+    let est = scenario(report, "orgs75");
+    let a = est.attacker.as_ref().unwrap();
+    assert!(est.first_stop.is_none(), "orgs75: {:?}", est.first_stop);
+    let alert = steps(est, "population-hour", "alert");
+    let mask = est.guard_steps.iter().find(|g| g.level == "mask").expect("orgs75: the guard masks");
+    assert!(!alert.is_empty() && alert[0].after_cvs <= mask.after_cvs, "orgs75: {:?}", est.guard_steps);
+    assert_eq!(a.with_contact_cvs, mask.after_contact_cvs, "orgs75: no contact data after the guard's mask step");
+    assert!(est.mask_reasons.get("guard").is_some_and(|n| *n > 0) && a.guard_masked_cvs > 0, "orgs75: {a:?}");
+    assert!(a.with_contact_cvs <= a.requested_cvs * 2 / 100, "orgs75: {a:?}");
+    let employer = &est.legit_groups["small employer"];
+    assert_eq!(employer.refused_cvs, 0, "orgs75: the small employer was refused: {}", est.contact_note);
+    // Reported, not held to a goal: the small employer (not exempt) is masked with the rest of
+    // the site while the guard holds.
+    eprintln!(
+        "orgs75: {} CVs, {} with contact data; small employer {:?}",
+        a.delivered_cvs,
+        a.with_contact_cvs,
+        est.legit_groups.get("small employer")
+    );
 }
 
 /// Issue 18: who gets CVs with their holders' contact data.
@@ -237,8 +308,9 @@ fn check_contact(config: &Config, report: &DemoReport) {
 
     // Legitimate users are never masked: every CV that had contact data upstream arrives with
     // it — the staffing agency (its tier is exempt: it fetches far more than any soft line), the
-    // small employer, and the bystander browsing during each attack.
-    for s in &report.scenarios {
+    // small employer, and the bystander browsing during each attack. Not while the population
+    // guard masks everyone but the exempt (the two 75-organisation harvests, see check_guard).
+    for s in report.scenarios.iter().filter(|s| !s.id.starts_with("orgs75")) {
         let t = &s.legit;
         assert_eq!(t.masked_answers, 0, "{}: a legitimate user was masked: {}", s.id, s.contact_note);
         assert_eq!(t.with_contact_cvs, t.had_contact_cvs, "{}: {}", s.id, s.contact_note);

@@ -62,6 +62,11 @@ const PAGE: u64 = 200;
 /// Deepest page an attacker asks for before changing the query: 10 × 200 stays within the
 /// default `deep_paging.max_depth` (2,000), so the quota, not the paging rule, is what is shown.
 const PAGES_PER_QUERY: u64 = 10;
+/// Organisations (one account each) of the spread harvest (issue #19).
+const SPREAD_ORGS: u8 = 75;
+/// Group names of the legitimate users ([`ScenarioReport::legit_groups`]).
+const AGENCY: &str = "staffing agency";
+const EMPLOYER: &str = "small employer";
 /// Every request goes to the proxy as if from the Netherlands-or-unknown (no geo database).
 const COUNTRY: &str = "ZZ";
 
@@ -104,6 +109,8 @@ pub struct Tally {
     pub had_contact_cvs: u64,
     /// Answers that came with `cvgate-masked` (contact data removed).
     pub masked_answers: u64,
+    /// CVs delivered in answers masked by the population guard (`cvgate-masked` reason `guard`).
+    pub guard_masked_cvs: u64,
 }
 
 impl Tally {
@@ -226,6 +233,28 @@ pub struct ScenarioReport {
     /// What masking did to whom, in words: the attacker's and the legitimate users' share of
     /// CVs with contact data ("never masked" when nothing was taken from them).
     pub contact_note: String,
+    /// Everyone counted as new (first seen on the demo day): `probation.established_before`
+    /// overridden to none for this scenario, so the probation tier and cohort apply.
+    pub newcomers: bool,
+    /// The legitimate users' tally by who they are (`staffing agency`, `small employer`,
+    /// `bystander`): `legit` split up.
+    pub legit_groups: BTreeMap<String, Tally>,
+    /// The population guard's changes of level during the scenario, in order.
+    pub guard_steps: Vec<GuardStep>,
+}
+
+/// A population guard rule changed level (seen after the guard's evaluation at a request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuardStep {
+    pub rule: String,
+    /// `normal`, `alert`, `mask` or `pause`.
+    pub level: String,
+    /// Local time (Europe/Amsterdam), e.g. `Sat 04 May 08:13`.
+    pub at: String,
+    /// CVs the attacker had received before it.
+    pub after_cvs: u64,
+    /// Of which with contact data.
+    pub after_contact_cvs: u64,
 }
 
 impl ScenarioReport {
@@ -337,6 +366,8 @@ struct Actor {
     org: String,
     ip: Ipv4Addr,
     legit: bool,
+    /// Who a legitimate user is, for [`ScenarioReport::legit_groups`].
+    group: &'static str,
 }
 
 #[derive(Debug, Clone)]
@@ -355,27 +386,38 @@ struct Plan {
     actors: Vec<Actor>,
     /// Sorted by time.
     steps: Vec<Step>,
-    /// The scope meant to stop the attack.
+    /// The scope meant to stop the attack (`None`: no one scope; the population guard's job).
     stops: Option<Scope>,
+    /// Everyone is new: the scenario's config has no `probation.established_before`.
+    newcomers: bool,
 }
 
 impl Plan {
     fn new(id: &'static str, title: String, kind: Kind, stops: Option<Scope>) -> Self {
-        Self { id, title, kind, actors: Vec::new(), steps: Vec::new(), stops }
+        Self { id, title, kind, actors: Vec::new(), steps: Vec::new(), stops, newcomers: false }
     }
 
     fn actor(&mut self, account: String, org: &str, ip: Ipv4Addr, legit: bool) -> usize {
-        self.actors.push(Actor { account, org: org.to_string(), ip, legit });
+        self.actor_in(account, org, ip, legit, if legit { "bystander" } else { "attacker" })
+    }
+
+    fn actor_in(&mut self, account: String, org: &str, ip: Ipv4Addr, legit: bool, group: &'static str) -> usize {
+        self.actors.push(Actor { account, org: org.to_string(), ip, legit, group });
         self.actors.len() - 1
     }
 
     /// Searches of [`PAGE`] CVs by `actors` in turn, `n` of them evenly over `[from, to)`; the
     /// query changes every [`PAGES_PER_QUERY`] pages, as a scraper walking the database would.
     fn scrape(&mut self, actors: &[usize], from: Timestamp, to: Timestamp, n: u64, first: u64) {
+        self.scrape_by(actors, from, to, n, first, PAGE);
+    }
+
+    /// [`Plan::scrape`] with pages of `size` CVs.
+    fn scrape_by(&mut self, actors: &[usize], from: Timestamp, to: Timestamp, n: u64, first: u64, size: u64) {
         for (i, at) in spread(from, to, n).enumerate() {
             let k = first + i as u64;
             let fetch =
-                Fetch::Search { query: format!("q{}", k / PAGES_PER_QUERY), page: k % PAGES_PER_QUERY + 1, size: PAGE };
+                Fetch::Search { query: format!("q{}", k / PAGES_PER_QUERY), page: k % PAGES_PER_QUERY + 1, size };
             self.steps.push(Step { at, actor: actors[i % actors.len()], fetch });
         }
     }
@@ -389,6 +431,22 @@ impl Plan {
         }
         for (i, at) in spread(from + Duration::from_secs(90), to, gets).enumerate() {
             self.steps.push(Step { at, actor, fetch: Fetch::Get { id: 1_000 + i as u64 * 37 } });
+        }
+    }
+
+    /// A staffing agency (config.yaml's org override) at work on `day`: five recruiters in one
+    /// office, each `pages` full pages and a 1,000-CV export between 09:00 and 17:00.
+    fn agency(&mut self, day: jiff::civil::Date, pages: u64) {
+        for r in 0..5u8 {
+            let a =
+                self.actor_in(format!("acct-agency-{r}"), "87654321", Ipv4Addr::new(127, 0, 3, r + 1), true, AGENCY);
+            let from = local(day, 9, 0) + Duration::from_secs(60 * u64::from(r));
+            for (i, at) in spread(from, local(day, 17, 0), pages).enumerate() {
+                let fetch =
+                    Fetch::Search { query: format!("agency{r}-{}", i / 10), page: i as u64 % 10 + 1, size: PAGE };
+                self.steps.push(Step { at, actor: a, fetch });
+            }
+            self.steps.push(Step { at: local(day, 13, 30 + r as i8), actor: a, fetch: Fetch::Export { limit: 1_000 } });
         }
     }
 
@@ -471,22 +529,37 @@ fn plans(fast: bool) -> Vec<Plan> {
     // A staffing agency (config.yaml's org override) on a Monday: five recruiters in one office,
     // each 20 full pages and a 1,000-CV export (fast: 6 pages) between 09:00 and 17:00.
     let mut p = Plan::new("agency", "Legit: staffing agency, 5 recruiters".into(), Kind::Legit, None);
-    let pages = if fast { 6 } else { 20 };
-    for r in 0..5u8 {
-        let a = p.actor(format!("acct-agency-{r}"), "87654321", Ipv4Addr::new(127, 0, 3, r + 1), true);
-        let from = local(monday, 9, 0) + Duration::from_secs(60 * u64::from(r));
-        for (i, at) in spread(from, local(monday, 17, 0), pages).enumerate() {
-            let fetch = Fetch::Search { query: format!("agency{r}-{}", i / 10), page: i as u64 % 10 + 1, size: PAGE };
-            p.steps.push(Step { at, actor: a, fetch });
-        }
-        p.steps.push(Step { at: local(monday, 13, 30 + r as i8), actor: a, fetch: Fetch::Export { limit: 1_000 } });
-    }
+    p.agency(monday, if fast { 6 } else { 20 });
     out.push(p.sort());
 
     let mut p = Plan::new("employer", "Legit: small employer browsing".into(), Kind::Legit, None);
-    let a = p.actor("acct-garage".into(), "30000001", Ipv4Addr::new(127, 0, 4, 1), true);
+    let a = p.actor_in("acct-garage".into(), "30000001", Ipv4Addr::new(127, 0, 4, 1), true, EMPLOYER);
     p.browse(a, monday, if fast { 10 } else { 40 }, if fast { 10 } else { 40 });
     out.push(p.sort());
+
+    // Issue 19: the harvest spread over 75 organisations of one account each, every account on
+    // its own /24, each asking for 2,000 CVs (an established account's day budget) in turn from
+    // 07:00 to 23:00: 150,000 CVs asked for, ~9,400 an hour, no account, organisation or /24
+    // over any budget. Full size in fast mode too: the guard's thresholds are the site's, not
+    // the demo's. The staffing agency and a small employer (both established) work through it.
+    // Newcomers (first seen that day) page by 100, as the probation tier's hour budget allows
+    // no more; established accounts by 200.
+    for (id, title, newcomers, size) in [
+        ("orgs75new", "Spread: 75 new orgs x 1 account, 75 /24s", true, PAGE / 2),
+        ("orgs75", "Spread: the 75 orgs, established", false, PAGE),
+    ] {
+        let mut p = Plan::new(id, title.into(), Kind::Attack, None);
+        p.newcomers = newcomers;
+        let actors: Vec<usize> = (0..SPREAD_ORGS)
+            .map(|i| p.actor(format!("acct-s{i:02}"), &format!("400000{i:02}"), Ipv4Addr::new(127, 1, i, 1), false))
+            .collect();
+        let pages = u64::from(SPREAD_ORGS) * PAGES_PER_QUERY * PAGE / size;
+        p.scrape_by(&actors, open, close, pages, 0, size);
+        p.agency(may4, if fast { 6 } else { 20 });
+        let a = p.actor_in("acct-garage".into(), "30000001", Ipv4Addr::new(127, 0, 4, 1), true, EMPLOYER);
+        p.browse(a, may4, if fast { 10 } else { 40 }, if fast { 10 } else { 40 });
+        out.push(p.sort());
+    }
     out
 }
 
@@ -565,9 +638,14 @@ impl Conn {
 }
 
 /// The scenario's proxy config: `base` with listeners on loopback port 0 (plain HTTP only) and
-/// the upstream at `mock`. Everything else — budgets, routes, closure — stays as configured.
-fn scenario_config(base: &Config, dir: &Path, mock: SocketAddr) -> anyhow::Result<Config> {
+/// the upstream at `mock`. Everything else — budgets, routes, closure — stays as configured,
+/// but for `newcomers`: then no `probation.established_before`, so everyone first seen on the
+/// demo day is new (config.yaml's date is after May 2024 and would make everyone established).
+fn scenario_config(base: &Config, dir: &Path, mock: SocketAddr, newcomers: bool) -> anyhow::Result<Config> {
     let mut raw = base.raw.clone();
+    if newcomers {
+        raw.probation.established_before = None;
+    }
     raw.upstream.url = format!("http://{mock}");
     raw.upstream.ca_file = None;
     // Fresh state per scenario and nothing written beside the config: buckets in memory, blocks
@@ -666,12 +744,22 @@ async fn run_plan(
     };
     tokio::spawn(super::mock_api::serve_with(mock, mock_opts, mock_stop.clone().cancelled_owned()));
 
-    let config = scenario_config(base, dir, mock_addr)?;
+    let config = scenario_config(base, dir, mock_addr, plan.newcomers)?;
     let first = plan.steps.first().context("empty scenario")?.at;
     let last = plan.steps.last().context("empty scenario")?.at;
     let clock = ManualClock::new(first);
     let running = crate::server::start(config.clone(), None, clock.clone()).await?;
     let dst = running.plain_addr.context("the plain listener did not start")?;
+    if plan.newcomers {
+        // Only the attackers are new: the legitimate users have used the site for a year, as
+        // `cvgate import-seen` would have recorded from the audit logs.
+        use crate::policy::probation::{Kind as SeenKind, Seen};
+        let first = first.as_second() - 365 * 86_400;
+        for a in plan.actors.iter().filter(|a| a.legit) {
+            running.shared.seen.merge(&Seen { kind: SeenKind::Account, id: a.account.clone(), first });
+            running.shared.seen.merge(&Seen { kind: SeenKind::Org, id: a.org.clone(), first });
+        }
+    }
 
     let ttl = Duration::from_secs(u64::try_from(last.duration_since(first).as_secs()).unwrap_or(0) + 86_400);
     let mut bearers = Vec::with_capacity(plan.actors.len());
@@ -689,8 +777,31 @@ async fn run_plan(
     let mut deliveries: Vec<(u64, u64)> = Vec::new(); // the attacker's (second, CVs), in time order
     let contact = ContactFields::new(&config.raw.masking.fields.remove);
     let mut mask_reasons = BTreeMap::new();
+    let mut legit_groups: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut guard_steps = Vec::new();
+    let mut guard_levels: BTreeMap<String, crate::policy::guard::Level> = BTreeMap::new();
+
+    // The guard's evaluation, as housekeeping runs it once a (real) second, here before and
+    // after every request at its instant: deterministic, whatever the machine's speed.
+    // Housekeeping may evaluate in between, on the same clock and sums, so to the same levels.
+    let guard_tick = |at: Timestamp, attacker: &Tally, levels: &mut BTreeMap<_, _>, steps: &mut Vec<GuardStep>| {
+        running.shared.report_guard(running.shared.guard.tick(at));
+        for r in running.shared.guard.states() {
+            if levels.get(&r.name).copied().unwrap_or_default() != r.step {
+                levels.insert(r.name.clone(), r.step);
+                steps.push(GuardStep {
+                    rule: r.name,
+                    level: r.step.as_str().to_string(),
+                    at: local_string(at),
+                    after_cvs: attacker.delivered_cvs,
+                    after_contact_cvs: attacker.with_contact_cvs,
+                });
+            }
+        }
+    };
     for step in &plan.steps {
         clock.set(step.at);
+        guard_tick(step.at, &attacker, &mut guard_levels, &mut guard_steps);
         let actor = &plan.actors[step.actor];
         let Answer { status, masked, body } = conns[step.actor].get(&step.fetch.path(), &bearers[step.actor]).await?;
         let cvs = if status == StatusCode::OK { step.fetch.records(&body) } else { Vec::new() };
@@ -732,15 +843,23 @@ async fn run_plan(
             }
             *other_refusals.entry(slug).or_insert(0) += 1;
         }
+        let group = actor.legit.then(|| legit_groups.entry(actor.group.to_string()).or_default());
         let t = if actor.legit { &mut legit } else { &mut attacker };
-        t.requests += 1;
-        t.requested_cvs += step.fetch.cvs();
-        t.delivered_cvs += got;
-        t.refused_cvs += step.fetch.cvs().saturating_sub(got);
-        t.with_contact_cvs += with_contact;
-        t.had_contact_cvs += had_contact;
+        for t in std::iter::once(t).chain(group) {
+            t.requests += 1;
+            t.requested_cvs += step.fetch.cvs();
+            t.delivered_cvs += got;
+            t.refused_cvs += step.fetch.cvs().saturating_sub(got);
+            t.with_contact_cvs += with_contact;
+            t.had_contact_cvs += had_contact;
+            if let Some(reason) = &masked {
+                t.masked_answers += 1;
+                if reason == "guard" {
+                    t.guard_masked_cvs += got;
+                }
+            }
+        }
         if let Some(reason) = masked {
-            t.masked_answers += 1;
             *mask_reasons.entry(reason).or_insert(0) += 1;
         }
         if !actor.legit {
@@ -750,6 +869,7 @@ async fn run_plan(
                 deliveries.push((u64::try_from(step.at.as_second()).unwrap_or(0), got));
             }
         }
+        guard_tick(step.at, &attacker, &mut guard_levels, &mut guard_steps);
         bar.inc(1);
     }
 
@@ -806,6 +926,9 @@ async fn run_plan(
         blocked_legit_requests,
         mask_reasons,
         contact_note,
+        newcomers: plan.newcomers,
+        legit_groups,
+        guard_steps,
     })
 }
 
@@ -885,7 +1008,7 @@ pub fn render(r: &DemoReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<42} {:>14} {:>14} {:>17} {:>17}  {:<33} {:>6} {:>13}",
+        "{:<42} {:>14} {:>14} {:>17} {:>17}  {:<43} {:>6} {:>13}",
         "scenario",
         "without cvgate",
         "through cvgate",
@@ -898,11 +1021,17 @@ pub fn render(r: &DemoReport) -> String {
     for s in &r.scenarios {
         let t = s.headline();
         let bound = s.limit.as_ref().map_or("-".to_string(), |l| format!("{} ({})", thousands(l.bound), l.scope));
-        let stop = s.first_stop.as_ref().map_or("-".to_string(), |f| format!("{}/{} {}", f.scope, f.horizon, f.at));
+        // No 429 for the attacker: the population guard's first mask or pause, if any.
+        let guard = s.guard_steps.iter().find(|g| g.level == "mask" || g.level == "pause");
+        let stop = match (&s.first_stop, guard) {
+            (Some(f), _) => format!("{}/{} {}", f.scope, f.horizon, f.at),
+            (None, Some(g)) => format!("guard {}/{} {}", g.rule, g.level, g.at),
+            (None, None) => "-".to_string(),
+        };
         let blocks = s.blocks.to_string();
         let _ = writeln!(
             out,
-            "{:<42} {:>14} {:>14} {:>17} {:>17}  {:<33} {:>6} {:>13}",
+            "{:<42} {:>14} {:>14} {:>17} {:>17}  {:<43} {:>6} {:>13}",
             s.title,
             thousands(t.requested_cvs),
             thousands(t.delivered_cvs),
@@ -957,6 +1086,38 @@ pub fn render(r: &DemoReport) -> String {
         }
         let _ = writeln!(out, "  {:<11} {}", s.id, parts.join("; "));
         let _ = writeln!(out, "  {:<11} contact data: {}", "", s.contact_note);
+        if s.newcomers {
+            let _ =
+                writeln!(out, "  {:<11} everyone new (no probation.established_before) but the legitimate users", "");
+        }
+        if !s.guard_steps.is_empty() {
+            let list: Vec<String> = s
+                .guard_steps
+                .iter()
+                .map(|g| {
+                    let cvs =
+                        format!("{} CVs, {} with contact data", thousands(g.after_cvs), thousands(g.after_contact_cvs));
+                    format!("{} {} {} (after {cvs})", g.rule, g.level, &g.at[g.at.len() - 5..])
+                })
+                .collect();
+            let _ = writeln!(out, "  {:<11} guard: {}", "", list.join(", "));
+        }
+        if s.kind == Kind::Attack && s.legit_groups.len() > 1 {
+            let list: Vec<String> = s
+                .legit_groups
+                .iter()
+                .map(|(g, t)| {
+                    format!(
+                        "{g} {}/{} CVs, {} refused, {} masked by the guard",
+                        thousands(t.delivered_cvs),
+                        thousands(t.requested_cvs),
+                        thousands(t.refused_cvs),
+                        thousands(t.guard_masked_cvs)
+                    )
+                })
+                .collect();
+            let _ = writeln!(out, "  {:<11} during the attack: {}", "", list.join("; "));
+        }
     }
     let _ = writeln!(
         out,
@@ -984,7 +1145,13 @@ async fn serve(path: &Path, json: bool) -> anyhow::Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
     let now = clock.now();
     let running = crate::server::start(config.clone(), Some(path.to_path_buf()), clock).await?;
-    let actor = Actor { account: "demo-employer".into(), org: "12345678".into(), ip: Ipv4Addr::LOCALHOST, legit: true };
+    let actor = Actor {
+        account: "demo-employer".into(),
+        org: "12345678".into(),
+        ip: Ipv4Addr::LOCALHOST,
+        legit: true,
+        group: "demo",
+    };
     let token = mint(&config, &actor, Duration::from_secs(8 * 3600), now)?;
     let url = match (running.plain_addr, running.tls_addr) {
         (Some(a), _) => format!("http://{a}"),
