@@ -1,6 +1,6 @@
 //! The JSON scanner under the masker: validates one value as strictly as serde_json does
 //! (RFC 8259 grammar, no control characters in strings, escapes checked, at most [`MAX_DEPTH`]
-//! levels) and says where it ends, and where each member of an object sits, without building
+//! levels; and keys must decode: no lone surrogate) and says where it ends, and where each member of an object sits, without building
 //! anything. Works on bytes that may stop in the middle of a value ([`Stop::Eof`]), so a record
 //! can be parsed where it lies in a chunk before its end is known.
 //!
@@ -204,13 +204,25 @@ fn scalar(b: &[u8], i: usize) -> Result<usize, Stop> {
     }
 }
 
+/// The key at `b[i] == '"'`: a [`string`] that must also decode to Unicode (an escaped lone
+/// surrogate is valid JSON, but no key the rules could be compared with): a record is valid for
+/// the masker whether it masks the record or passes it within an allowance.
+#[inline(always)]
+fn key_string(b: &[u8], i: usize) -> Result<(usize, u8), Stop> {
+    let (end, flags) = string(b, i)?;
+    if flags & ESCAPED != 0 && serde_json::from_slice::<String>(&b[i..end]).is_err() {
+        return Err(Invalid);
+    }
+    Ok((end, flags))
+}
+
 /// At a member's key: `"key" :` and whitespace; where the member's value starts.
 #[inline]
 fn key(b: &[u8], i: usize) -> Result<usize, Stop> {
     if byte(b, i)? != b'"' {
         return Err(Invalid);
     }
-    let i = ws(b, string(b, i)?.0);
+    let i = ws(b, key_string(b, i)?.0);
     if byte(b, i)? != b':' {
         return Err(Invalid);
     }
@@ -302,7 +314,7 @@ pub(super) fn object<T: Copy>(
             return Err(Invalid);
         }
         let key_start = i;
-        let (key_end, flags) = string(b, i)?;
+        let (key_end, flags) = key_string(b, i)?;
         i = ws(b, key_end);
         if byte(b, i)? != b':' {
             return Err(Invalid);
@@ -390,6 +402,7 @@ mod tests {
             "{\"a\":[}",
             "{\"a\":{]}",
             "\"\\ud800\"",
+            "{\"\\ud83d\\ude00\":1}",
             "[\"a\\\"b\\\\\",\"\\/\"]",
             "-",
             "[-0.0e-0]",
@@ -402,6 +415,15 @@ mod tests {
             let got = value(b, start, 0).is_ok_and(|end| ws(b, end) == b.len());
             assert_eq!(got, want, "{case}");
         }
+    }
+
+    #[test]
+    fn keys_must_decode() {
+        for key in [r#"{"\ud800":1}"#, r#"{"a":{"x\udfff":1}}"#, r#"[{"\ud800\u0041":1}]"#] {
+            assert_eq!(value(key.as_bytes(), 0, 0), Err(Invalid), "{key}");
+        }
+        // In a value a lone surrogate is valid JSON, as serde_json reads it when it skips.
+        assert_eq!(value(br#"{"a":"\ud800"}"#, 0, 0), Ok(14));
     }
 
     #[test]

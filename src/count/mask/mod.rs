@@ -10,7 +10,7 @@
 //! # Contract
 //! - Nothing that could be a record leaves unmasked (but within an allowance, or in shadow mode,
 //!   below). A record that is not a JSON object, is not valid JSON (RFC 8259 as serde_json reads
-//!   it, nested at most 100 levels) or is larger than `max_record_bytes` is dropped whole and
+//!   it, keys that decode to Unicode, nested at most 100 levels) or is larger than `max_record_bytes` is dropped whole and
 //!   counted in [`MaskStats`].
 //! - Keys match after JSON decoding (`"n\u0061am"` is `naam`), every occurrence of a duplicate
 //!   key is masked, and with `case_insensitive` `"NAAM"` is `naam` too (Unicode lowercase of both

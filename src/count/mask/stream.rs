@@ -216,7 +216,9 @@ impl Masker {
     /// [`MaskStats::records_allowed`]): a page that straddles a soft budget's threshold. Only
     /// the masking is left out: a record that is not one valid JSON object, or is over
     /// `max_record_bytes`, is still dropped (and takes its place in the allowance), and the
-    /// top-level object's other members are still masked.
+    /// top-level object's other members are still masked. Records are counted by position as
+    /// [`RecordCounter`](crate::count::RecordCounter) counts them: array elements, NDJSON lines
+    /// with content.
     #[must_use]
     pub fn with_allowance(mut self, n: u64) -> Self {
         self.engine.allowance = n;
