@@ -137,12 +137,18 @@ impl Shared {
     /// The file a switch is kept in, beside the block file (`None` when blocks are kept in
     /// memory only).
     pub fn switch_file(&self, s: &Switches) -> Option<PathBuf> {
-        s.file_beside(self.runtime().config.blocks.file.as_deref())
+        self.state_file(s.kind().file_name())
+    }
+
+    /// A state file beside the block file (`None` when blocks are kept in memory only): the one
+    /// place that decides where pauses, masks, first-seen times and the guard's state live.
+    pub fn state_file(&self, name: &str) -> Option<PathBuf> {
+        self.runtime().config.blocks.file.as_ref().map(|f| f.with_file_name(name))
     }
 
     /// `seen.jsonl` beside the block file (`None` when blocks are kept in memory only).
     pub fn seen_file(&self) -> Option<PathBuf> {
-        self.runtime().config.blocks.file.as_ref().map(|f| f.with_file_name("seen.jsonl"))
+        self.state_file("seen.jsonl")
     }
 
     /// With Redis: share this replica's newcomers (the earliest time any replica saw a subject
@@ -205,7 +211,7 @@ impl Shared {
 
     /// The guard's state file beside the block file (levels and baselines, not the sums).
     pub fn guard_file(&self) -> Option<PathBuf> {
-        self.runtime().config.blocks.file.as_ref().map(|f| f.with_file_name("guard.json"))
+        self.state_file("guard.json")
     }
 
     /// Write the guard's levels and baselines. Blocking I/O.

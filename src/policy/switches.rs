@@ -5,7 +5,7 @@
 //! replicas through Redis (`crate::share`). Checking a group is a read lock and a set lookup.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use prometheus::IntGaugeVec;
@@ -76,11 +76,6 @@ impl Switches {
         self.on.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// The file beside `blocks_file` (none when blocks are kept in memory only).
-    pub fn file_beside(&self, blocks_file: Option<&Path>) -> Option<PathBuf> {
-        blocks_file.map(|f| f.with_file_name(self.kind.file_name()))
-    }
-
     /// Throw or release the switch for `group`; a change is logged and written to `file`.
     /// Blocking I/O when it changes something.
     pub fn set(&self, group: &str, on: bool, file: Option<&Path>) {
@@ -129,7 +124,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gauge = IntGaugeVec::new(prometheus::Opts::new("g", "h"), &["group"]).unwrap();
         let s = Switches::new(Switch::Mask, gauge.clone());
-        let file = s.file_beside(Some(&dir.path().join("blocks.json"))).unwrap();
+        let file = dir.path().join(s.kind().file_name());
         assert!(file.ends_with("masks.json"));
         s.set("cv", true, Some(&file));
         assert!(s.is_on("cv") && s.any() && gauge.with_label_values(&["cv"]).get() == 1);
