@@ -99,6 +99,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         guard: crate::policy::guard::PopulationGuard::new(config.guard.clone(), clock.now()),
         process_id: uuid::Uuid::new_v4().to_string(),
         started_at: clock.now(),
+        guard_ops_seen: Default::default(),
         top_accounts: crate::observe::metrics::TopAccounts::default(),
         uncertain_log: crate::count::integrity::UncertainLog::default(),
         flags,

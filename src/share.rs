@@ -1,6 +1,7 @@
-//! Blocks, pauses and masks shared by the replicas through Redis, without losing a change.
+//! Blocks, pauses, masks and the operator's guard operations shared by the replicas through
+//! Redis, without losing a change.
 //!
-//! Every local change (a block, an unblock, a pause) goes into one ordered queue and is written
+//! Every local change (a block, an unblock, a pause, a guard operation) goes into one ordered queue and is written
 //! to Redis from it, one at a time under a lock; a write that fails (Redis down) stays at the
 //! head and is retried by the next flush. The once-a-second sync flushes first and takes
 //! Redis's list only when nothing is left: Redis lacking our changes must never overwrite them
@@ -19,6 +20,9 @@ use crate::quota::redis::SharedFlags;
 
 /// Redis flag kind for shared blocks (switches name theirs: [`Switch::flag_kind`]).
 pub const BLOCK_FLAGS: &str = "blocks";
+/// Redis flag kind for the operator's guard operations ([`crate::policy::guard::OperatorOp`]
+/// JSON; each replica applies an id once).
+pub const GUARD_OPS: &str = "guard-ops";
 
 /// One local change waiting to reach Redis.
 #[derive(Debug, Clone)]
@@ -26,6 +30,8 @@ enum Change {
     Block(Block),
     Unblock(BlockScope, String),
     Switch(Switch, String, bool),
+    /// A guard operation's member: added (`true`) or, once old, removed.
+    GuardOp(String, bool),
 }
 
 /// The ordered queue of local changes and the lock that keeps one writer at a time.
@@ -40,6 +46,8 @@ pub struct SharedState {
     pub blocks: Vec<Block>,
     pub paused: BTreeSet<String>,
     pub masked: BTreeSet<String>,
+    /// The guard operations' members (those still queued here included).
+    pub guard_ops: Vec<String>,
 }
 
 impl Outbox {
@@ -53,6 +61,11 @@ impl Outbox {
 
     pub fn switch(&self, s: Switch, group: String, on: bool) {
         self.push(Change::Switch(s, group, on));
+    }
+
+    /// Add (`on`) or drop a guard operation's member.
+    pub fn guard_op(&self, member: String, on: bool) {
+        self.push(Change::GuardOp(member, on));
     }
 
     fn push(&self, c: Change) {
@@ -74,6 +87,7 @@ impl Outbox {
             let written = match &change {
                 Change::Block(b) => flags.set(BLOCK_FLAGS, &flag(b), true).await.is_ok(),
                 Change::Switch(s, g, on) => flags.set(s.flag_kind(), g, *on).await.is_ok(),
+                Change::GuardOp(m, on) => flags.set(GUARD_OPS, m, *on).await.is_ok(),
                 Change::Unblock(scope, key) => match flags.members(BLOCK_FLAGS).await {
                     Ok(members) => {
                         let mut ok = true;
@@ -104,6 +118,7 @@ impl Outbox {
         let mut blocks: Vec<Block> = flags.members(BLOCK_FLAGS).await.ok()?.iter().filter_map(|m| parse(m)).collect();
         let mut paused: BTreeSet<String> = flags.members(Switch::Pause.flag_kind()).await.ok()?.into_iter().collect();
         let mut masked: BTreeSet<String> = flags.members(Switch::Mask.flag_kind()).await.ok()?.into_iter().collect();
+        let mut guard_ops = flags.members(GUARD_OPS).await.ok()?;
         // Changes made here since the flush: not in Redis yet, already in the local state.
         for c in self.queue.lock().unwrap_or_else(PoisonError::into_inner).iter() {
             match c {
@@ -120,9 +135,15 @@ impl Outbox {
                         set.remove(g);
                     }
                 }
+                Change::GuardOp(m, on) => {
+                    guard_ops.retain(|x| x != m);
+                    if *on {
+                        guard_ops.push(m.clone());
+                    }
+                }
             }
         }
-        Some(SharedState { blocks, paused, masked })
+        Some(SharedState { blocks, paused, masked, guard_ops })
     }
 }
 
@@ -142,7 +163,7 @@ pub fn flush_soon(outbox: &Arc<Outbox>, flags: &Arc<dyn SharedFlags>, errors: pr
     tokio::spawn(async move {
         if !outbox.flush(&*flags).await {
             errors.with_label_values(&["flags"]).inc();
-            tracing::warn!("could not share a block/pause through Redis; kept, retried every second");
+            tracing::warn!("could not share a block, pause, mask or guard operation through Redis; kept, retried every second");
         }
     });
 }

@@ -74,6 +74,8 @@ pub struct Shared {
     pub process_id: String,
     /// When this process started (the admin API's `/v1/version`).
     pub started_at: jiff::Timestamp,
+    /// The operator's guard operations applied here (id → when made), so each applies once.
+    pub guard_ops_seen: std::sync::Mutex<std::collections::HashMap<String, jiff::Timestamp>>,
 }
 
 /// Settings read only at start: a reload that changes one keeps the old value until the next
@@ -402,6 +404,53 @@ impl Shared {
         }
         self.pauses.replace(&state.paused, self.switch_file(&self.pauses).as_deref());
         self.masks.replace(&state.masked, self.switch_file(&self.masks).as_deref());
+        self.apply_guard_ops(&state.guard_ops);
+    }
+
+    /// An operator's guard operation made here (admin API): applied, reported, and shared so
+    /// that every replica applies it within a second.
+    ///
+    /// # Errors
+    /// As [`crate::policy::guard::PopulationGuard::apply`]; nothing is shared then.
+    pub fn guard_operate(&self, op: crate::policy::guard::OperatorOp) -> Result<(), crate::policy::guard::GuardError> {
+        let transitions = self.guard.apply(&op, self.clock.now())?;
+        self.report_guard(transitions);
+        self.guard_ops_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(op.id.clone(), op.at);
+        self.share(|o| o.guard_op(op.to_member(), true));
+        Ok(())
+    }
+
+    /// The other replicas' guard operations not applied here yet, in the order they were made.
+    /// A starting replica replays those of the last [`ops::REPLAY`] before its start; those
+    /// older than [`ops::KEEP`] are dropped from Redis. Two operators acting on two replicas in
+    /// the same second may see their operations applied in a different order on each.
+    ///
+    /// [`ops::REPLAY`]: crate::policy::guard::ops::REPLAY
+    /// [`ops::KEEP`]: crate::policy::guard::ops::KEEP
+    fn apply_guard_ops(&self, members: &[String]) {
+        use crate::policy::guard::{ops, OperatorOp};
+        let now = self.clock.now();
+        let mut list: Vec<(OperatorOp, &String)> =
+            members.iter().filter_map(|m| Some((OperatorOp::from_member(m)?, m))).collect();
+        list.sort_by(|(a, _), (b, _)| (a.at, &a.id).cmp(&(b.at, &b.id)));
+        let mut seen = self.guard_ops_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (op, member) in list {
+            if now.duration_since(op.at) > ops::KEEP {
+                self.outbox.guard_op(member.clone(), false);
+                continue;
+            }
+            if seen.insert(op.id.clone(), op.at).is_some() || op.at < self.started_at - ops::REPLAY {
+                continue;
+            }
+            match self.guard.apply(&op, now) {
+                Ok(transitions) => {
+                    tracing::warn!(guard = ?op.rule, op = op.name(), by = ?op.by, "guard operation from another replica applied");
+                    self.report_guard(transitions);
+                }
+                Err(e) => tracing::info!(guard = ?op.rule, op = op.name(), error = %e, "guard operation from another replica not applicable here"),
+            }
+        }
+        seen.retain(|_, at| now.duration_since(*at) <= ops::KEEP);
     }
 
     pub fn is_paused(&self, group: &str) -> bool {

@@ -144,7 +144,8 @@ async fn a_spread_harvest_trips_alert_then_mask_then_pause_and_the_vetted_tier_i
 }
 
 /// Two replicas on one redis-server: each delivers 60 CVs (under the rule's 100), and each
-/// trips, because each decides on the fleet's sum.
+/// trips, because each decides on the fleet's sum; the operator's trip and release on one
+/// replica apply on every replica, one started later included, once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_trip_on_the_fleets_sum_through_redis() {
     let redis = redis_server::RedisServer::start();
@@ -163,6 +164,33 @@ async fn replicas_trip_on_the_fleets_sum_through_redis() {
     }
     assert_eq!(state_becomes(&a, 1.0).await, 1.0, "replica A sees 120 across the fleet");
     assert_eq!(state_becomes(&b, 1.0).await, 1.0, "replica B sees 120 across the fleet");
+
+    // The operator's hand reaches every replica: a pause forced on A pauses B's cohort too ...
+    let (admin_a, admin_b) = (a.running.admin_addr.unwrap(), b.running.admin_addr.unwrap());
+    let (st, v) = admin_call(admin_a, ADMIN_TOKEN, "POST", "/v1/guard/harvest/trip?step=pause", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(state_becomes(&b, 3.0).await, 3.0, "the trip on A did not reach B");
+    let (st, _, v) = search(&b, "b-new", "22000009").await;
+    assert_eq!((st, v["guard"].as_str()), (503, Some("harvest")), "{v}");
+    // ... a replica started meanwhile (a rolling restart) takes it over too ...
+    let c = replica().await;
+    assert_eq!(state_becomes(&c, 3.0).await, 3.0, "a replica started after the trip did not replay it");
+    // ... and a release on B releases A and C.
+    let (st, v) = admin_call(admin_b, ADMIN_TOKEN, "POST", "/v1/guard/harvest/release", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(state_becomes(&a, 0.0).await, 0.0, "the release on B did not reach A");
+    assert_eq!(state_becomes(&c, 0.0).await, 0.0, "the release on B did not reach C");
+    assert_eq!(search(&a, "a-new", "11000009").await.0, 200);
+    // Applied once each: A's audit log has its own trip and B's release, nothing twice.
     a.running.shutdown().await;
     b.running.shutdown().await;
+    c.running.shutdown().await;
+    let text = std::fs::read_to_string(a.dir.path().join("audit.log")).unwrap();
+    let steps: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["event"] == "guard")
+        .map(|v| v["to"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(steps, ["alert", "pause", "normal"], "{text}");
 }

@@ -160,29 +160,17 @@ fn redacted_config(shared: &Shared) -> Value {
 
 /// The operator's hand on the population guard: `acknowledge` (hold the current step, no
 /// further escalation), `release` (back to normal now; no re-trip for the rule's cool-down),
-/// `trip?step=mask` (force a step). On this replica; each is logged and audited.
-fn guard_op(shared: &Shared, rule: &str, op: &str, q: &str) -> Response<ProxyBody> {
-    use crate::policy::guard::{GuardError, Level};
-    let now = shared.clock.now();
-    let result = match op {
-        "acknowledge" => shared.guard.acknowledge(rule).map(|()| Vec::new()),
-        "release" => shared.guard.release(rule, now).map(|t| t.into_iter().collect()),
-        "trip" => {
-            let step = match param(q, "step") {
-                Some("alert") => Level::Alert,
-                Some("mask") => Level::Mask,
-                Some("pause") => Level::Pause,
-                _ => return problem(StatusCode::UNPROCESSABLE_ENTITY, "bad-step", "step must be alert, mask or pause"),
-            };
-            shared.guard.trip(rule, step, now).map(|t| vec![t])
-        }
+/// `trip?step=mask` (force a step). Applied here and, with the Redis store, on every replica
+/// within a second (`crate::share`); each is logged and audited.
+fn guard_op(shared: &Shared, rule: &str, op: &str, q: &str, by: &str) -> Response<ProxyBody> {
+    use crate::policy::guard::{GuardError, OperatorOp};
+    let kind = match (op, OperatorOp::parse_kind(op, param(q, "step"))) {
+        (_, Some(kind)) => kind,
+        ("trip", None) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "bad-step", "step must be alert, mask or pause"),
         _ => return problem(StatusCode::NOT_FOUND, "not-found", "guard operations: acknowledge, release, trip"),
     };
-    match result {
-        Ok(transitions) => {
-            shared.report_guard(transitions);
-            reply(StatusCode::OK, json!({ "rules": shared.guard.states() }))
-        }
+    match shared.guard_operate(OperatorOp::new(rule, kind, shared.clock.now(), by)) {
+        Ok(()) => reply(StatusCode::OK, json!({ "rules": shared.guard.states() })),
         Err(e @ GuardError::UnknownRule(_)) => problem(StatusCode::NOT_FOUND, "no-guard", e.to_string()),
         Err(e) => problem(StatusCode::CONFLICT, "guard-state", e.to_string()),
     }
@@ -270,7 +258,10 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
             )
         }
         (Method::GET, ["v1", "guard"]) => reply(StatusCode::OK, json!({ "rules": shared.guard.states() })),
-        (Method::POST, ["v1", "guard", rule, op]) => guard_op(&shared, rule, op, &q),
+        (Method::POST, ["v1", "guard", rule, op]) => {
+            let by = req.extensions().get::<crate::ops::Peer>().map(|p| p.0.to_string()).unwrap_or_default();
+            guard_op(&shared, rule, op, &q, &by)
+        }
         (Method::POST, ["v1", "reload"]) => match shared.reload() {
             Ok(r) => reply(StatusCode::OK, json!({"reloaded": true, "restart_pending": r.restart_pending})),
             Err(errs) => {

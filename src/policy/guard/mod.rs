@@ -33,13 +33,14 @@
 //! back the current and previous minute of each [`PopulationGuard::cohorts`] (the whole day
 //! after a start or an outage) and calls `set_remote` with the sum of the *other* fields. Every
 //! replica then sees the same sums one sync late, learns the same baselines and takes the same
-//! transitions; the operator's acknowledge/release/trip must be broadcast by the integrator
-//! (as `share` does for pauses).
+//! transitions; the operator's acknowledge/release/trip are [`ops::OperatorOp`] values, applied
+//! here and carried to the other replicas by `crate::share` (as pauses are).
 
 pub mod baseline;
 pub mod cohort;
 pub mod config;
 pub mod machine;
+pub mod ops;
 pub mod sums;
 
 #[cfg(test)]
@@ -55,6 +56,7 @@ pub use baseline::Baseline;
 pub use cohort::{Cohort, Subject};
 pub use config::{GuardPolicy, Level, RawGuard, RawRule};
 pub use machine::{Machine, Reason};
+pub use ops::{OpKind, OperatorOp};
 pub use sums::{minute_of, Delta};
 
 use config::Exempt;
