@@ -75,6 +75,25 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// What a candidate config would have done to recorded traffic: replay audit logs (`.gz`
+    /// too, `-` for stdin) through its decision path on a simulated clock, in memory, and
+    /// compare with the recorded decisions (and with `--against`'s). Progress on stderr.
+    Simulate {
+        /// The candidate config.
+        #[arg(long, default_value = "config.yaml")]
+        config: PathBuf,
+        /// A second config replayed beside the candidate (e.g. the running one).
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// First-seen times (probation) as the proxy kept them (`seen.jsonl`).
+        #[arg(long)]
+        seen: Option<PathBuf>,
+        /// The report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Replay the 4 May 2024 incident, its evasions and legitimate use through the real proxy
     /// on a manual clock, and print what got through.
     #[cfg(feature = "devtools")]
@@ -118,18 +137,37 @@ pub fn main() -> ExitCode {
     // The demo starts a proxy per scenario: their info lines (and the block warnings the replayed
     // attacks are meant to trigger) would bury the table; its report shows them.
     #[cfg(feature = "devtools")]
-    let quiet = matches!(cli.command, Command::Demo { .. });
+    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Simulate { .. });
     #[cfg(not(feature = "devtools"))]
-    let quiet = false;
+    let quiet = matches!(cli.command, Command::Simulate { .. });
     init_logging(if quiet { "error" } else { "info" }, &cli.log_format);
     match cli.command {
         #[cfg(feature = "devtools")]
         Command::Demo { config, json, serve, fast, upstream_compress } => {
-            let opts = crate::devtools::demo::DemoOptions { fast, progress: true, upstream_compress };
+            let opts =
+                crate::devtools::demo::DemoOptions { fast, progress: true, upstream_compress, ..Default::default() };
             match runtime().block_on(crate::devtools::demo::main(config, json, serve, opts)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("cvgate demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Simulate { config, against, seen, json, files } => {
+            let opts = crate::simulate::Options { config, against, files, seen, progress_every: 1_000_000 };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            match rt.block_on(crate::simulate::run(&opts)) {
+                Ok(report) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                    } else {
+                        print!("{}", report.render());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cvgate simulate: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -218,7 +256,6 @@ pub fn main() -> ExitCode {
 
 /// `cvgate import-seen`: read the audit files into the first-seen list beside the block file.
 fn import_seen(config: &std::path::Path, files: &[PathBuf]) -> anyhow::Result<String> {
-    use std::io::{BufReader, Read};
     let cfg = Config::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let blocks = cfg
         .blocks
@@ -230,17 +267,8 @@ fn import_seen(config: &std::path::Path, files: &[PathBuf]) -> anyhow::Result<St
     let before = seen.load(&path)?;
     let mut total = crate::policy::probation::Imported::default();
     for f in files {
-        let raw: Box<dyn Read> = if f.as_os_str() == "-" {
-            Box::new(std::io::stdin().lock())
-        } else {
-            let file = std::fs::File::open(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-            if f.extension().is_some_and(|e| e == "gz") {
-                Box::new(flate2::read::MultiGzDecoder::new(file))
-            } else {
-                Box::new(file)
-            }
-        };
-        let r = crate::policy::probation::import_audit(BufReader::new(raw), &seen)
+        let input = crate::simulate::input::open(f)?;
+        let r = crate::policy::probation::import_audit(input, &seen)
             .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         eprintln!("{}: {} lines, {} subjects set earlier, {} skipped", f.display(), r.lines, r.changed, r.skipped);
         total.lines += r.lines;

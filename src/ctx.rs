@@ -41,6 +41,20 @@ pub struct Ctx {
     pub newcomer: bool,
     /// The population guard masks this request's cohort (the rule).
     pub guard_mask: Option<Arc<str>>,
+    /// When the policy decided (the audit line's `ts`; `None` before admission).
+    pub at: Option<jiff::Timestamp>,
+    /// The request as asked (cheap clones of the request's own buffers); the audit writer
+    /// redacts secrets from the query.
+    pub method: Option<http::Method>,
+    pub path: Option<http::uri::PathAndQuery>,
+    pub user_agent: Option<http::HeaderValue>,
+    /// The CVs asked: the route's charge before any grant.
+    pub asked: u64,
+    /// Records passed whole before masking began (a soft budget's remainder); masked answers.
+    pub mask_after: Option<u64>,
+    /// The block scope (`account`, `org`, `ip`) or closure window that refused the request.
+    pub block: Option<&'static str>,
+    pub window: Option<String>,
 }
 
 /// What answered a request: the upstream (allowed), cvgate itself with a problem, or nobody

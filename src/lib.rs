@@ -5,7 +5,8 @@
 //! - [`net`]: accept TCP, terminate TLS ([`net::tls`]), HTTP/1.1 and HTTP/2, connection limits,
 //!   graceful drain ([`net::listener`]).
 //! - [`proxy`]: the story of one request in phases — read this first. Its facts gather in a
-//!   [`ctx::Ctx`].
+//!   [`ctx::Ctx`]. The policy's part of it, free of HTTP, is [`decide`] (blocks, pauses,
+//!   closure, paging, guard, probation, quota, masking), which `simulate` replays too.
 //! - [`policy`]: who may ask what, when: [`policy::route`] (which requests are CV requests and
 //!   what each costs), [`policy::identity`] (account, organisation, assurance from a verified JWT
 //!   or a trusted gateway; the client IP), [`policy::geo`] (the client's [`country`]),
@@ -28,7 +29,8 @@
 //! blocks and pauses to the other replicas), [`server`] (the composition root: start-up,
 //! signals, shutdown; nothing imports it), [`clock`] (the only reader of time), [`duration`]
 //! (the one duration grammar), [`invalid`] (the one collector of config errors and their key
-//! paths), [`persist`] (crash-safe file writes), [`cli`].
+//! paths), [`persist`] (crash-safe file writes), [`simulate`] (`cvgate simulate`: a candidate
+//! config replayed over recorded audit logs, through [`decide`]), [`cli`].
 //!
 //! Not part of the proxy: `devtools` (the stand-in CV API and the demo that replays the 4 May
 //! 2024 incident through a real proxy), behind the default `devtools` feature; nothing above
@@ -46,6 +48,7 @@ pub mod config;
 pub mod count;
 pub mod country;
 pub mod ctx;
+pub mod decide;
 #[cfg(feature = "devtools")]
 pub mod devtools;
 pub mod duration;
@@ -61,4 +64,5 @@ pub mod proxy;
 pub mod quota;
 pub mod server;
 pub mod share;
+pub mod simulate;
 pub mod state;

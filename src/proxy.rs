@@ -37,13 +37,13 @@ use crate::count::integrity::Plan;
 use crate::count::masked::{MaskTally, MaskedBody};
 use crate::count::{BodyOutcome, Certainty, CountingBody, EndReason, RecordFormat};
 pub use crate::ctx::{Ctx, Decision};
+use crate::decide::{self, Admitted};
 use crate::forward::{request_id, Hop, X_REQUEST_ID};
 use crate::net::listener::ConnInfo;
-use crate::policy::blocks::{Event, Who};
-use crate::policy::masking::{Asker, MaskStep};
-use crate::policy::route::{Access, Count, Reserve, Route};
+use crate::policy::masking::MaskStep;
+use crate::policy::route::{Access, Count, Route};
 use crate::problem::{ProxyBody, ProxyError};
-use crate::quota::{CostMode, Rejection, Reservation, Subject};
+use crate::quota::Reservation;
 use crate::state::{Runtime, Shared};
 
 /// Handle one request from a client connection. Never fails: every error is an answer.
@@ -66,8 +66,13 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: ConnInfo)
         Err(e) => {
             count_error(&shared.metrics, &e, ctx.route.as_deref());
             ctx.decision = Decision::Refused(e.slug());
-            if let ProxyError::QuotaExceeded { scope, horizon, .. } = &e {
-                ctx.fired = Some(((*scope).to_string(), horizon.clone()));
+            match &e {
+                ProxyError::QuotaExceeded { scope, horizon, .. } | ProxyError::TooLarge { scope, horizon, .. } => {
+                    ctx.fired = Some(((*scope).to_string(), horizon.clone()));
+                }
+                ProxyError::Blocked { scope, .. } => ctx.block = Some(scope),
+                ProxyError::Closed { window, .. } => ctx.window = Some(window.clone()),
+                _ => {}
             }
             let resp = e.into_response(&ctx.request_id);
             ctx.status = resp.status().as_u16();
@@ -91,7 +96,7 @@ async fn run(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let started = Instant::now(); // the audit line's duration covers the whole request
     let a = admit(shared, rt, &mut req, conn, ctx)?;
-    let reservation = reserve(shared, rt, &a, req.uri().query().unwrap_or(""), ctx).await?;
+    let reservation = decide::reserve(shared, rt, &a, req.uri().query().unwrap_or(""), ctx).await?;
     let (upstream, client_coding) = match forward(shared, rt, &a, req, conn, ctx).await {
         Ok(x) => x,
         Err(e) => return Err(give_back(shared, reservation.as_ref(), e).await),
@@ -108,7 +113,7 @@ async fn run(
         return Err(give_back(shared, reservation.as_ref(), ProxyError::UpstreamUndecodable).await);
     }
     // mask: what a masked answer's body must be decoded from (never passed on unmasked).
-    let mask = mask_step(shared, rt, &a, reservation.as_deref(), parts.status, ctx.guard_mask.is_some());
+    let mask = decide::mask_step(shared, rt, &a, reservation.as_deref(), parts.status, ctx.guard_mask.is_some());
     let mask_decode = match (&mask, crate::count::codec::content_coding(&parts.headers)) {
         (None, _) => None,
         (Some(_), Ok(coding)) => coding,
@@ -122,6 +127,7 @@ async fn run(
     };
     ctx.status = parts.status.as_u16();
     ctx.decision = Decision::Allowed;
+    ctx.mask_after = mask.as_ref().map(|m| m.decision.allowance);
     let cut_at = (a.format() == Some(&RecordFormat::Ndjson))
         .then(|| rt.config.closure.next_cut_after(&a.route.group, a.account(), a.org(), a.now))
         .flatten();
@@ -135,64 +141,6 @@ const MASKED: http::HeaderName = http::HeaderName::from_static("cvgate-masked");
 /// Where the asker stands against its soft budget: `"account-day";after=300;r=120`.
 const MASK_BUDGET: http::HeaderName = http::HeaderName::from_static("cvgate-mask-budget");
 
-fn guard_subject<'a>(
-    account: Option<&'a str>,
-    org: Option<&'a str>,
-    tier: Option<&'a str>,
-    country: &'a str,
-    probation: bool,
-) -> crate::policy::guard::Subject<'a> {
-    crate::policy::guard::Subject { account, org, tier, country, probation }
-}
-
-/// Does this answer lose its holders' contact data? Only a success on a route that carries CVs.
-fn mask_step(
-    shared: &Shared,
-    rt: &Runtime,
-    a: &Admitted,
-    reservation: Option<&Reservation>,
-    status: http::StatusCode,
-    guard: bool,
-) -> Option<MaskStep> {
-    let format = a.route.mask.as_ref().filter(|_| status.is_success())?;
-    let m = &rt.config.masking;
-    let who = Asker { account: a.account(), org: a.org(), tier: reservation.and_then(|r| r.tier.as_deref()) };
-    let switched = shared.masks.any() && shared.masks.is_on(&a.route.group);
-    let decision = m.decide(&a.route.group, &who, switched, guard, reservation, a.now)?;
-    Some(MaskStep::new(m, decision, format.clone()))
-}
-
-/// What admission established: the route, who is asking, from where, and when.
-struct Admitted {
-    route: Arc<Route>,
-    identity: Option<crate::policy::identity::Identity>,
-    client_ip: std::net::IpAddr,
-    ip_prefix: ipnet::IpNet,
-    now: jiff::Timestamp,
-}
-
-impl Admitted {
-    fn account(&self) -> Option<&str> {
-        self.identity.as_ref().map(|i| i.account.as_str())
-    }
-
-    fn org(&self) -> Option<&str> {
-        self.identity.as_ref().and_then(|i| i.org.as_deref())
-    }
-
-    fn who(&self) -> Who<'_> {
-        Who { account: self.account(), org: self.org(), ip: self.client_ip, ip_prefix: self.ip_prefix }
-    }
-
-    /// The route's counted body format, if it counts the body.
-    fn format(&self) -> Option<&RecordFormat> {
-        match &self.route.count {
-            Count::Body(f) => Some(f),
-            _ => None,
-        }
-    }
-}
-
 /// admit: who is asking and from where (first, so every audit line has the client IP), then
 /// header and path checks, route, identity, blocks, pauses, closure windows, deep paging.
 fn admit(
@@ -204,6 +152,8 @@ fn admit(
 ) -> Result<Admitted, ProxyError> {
     let cfg = &rt.config;
     let peer = conn.peer.ip();
+    (ctx.method, ctx.path) = (Some(req.method().clone()), req.uri().path_and_query().cloned());
+    ctx.user_agent = req.headers().get(http::header::USER_AGENT).cloned();
     let client_ip = rt.identifier.client_ip(req.headers(), peer);
     ctx.client_ip = Some(client_ip);
     ctx.country = cfg.geo.locate(req.headers_mut(), cfg.identity.is_trusted_proxy(peer), client_ip);
@@ -227,81 +177,9 @@ fn admit(
     }
     let ip_prefix = crate::quota::ip_prefix(&cfg.quota, client_ip);
     let a = Admitted { route, identity, client_ip, ip_prefix, now: shared.clock.now() };
-    if let Some(b) = shared.blocks.check(&a.who(), a.now) {
-        return Err(ProxyError::Blocked { scope: b.scope.as_str(), until: b.until.map(|u| u.to_string()) });
-    }
-    if shared.is_paused(&a.route.group) {
-        return Err(ProxyError::Paused { group: a.route.group.to_string() });
-    }
-    if let Some(c) = cfg.closure.decide(&a.route.group, a.account(), a.org(), a.now) {
-        let (window, opens_at, retry_after) = (c.window.clone(), c.opens_at_rfc3339(), c.retry_after_secs);
-        return Err(ProxyError::Closed { window, opens_at, retry_after });
-    }
-    check_paging(shared, cfg, &a, req.uri().query().unwrap_or(""))?;
+    ctx.at = Some(a.now);
+    decide::check(shared, cfg, &a, req.uri().query().unwrap_or(""))?;
     Ok(a)
-}
-
-/// paging: page × size beyond the route's depth is refused (walking the whole database page by
-/// page), and counts toward the deep-paging block rule.
-fn check_paging(shared: &Shared, cfg: &crate::config::Config, a: &Admitted, query: &str) -> Result<(), ProxyError> {
-    let Some(dp) = &a.route.deep_paging else { return Ok(()) };
-    let page = number_param(query, &dp.page_param)?.unwrap_or(1).max(1);
-    let mut size = number_param(query, &dp.size_param)?.unwrap_or(dp.default_size);
-    if let Reserve::Query { param, max, .. } = &a.route.reserve {
-        if *param == dp.size_param {
-            size = size.min(*max); // depth is checked at the reserved size; the query itself goes upstream unchanged
-        }
-    }
-    let depth = page.saturating_mul(size);
-    if depth > dp.max_depth {
-        shared.share_blocks(shared.blocks.observe(&cfg.blocks, Event::DeepPaging, None, &a.who(), a.now));
-        return Err(ProxyError::TooDeep { depth, max_depth: dp.max_depth });
-    }
-    Ok(())
-}
-
-/// reserve: the expected CVs from every bucket of every scope, all or nothing. A quota refusal
-/// counts toward the block rules.
-async fn reserve(
-    shared: &Shared,
-    rt: &Runtime,
-    a: &Admitted,
-    query: &str,
-    ctx: &mut Ctx,
-) -> Result<Option<Arc<Reservation>>, ProxyError> {
-    let cfg = &rt.config;
-    let Some(n) = expected_cost(&a.route, query)? else { return Ok(None) };
-    let mode = if a.route.up_to { CostMode::UpTo { max: n, min: 1 } } else { CostMode::Exact(n) };
-    let subject = Subject { account: a.account(), org: a.org(), ip: a.client_ip, country: &ctx.country };
-    // A newcomer (probation) without an override of its own is charged in the probation tier.
-    let newcomer = crate::policy::probation::on_probation(&cfg.probation, &shared.seen, a.account(), a.org(), a.now);
-    let tier = newcomer.then_some(&*cfg.probation.tier);
-    // The population guard: this request's cohorts may be masked or paused.
-    let cohort_tier = crate::quota::tier_of(&cfg.quota, a.account(), a.org(), tier);
-    let who = guard_subject(a.account(), a.org(), cohort_tier.as_deref(), &ctx.country, newcomer);
-    let action = shared.guard.action_for(&who);
-    if let Some(rule) = action.pause {
-        return Err(ProxyError::GuardPaused { group: a.route.group.to_string(), rule: rule.to_string() });
-    }
-    (ctx.newcomer, ctx.guard_mask) = (newcomer, action.mask);
-    let r = match shared.quota.reserve_as(&cfg.quota, &subject, tier, mode).await {
-        Ok(r) => Arc::new(r),
-        Err(rej) => {
-            let e = rejection(rej);
-            if let ProxyError::QuotaExceeded { scope, horizon, .. } = &e {
-                let fired = Some((*scope, horizon.as_str()));
-                shared.share_blocks(shared.blocks.observe(&cfg.blocks, Event::Quota, fired, &a.who(), a.now));
-            }
-            return Err(e);
-        }
-    };
-    ctx.reserved = r.granted;
-    ctx.tier = r.tier.as_deref().map(str::to_string);
-    for (scope, horizon) in &r.would_reject {
-        shared.metrics.quota_would_reject.with_label_values(&[scope.as_str(), horizon]).inc();
-        ctx.would_reject.push((scope.as_str().to_string(), horizon.to_string()));
-    }
-    Ok(Some(r))
 }
 
 /// forward: a charged route asks for a whole, plain, countable answer (see `integrity`); the
@@ -670,8 +548,13 @@ fn finish(shared: &Shared, ctx: Ctx, started: Instant) {
         m.request_bytes.with_label_values(&[route]).inc_by(ctx.request_bytes);
     }
     if ctx.delivered > 0 {
-        let who =
-            guard_subject(ctx.account.as_deref(), ctx.org.as_deref(), ctx.tier.as_deref(), &ctx.country, ctx.newcomer);
+        let who = decide::guard_subject(
+            ctx.account.as_deref(),
+            ctx.org.as_deref(),
+            ctx.tier.as_deref(),
+            &ctx.country,
+            ctx.newcomer,
+        );
         shared.guard.add(&who, ctx.delivered, shared.clock.now());
         let tier = ctx.tier.as_deref().unwrap_or("default");
         shared.metrics.cvs_delivered.with_label_values(&[route, tier]).inc_by(ctx.delivered);
@@ -686,92 +569,6 @@ fn auth_error(e: crate::policy::identity::AuthError) -> ProxyError {
     ProxyError::Auth { status: e.status(), reason: e.reason(), detail: e.to_string() }
 }
 
-fn rejection(r: Rejection) -> ProxyError {
-    match r {
-        Rejection::Quota { scope, horizon, retry_after_secs, headers } => ProxyError::QuotaExceeded {
-            scope: scope.as_str(),
-            horizon: horizon.to_string(),
-            retry_after: retry_after_secs,
-            headers: quota_headers(headers),
-        },
-        Rejection::TooLarge { scope, horizon, capacity, headers } => ProxyError::TooLarge {
-            scope: scope.as_str(),
-            horizon: horizon.to_string(),
-            capacity,
-            headers: quota_headers(headers),
-        },
-        Rejection::Store(e) => {
-            tracing::warn!(error = %e, "quota store failed");
-            ProxyError::QuotaUnavailable
-        }
-    }
-}
-
-fn quota_headers(h: Vec<(&'static str, String)>) -> Vec<(http::HeaderName, HeaderValue)> {
-    h.into_iter()
-        .filter_map(|(k, v)| Some((http::HeaderName::from_static(k), HeaderValue::from_str(&v).ok()?)))
-        .collect()
-}
-
-/// CVs to reserve before forwarding; `None` for routes that are not charged.
-fn expected_cost(route: &Route, query: &str) -> Result<Option<u64>, ProxyError> {
-    Ok(match &route.reserve {
-        Reserve::Free => None,
-        Reserve::Fixed(n) => Some(*n),
-        Reserve::Query { param, default, max } => Some(number_param(query, param)?.unwrap_or(*default).clamp(1, *max)),
-    })
-}
-
-/// A numeric query parameter that decides a charge or a depth, read strictly: the upstream must
-/// not be able to read it differently from us. So a name that appears twice (in any spelling,
-/// e.g. `size=1&%73ize=200`) or a value that is not plain digits is refused (400), rather than
-/// guessing which one the upstream will use.
-fn number_param(query: &str, name: &str) -> Result<Option<u64>, ProxyError> {
-    let mut found = None;
-    for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=').or(Some((kv, "")))) {
-        // Most keys carry no escapes: compare them as they are, without decoding.
-        let same = if k.contains(['%', '+']) { percent_decode(k) == name } else { k == name };
-        if !same {
-            continue;
-        }
-        if found.is_some() {
-            return Err(ProxyError::BadRequest("a paging or size parameter appears more than once"));
-        }
-        if v.is_empty() || v.len() > 12 || !v.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(ProxyError::BadRequest("a paging or size parameter is not a plain number"));
-        }
-        found = Some(v.parse().map_err(|_| ProxyError::BadRequest("number out of range"))?);
-    }
-    Ok(found)
-}
-
-/// `%XX` and `+` decoding of a query key (enough to compare names as the upstream sees them).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex =
-            b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (b'%', Some(x)) => {
-                out.push(x);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Rejects request headers over the limit with a 431 problem (hyper's own limit is a backstop).
 fn check_headers(req: &Request<Incoming>, limit: usize) -> Result<(), ProxyError> {
     let uri = req.uri();
     let uri_len = uri.path_and_query().map_or(1, |pq| pq.as_str().len())
@@ -817,18 +614,5 @@ mod tests {
         assert!(!path_is_sane("/api/v1/vacancies%5cx"));
         assert!(!path_is_sane("/api\\v1"));
         assert!(path_is_sane("/api/v1/cvs/%41"));
-    }
-
-    #[test]
-    fn charge_parameters_are_read_strictly() {
-        assert_eq!(number_param("size=200&page=3", "size").unwrap(), Some(200));
-        assert_eq!(number_param("query=x", "size").unwrap(), None);
-        // Regression: the upstream must not read a different size than the one we charged.
-        assert!(number_param("size=1&size=200", "size").is_err());
-        assert!(number_param("size=1&%73ize=200", "size").is_err());
-        assert!(number_param("size=%32%30%30", "size").is_err());
-        assert!(number_param("size=-1", "size").is_err());
-        assert!(number_param("size", "size").is_err());
-        assert_eq!(percent_decode("%73ize+x%zz"), "size x%zz");
     }
 }

@@ -163,7 +163,9 @@ pub fn flush_soon(outbox: &Arc<Outbox>, flags: &Arc<dyn SharedFlags>, errors: pr
     tokio::spawn(async move {
         if !outbox.flush(&*flags).await {
             errors.with_label_values(&["flags"]).inc();
-            tracing::warn!("could not share a block, pause, mask or guard operation through Redis; kept, retried every second");
+            tracing::warn!(
+                "could not share a block, pause, mask or guard operation through Redis; kept, retried every second"
+            );
         }
     });
 }

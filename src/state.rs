@@ -447,7 +447,9 @@ impl Shared {
                     tracing::warn!(guard = ?op.rule, op = op.name(), by = ?op.by, "guard operation from another replica applied");
                     self.report_guard(transitions);
                 }
-                Err(e) => tracing::info!(guard = ?op.rule, op = op.name(), error = %e, "guard operation from another replica not applicable here"),
+                Err(e) => {
+                    tracing::info!(guard = ?op.rule, op = op.name(), error = %e, "guard operation from another replica not applicable here")
+                }
             }
         }
         seen.retain(|_, at| now.duration_since(*at) <= ops::KEEP);

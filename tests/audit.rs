@@ -87,7 +87,7 @@ async fn accepted_rejected_and_truncated_requests_each_leave_one_line() {
     assert_eq!(ok["scope"], Value::Null);
     assert_eq!(ok["would_reject"], serde_json::json!([]));
     // The harness clock stands at 2026-11-24T09:00Z: 10:00 in Amsterdam (winter time).
-    assert_eq!(ok["ts"], "2026-11-24T09:00:00.000Z");
+    assert_eq!(ok["ts"], "2026-11-24T09:00:00.000000Z");
     assert_eq!(ok["local"], "2026-11-24T10:00:00.000+01:00");
 
     let cut = by_id(&lines, "cut-1");

@@ -80,14 +80,14 @@ fn soft_bound(config: &Config, first: u64, last: u64) -> Option<u64> {
 async fn demo_attacks_stay_within_budgets_and_legit_users_are_never_refused() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
     let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let plain = DemoOptions { fast: true, progress: false, upstream_compress: false };
+    let plain = DemoOptions { fast: true, ..DemoOptions::default() };
     let report = cvgate::devtools::demo::run(&path, &plain).await.unwrap();
     eprintln!("{}", cvgate::devtools::demo::render(&report));
     check(&config, &report);
 
     // Issue 15: an upstream that gzips every answer (and clients that send Accept-Encoding: gzip)
     // leaks exactly what a plain one does: cvgate counts after decoding.
-    let gzip = DemoOptions { upstream_compress: true, ..plain };
+    let gzip = DemoOptions { upstream_compress: true, ..plain.clone() };
     let compressed = cvgate::devtools::demo::run(&path, &gzip).await.unwrap();
     eprintln!("{}", cvgate::devtools::demo::render(&compressed));
     assert!(compressed.upstream_compress);

@@ -71,7 +71,7 @@ const EMPLOYER: &str = "small employer";
 const COUNTRY: &str = "ZZ";
 
 /// How to run the demo.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct DemoOptions {
     /// Fewer requests (a fifth), same shape: for the test.
     pub fast: bool,
@@ -80,6 +80,10 @@ pub struct DemoOptions {
     /// The mock CV API gzips every CV answer whatever cvgate asks (a backend with compression
     /// forced on); clients send `Accept-Encoding: gzip` either way, as browsers and python do.
     pub upstream_compress: bool,
+    /// Write each scenario's audit log to `<dir>/audit-<scenario>.log` (for `cvgate simulate`).
+    pub audit_dir: Option<std::path::PathBuf>,
+    /// Run only these scenarios (by id, e.g. `may4`); all when empty.
+    pub only: Vec<String>,
 }
 
 /// Whose behaviour a scenario shows.
@@ -456,11 +460,12 @@ impl Plan {
     }
 }
 
-/// `n` instants evenly over `[from, to)`.
+/// `n` instants evenly over `[from, to)`, on whole milliseconds (as the audit line stamps them,
+/// so `cvgate simulate` replays the demo's audit log at the very instants it ran).
 fn spread(from: Timestamp, to: Timestamp, n: u64) -> impl Iterator<Item = Timestamp> {
     let span = to.as_nanosecond() - from.as_nanosecond();
     (0..n).map(move |i| {
-        let off = span * i128::from(i) / i128::from(n.max(1));
+        let off = span * i128::from(i) / i128::from(n.max(1)) / 1_000_000 * 1_000_000;
         Timestamp::from_nanosecond(from.as_nanosecond() + off).expect("within jiff's range")
     })
 }
@@ -641,7 +646,13 @@ impl Conn {
 /// the upstream at `mock`. Everything else — budgets, routes, closure — stays as configured,
 /// but for `newcomers`: then no `probation.established_before`, so everyone first seen on the
 /// demo day is new (config.yaml's date is after May 2024 and would make everyone established).
-fn scenario_config(base: &Config, dir: &Path, mock: SocketAddr, newcomers: bool) -> anyhow::Result<Config> {
+fn scenario_config(
+    base: &Config,
+    dir: &Path,
+    mock: SocketAddr,
+    newcomers: bool,
+    audit: Option<std::path::PathBuf>,
+) -> anyhow::Result<Config> {
     let mut raw = base.raw.clone();
     if newcomers {
         raw.probation.established_before = None;
@@ -655,6 +666,13 @@ fn scenario_config(base: &Config, dir: &Path, mock: SocketAddr, newcomers: bool)
     raw.blocks.file = None;
     raw.store.snapshot = None;
     raw.audit.sink = "off".into();
+    if let Some(path) = audit {
+        // One file per scenario, never rotated (the simulated day would rotate it at midnight).
+        raw.audit.sink = "file".into();
+        raw.audit.path = Some(path.display().to_string());
+        raw.audit.rotate.daily = false;
+        raw.audit.rotate.max_bytes = None;
+    }
     let mut config = Config::from_raw(raw, dir).map_err(|es| {
         let list: Vec<String> = es.into_iter().map(|(k, m)| format!("{k}: {m}")).collect();
         anyhow::anyhow!("config with the demo's upstream is invalid: {}", list.join("; "))
@@ -744,7 +762,8 @@ async fn run_plan(
     };
     tokio::spawn(super::mock_api::serve_with(mock, mock_opts, mock_stop.clone().cancelled_owned()));
 
-    let config = scenario_config(base, dir, mock_addr, plan.newcomers)?;
+    let audit = opts.audit_dir.as_ref().map(|d| d.join(format!("audit-{}.log", plan.id)));
+    let config = scenario_config(base, dir, mock_addr, plan.newcomers, audit)?;
     let first = plan.steps.first().context("empty scenario")?.at;
     let last = plan.steps.last().context("empty scenario")?.at;
     let clock = ManualClock::new(first);
@@ -941,7 +960,10 @@ pub async fn run(path: &Path, opts: &DemoOptions) -> anyhow::Result<DemoReport> 
     let started = std::time::Instant::now();
     let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let plans = plans(opts.fast);
+    let mut plans = plans(opts.fast);
+    if !opts.only.is_empty() {
+        plans.retain(|p| opts.only.iter().any(|o| o == p.id));
+    }
     let total: u64 = plans.iter().map(|p| p.steps.len() as u64).sum();
     let bar = if opts.progress && std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(total);

@@ -183,6 +183,77 @@ pub struct AuditRecord {
     /// CVs delivered without contact data, and why (masked answers only).
     pub masked: u64,
     pub mask_reason: Option<&'static str>,
+    /// When the policy decided (`ts`); the line's own time before admission.
+    pub at: Option<Timestamp>,
+    pub method: Option<http::Method>,
+    pub path: Option<http::uri::PathAndQuery>,
+    pub user_agent: Option<http::HeaderValue>,
+    pub asked: u64,
+    pub mask_after: Option<u64>,
+    pub block: Option<&'static str>,
+    pub window: Option<String>,
+}
+
+/// The audit line's schema: 2 added `schema`, `method`, `path`, `ua`, `asked`, `mask_after`,
+/// `block`, `window`, and `ts` became the admission instant with microseconds (it was the end,
+/// with milliseconds). `cvgate simulate` reads 1
+/// and 2.
+pub const SCHEMA: u32 = 2;
+
+/// Query parameters whose values never reach the audit line (tokens, passwords, signatures).
+const SECRET_PARAMS: [&str; 12] = [
+    "token",
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "jwt",
+    "code",
+    "password",
+    "secret",
+    "key",
+    "api_key",
+    "apikey",
+    "signature",
+];
+
+/// `path?query` with the values of [`SECRET_PARAMS`] (any case, percent-encoded names too)
+/// replaced by `REDACTED`.
+pub fn redact_query(pq: &str) -> std::borrow::Cow<'_, str> {
+    let Some((path, query)) = pq.split_once('?') else { return pq.into() };
+    let secret = |k: &str| {
+        let k = if k.contains('%') { percent_decoded(k) } else { k.to_string() };
+        SECRET_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s))
+    };
+    if !query.split('&').any(|kv| secret(kv.split_once('=').map_or(kv, |(k, _)| k))) {
+        return pq.into();
+    }
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if secret(k) => format!("{k}=REDACTED"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{path}?{}", parts.join("&")).into()
+}
+
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())) {
+            (b'%', Some(x)) => {
+                out.push(x);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl AuditRecord {
@@ -211,6 +282,14 @@ impl AuditRecord {
             count: ctx.count,
             masked: ctx.masked,
             mask_reason: ctx.mask_reason,
+            at: ctx.at,
+            method: ctx.method,
+            path: ctx.path,
+            user_agent: ctx.user_agent,
+            asked: ctx.asked,
+            mask_after: ctx.mask_after,
+            block: ctx.block,
+            window: ctx.window,
         }
     }
 
@@ -223,6 +302,7 @@ impl AuditRecord {
         }
         #[derive(Serialize)]
         struct Line<'a> {
+            schema: u32,
             ts: String,
             local: String,
             request_id: &'a str,
@@ -249,11 +329,31 @@ impl AuditRecord {
             masked: Option<u64>,
             #[serde(skip_serializing_if = "Option::is_none")]
             mask_reason: Option<&'static str>,
+            method: Option<&'a str>,
+            path: Option<std::borrow::Cow<'a, str>>,
+            ua: Option<std::borrow::Cow<'a, str>>,
+            asked: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            mask_after: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            block: Option<&'static str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            window: Option<&'a str>,
         }
+        let ts = self.at.unwrap_or(self.ts);
+        // A user agent is the client's to choose: at most 256 characters of it.
+        let ua = self.user_agent.as_ref().map(|v| {
+            let s = String::from_utf8_lossy(v.as_bytes());
+            match s.char_indices().nth(256) {
+                Some((i, _)) => std::borrow::Cow::Owned(s[..i].to_string()),
+                None => s,
+            }
+        });
         let line = Line {
-            // Fixed millisecond precision: lines sort and parse the same everywhere.
-            ts: self.ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-            local: self.ts.to_zoned(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string(),
+            schema: SCHEMA,
+            // Fixed precision (µs; `local` ms, for people): lines sort and parse the same everywhere.
+            ts: ts.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            local: ts.to_zoned(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string(),
             request_id: &self.request_id,
             account: self.account.as_deref(),
             org: self.org.as_deref(),
@@ -275,6 +375,13 @@ impl AuditRecord {
             count: self.count.label(),
             masked: self.mask_reason.map(|_| self.masked),
             mask_reason: self.mask_reason,
+            method: self.method.as_ref().map(http::Method::as_str),
+            path: self.path.as_ref().map(|p| redact_query(p.as_str())),
+            ua,
+            asked: self.asked,
+            mask_after: self.mask_reason.and(self.mask_after),
+            block: self.block,
+            window: self.window.as_deref(),
         };
         serde_json::to_writer(&mut *out, &line).expect("audit lines serialise");
         out.push(b'\n');
@@ -524,7 +631,24 @@ mod tests {
             count: crate::count::Certainty::Exact,
             masked: 0,
             mask_reason: None,
+            at: None,
+            method: Some(http::Method::GET),
+            path: Some(http::uri::PathAndQuery::from_static("/api/v1/cvs?size=20&access_token=abc")),
+            user_agent: Some(http::HeaderValue::from_static("curl/8.5.0")),
+            asked: 20,
+            mask_after: None,
+            block: None,
+            window: None,
         }
+    }
+
+    #[test]
+    fn secrets_in_the_query_are_redacted_and_the_rest_kept() {
+        assert_eq!(redact_query("/api/v1/cvs?size=20"), "/api/v1/cvs?size=20");
+        assert_eq!(redact_query("/a?size=2&TOKEN=x&q=y"), "/a?size=2&TOKEN=REDACTED&q=y");
+        assert_eq!(redact_query("/a?acc%65ss_token=x"), "/a?acc%65ss_token=REDACTED");
+        assert_eq!(redact_query("/a?password"), "/a?password");
+        assert_eq!(redact_query("/a"), "/a");
     }
 
     fn ams() -> TimeZone {

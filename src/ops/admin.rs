@@ -166,7 +166,9 @@ fn guard_op(shared: &Shared, rule: &str, op: &str, q: &str, by: &str) -> Respons
     use crate::policy::guard::{GuardError, OperatorOp};
     let kind = match (op, OperatorOp::parse_kind(op, param(q, "step"))) {
         (_, Some(kind)) => kind,
-        ("trip", None) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "bad-step", "step must be alert, mask or pause"),
+        ("trip", None) => {
+            return problem(StatusCode::UNPROCESSABLE_ENTITY, "bad-step", "step must be alert, mask or pause")
+        }
         _ => return problem(StatusCode::NOT_FOUND, "not-found", "guard operations: acknowledge, release, trip"),
     };
     match shared.guard_operate(OperatorOp::new(rule, kind, shared.clock.now(), by)) {

@@ -1,0 +1,285 @@
+//! One config's world for `cvgate simulate`: the real [`Shared`] state (routes, blocks and block
+//! rules, closure windows, pauses, probation, quotas with every horizon, masking, the population
+//! guard) built from the config in memory, on a manual clock, with no listeners, no files and no
+//! Redis; each recorded request goes through the proxy's own decision phases
+//! ([`crate::decide`]) at its recorded instant.
+//!
+//! What the replay cannot know it takes from the recording: the identity (tokens are never
+//! logged; a request refused for its token is refused again), and what the upstream answered (a
+//! request cvgate let through delivers what it delivered then, at most the new grant; one it
+//! refused then delivers its whole grant now). A request's end (its reservation settled, its CVs
+//! added to the guard's sums) is at its recorded end, in time order with the other requests, as
+//! the proxy did; one shorter than the guard's one-second tick ends at its instant. The guard
+//! evaluates before and after every request at its instant, as the demo drives it.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use super::input::Recorded;
+use crate::clock::ManualClock;
+use crate::config::Config;
+use crate::ctx::Ctx;
+use crate::decide::{self, Admitted};
+use crate::policy::identity::{Identity, IdentitySource};
+use crate::quota::Reservation;
+use crate::state::Shared;
+
+/// What the candidate config does with one recorded request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// `allowed` or the problem slug.
+    pub decision: &'static str,
+    /// Scope and horizon that refused it (quota).
+    pub fired: Option<(&'static str, String)>,
+    pub delivered: u64,
+    pub masked: u64,
+    pub tier: Option<String>,
+}
+
+/// The slugs the policy answers with; any other recorded decision (a bad token, an upstream
+/// failure, a client that went away) happened outside the policy and happens again.
+const POLICY: [&str; 7] =
+    ["blocked", "closed", "paused", "paging-too-deep", "quota-exceeded", "request-too-large", "quota-unavailable"];
+
+/// Is this recorded decision the policy's own (replayed), rather than something that happened to
+/// the request outside it (kept)?
+pub fn is_policy(decision: &str) -> bool {
+    decision == "allowed" || POLICY.contains(&decision)
+}
+
+/// A reservation waiting for its request's end.
+struct Pending {
+    reservation: Arc<Reservation>,
+    delivered: u64,
+    who: GuardWho,
+}
+
+/// The guard subject of a finished request (owned: it outlives the line).
+struct GuardWho {
+    account: Option<String>,
+    org: Option<String>,
+    tier: Option<Arc<str>>,
+    country: String,
+    newcomer: bool,
+}
+
+pub struct World {
+    shared: Arc<Shared>,
+    clock: Arc<ManualClock>,
+    /// Reservations to settle, by their request's end (then arrival order).
+    ends: BinaryHeap<Reverse<(Timestamp, u64)>>,
+    pending: std::collections::HashMap<u64, Pending>,
+    seq: u64,
+    _running: crate::server::Running,
+}
+
+impl World {
+    /// The world of `config` at `start`: its listeners, files and shared store switched off.
+    ///
+    /// # Errors
+    /// The config, so changed, does not validate, or the state cannot be built.
+    pub async fn new(
+        path: &std::path::Path,
+        start: Timestamp,
+        seen: Option<&std::path::Path>,
+    ) -> anyhow::Result<World> {
+        let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut raw = config.raw;
+        raw.store.kind = "memory".into();
+        raw.store.snapshot = None;
+        raw.blocks.file = None;
+        raw.audit.sink = "off".into();
+        let base = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        let mut c = Config::from_raw(raw, &base).map_err(|es| {
+            let list: Vec<String> = es.into_iter().map(|(k, m)| format!("{k}: {m}")).collect();
+            anyhow::anyhow!("{}", list.join("; "))
+        })?;
+        c.listen.tls = None;
+        c.listen.plain = None;
+        c.listen.metrics = None;
+        c.listen.admin = None;
+        let clock = ManualClock::new(start);
+        let running = crate::server::start(c, None, clock.clone()).await?;
+        // No housekeeping on the real clock: the replay evaluates the guard at each instant.
+        running.stop_token().cancel();
+        let shared = running.shared.clone();
+        if let Some(path) = seen {
+            shared.seen.load(path)?;
+        }
+        Ok(World { shared, clock, ends: BinaryHeap::new(), pending: Default::default(), seq: 0, _running: running })
+    }
+
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Settle every reservation whose request ended by `t`, at its end.
+    pub async fn settle_until(&mut self, t: Timestamp) {
+        while let Some(Reverse((end, id))) = self.ends.peek().copied() {
+            if end > t {
+                break;
+            }
+            self.ends.pop();
+            let Some(p) = self.pending.remove(&id) else { continue };
+            self.clock.set(end);
+            self.end_request(p).await;
+        }
+    }
+
+    async fn end_request(&self, p: Pending) {
+        let s = &self.shared;
+        if p.reservation.needs_settle(p.delivered) {
+            s.quota.settle(&p.reservation, p.delivered).await;
+        }
+        if p.delivered > 0 {
+            let w = &p.who;
+            let who = decide::guard_subject(
+                w.account.as_deref(),
+                w.org.as_deref(),
+                w.tier.as_deref(),
+                &w.country,
+                w.newcomer,
+            );
+            s.guard.add(&who, p.delivered, s.clock.now());
+        }
+    }
+
+    fn tick(&self, at: Timestamp) {
+        let _ = self.shared.guard.tick(at);
+    }
+
+    /// Replay one recorded request at its instant.
+    pub async fn replay(&mut self, r: &Recorded) -> Outcome {
+        self.settle_until(r.at).await;
+        self.clock.set(r.at);
+        self.tick(r.at);
+        let out = self.decide(r).await;
+        self.tick(r.at);
+        out
+    }
+
+    /// Settle what is still pending (the end of the log).
+    pub async fn finish(&mut self) {
+        self.settle_until(Timestamp::MAX).await;
+    }
+
+    async fn decide(&mut self, r: &Recorded) -> Outcome {
+        let refused = |decision: &'static str| Outcome { decision, fired: None, delivered: 0, masked: 0, tier: None };
+        let kept = |r: &Recorded| Outcome {
+            decision: leak(&r.decision),
+            fired: None,
+            delivered: r.delivered,
+            masked: r.masked,
+            tier: None,
+        };
+        let rt = self.shared.runtime();
+        let cfg = &rt.config;
+        let (path, query) = match &r.path {
+            Some(p) => p.split_once('?').unwrap_or((p.as_str(), "")),
+            None => ("", ""),
+        };
+        let by_path = r.method.as_deref().and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
+        let route = match by_path {
+            Some(m) if !path.is_empty() => cfg.routes.find(&m, path).cloned(),
+            _ => cfg.routes.iter().find(|x| *x.name == *r.route).cloned(),
+        };
+        let Some(route) = route else { return refused("no-route") };
+        if !route.is_charged() {
+            return kept(r);
+        }
+        // Outside the policy then (a bad token, before any policy): the same now.
+        if !is_policy(&r.decision) && r.account.is_none() {
+            return kept(r);
+        }
+        let identity = r.account.as_ref().map(|account| Identity {
+            account: account.clone(),
+            org: r.org.clone(),
+            assurance: None,
+            source: IdentitySource::Jwt,
+        });
+        // Schema 1 lines have no query: the CVs asked stand for the size parameter.
+        let synthetic;
+        let query = match (&r.path, &route.reserve) {
+            (None, crate::policy::route::Reserve::Query { param, .. }) => {
+                synthetic = format!("{param}={}", r.asked.max(1));
+                synthetic.as_str()
+            }
+            _ => query,
+        };
+        let ip_prefix = crate::quota::ip_prefix(&cfg.quota, r.client_ip);
+        let a = Admitted { route, identity, client_ip: r.client_ip, ip_prefix, now: r.at };
+        let mut ctx = Ctx { country: r.country.clone(), ..Ctx::default() };
+        if let Err(e) = decide::check(&self.shared, cfg, &a, query) {
+            return refused(e.slug());
+        }
+        let reservation = match decide::reserve(&self.shared, &rt, &a, query, &mut ctx).await {
+            Ok(res) => res,
+            Err(e) => {
+                let fired = match &e {
+                    crate::problem::ProxyError::QuotaExceeded { scope, horizon, .. }
+                    | crate::problem::ProxyError::TooLarge { scope, horizon, .. } => Some((*scope, horizon.clone())),
+                    _ => None,
+                };
+                return Outcome { fired, ..refused(e.slug()) };
+            }
+        };
+        let granted = reservation.as_ref().map_or(0, |res| res.granted);
+        // What the upstream delivers: what it did then (at most the grant); a request refused
+        // then, its grant; a failure outside the policy, what it was.
+        let (decision, delivered) = match r.decision.as_str() {
+            "allowed" if reservation.is_some() => ("allowed", r.delivered.min(granted)),
+            "allowed" => ("allowed", r.delivered),
+            d if is_policy(d) => ("allowed", granted),
+            d => (leak(d), r.delivered.min(granted)),
+        };
+        let status = if decision == "allowed" { http::StatusCode::OK } else { http::StatusCode::BAD_GATEWAY };
+        let mask = decide::mask_step(&self.shared, &rt, &a, reservation.as_deref(), status, ctx.guard_mask.is_some());
+        let masked = mask.map_or(0, |m| delivered.saturating_sub(m.decision.allowance));
+        if let Some(res) = reservation {
+            let id = self.seq;
+            self.seq += 1;
+            let who = GuardWho {
+                account: ctx.account.clone().or_else(|| r.account.clone()),
+                org: r.org.clone(),
+                tier: crate::quota::tier_of(
+                    &cfg.quota,
+                    a.account(),
+                    a.org(),
+                    ctx.newcomer.then_some(&*cfg.probation.tier),
+                ),
+                country: ctx.country.clone(),
+                newcomer: ctx.newcomer,
+            };
+            let p = Pending { reservation: res, delivered, who };
+            // A request shorter than the guard's one-second tick ends at its instant (the proxy
+            // could not tell the difference either); a longer one at its recorded end.
+            if r.ended.duration_since(r.at) < jiff::SignedDuration::from_secs(1) {
+                self.end_request(p).await;
+            } else {
+                self.pending.insert(id, p);
+                self.ends.push(Reverse((r.ended, id)));
+            }
+        }
+        Outcome { decision, fired: None, delivered, masked, tier: ctx.tier }
+    }
+}
+
+/// The few decision slugs outside the policy, as `'static` (interned once each).
+fn leak(s: &str) -> &'static str {
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<Mutex<std::collections::HashSet<&'static str>>> = OnceLock::new();
+    let mut set = SEEN.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(s) = set.get(s) {
+        return s;
+    }
+    // Bounded: a log with endless invented slugs stops interning and reports them as `other`.
+    if set.len() >= 256 {
+        return "other";
+    }
+    let s: &'static str = Box::leak(s.to_string().into_boxed_str());
+    set.insert(s);
+    s
+}
