@@ -5,7 +5,10 @@
 #   3. cvgate with the full policy (JWT + every quota scope + closure + blocks + metrics + audit),
 #   4. the floor: examples/bare_proxy.rs, the same engine as cvgate (tokio, hyper server,
 #      hyper-util pooled client) with no policy at all,
-#   5. cvgate with the same policy in front of a second mock that gzips every answer whatever it
+#   5. cvgate with the same policy and contact-data masking active (`masking.always: true`: every
+#      CV of every page rewritten in the stream), beside row 3 where masking is checked on every
+#      request but never triggers: the cost of masking itself,
+#   6. cvgate with the same policy in front of a second mock that gzips every answer whatever it
 #      is asked (`mock-cv-api --force-encoding gzip`): cvgate asks for identity, gets gzip, decodes
 #      it to count the records and forwards the plain bytes (its own process, ports and audit file),
 # all over plain HTTP/1.1 with wrk, then cvgate (and nginx) over TLS with HTTP/2 (h2load), then a
@@ -65,6 +68,8 @@ MOCK_PORT=$(free_port); NGINX_PORT=$(free_port); NGINX_TLS_PORT=$(free_port)
 PLAIN_PORT=$(free_port); TLS_PORT=$(free_port); METRICS_PORT=$(free_port); BARE_PORT=$(free_port)
 # The gzip upstream and the cvgate in front of it.
 GZ_MOCK_PORT=$(free_port); GZ_PLAIN_PORT=$(free_port); GZ_TLS_PORT=$(free_port); GZ_METRICS_PORT=$(free_port)
+# The cvgate that masks every CV (same upstream as the plain cvgate).
+MK_PLAIN_PORT=$(free_port); MK_TLS_PORT=$(free_port); MK_METRICS_PORT=$(free_port)
 
 # --- upstream -----------------------------------------------------------------------------------
 taskset -c "$LOAD_CPU" "$BIN" mock-cv-api --listen "127.0.0.1:$MOCK_PORT" 2>"$WORK/mock.log" &
@@ -123,17 +128,19 @@ wait_port "$NGINX_PORT"
 # The closure window starts 6 h from now (Amsterdam) and lasts an hour: checked, never active.
 CLOSE_START=$(TZ=Europe/Amsterdam date -d '+6 hours' +%H:00)
 CLOSE_END=$(TZ=Europe/Amsterdam date -d '+7 hours' +%H:00)
-# gen_config NAME MOCK_PORT PLAIN_PORT TLS_PORT METRICS_PORT: $WORK/NAME.yaml from
+# gen_config NAME MOCK_PORT PLAIN_PORT TLS_PORT METRICS_PORT [MASK_ALWAYS]: $WORK/NAME.yaml from
 # benches/e2e-config.yaml, audit to $WORK/audit-NAME.log; checked by cvgate itself.
 gen_config() {
   sed -e "s|@MOCK_PORT@|$2|; s|@PLAIN_PORT@|$3|; s|@TLS_PORT@|$4|" \
     -e "s|@METRICS_PORT@|$5|; s|@CERT@|$WORK/cert.pem|; s|@KEY@|$WORK/key.pem|" \
     -e "s|@AUDIT@|$WORK/audit-$1.log|; s|@CLOSE_START@|$CLOSE_START|; s|@CLOSE_END@|$CLOSE_END|" \
+    -e "s|@MASK_ALWAYS@|${6:-false}|" \
     benches/e2e-config.yaml >"$WORK/$1.yaml"
   "$BIN" check-config --config "$WORK/$1.yaml" >/dev/null
 }
 gen_config cvgate "$MOCK_PORT" "$PLAIN_PORT" "$TLS_PORT" "$METRICS_PORT"
 gen_config cvgate-gz "$GZ_MOCK_PORT" "$GZ_PLAIN_PORT" "$GZ_TLS_PORT" "$GZ_METRICS_PORT"
+gen_config cvgate-mask "$MOCK_PORT" "$MK_PLAIN_PORT" "$MK_TLS_PORT" "$MK_METRICS_PORT" true
 # Both configs share the dev HS256 key: one token for both proxies.
 TOKEN=$("$BIN" token --config "$WORK/cvgate.yaml" --account bench-account --org 12345678 --ttl 2h 2>/dev/null)
 AUTH="Authorization: Bearer $TOKEN"
@@ -151,8 +158,11 @@ start_cvgate() { serve_cvgate cvgate "$PLAIN_PORT"; CVGATE_PID=$SERVED_PID; }
 stop_cvgate() { stop_pid "$CVGATE_PID"; }
 start_cvgate_gz() { serve_cvgate cvgate-gz "$GZ_PLAIN_PORT"; GZ_PID=$SERVED_PID; }
 stop_cvgate_gz() { stop_pid "$GZ_PID"; }
+start_cvgate_mask() { serve_cvgate cvgate-mask "$MK_PLAIN_PORT"; MK_PID=$SERVED_PID; }
+stop_cvgate_mask() { stop_pid "$MK_PID"; }
 start_cvgate
 start_cvgate_gz
+start_cvgate_mask
 
 # --- the floor: same engine, no policy -----------------------------------------------------------
 taskset -c "$PROXY_CPU" "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$MOCK_PORT" 2>"$WORK/bare.log" &
@@ -162,7 +172,8 @@ wait_port "$BARE_PORT"
 
 # Every path must answer 200 before anything is measured (a bench of 401s or 429s is worthless).
 for url in "http://127.0.0.1:$MOCK_PORT$URL_PATH" "http://127.0.0.1:$NGINX_PORT$URL_PATH" "http://127.0.0.1:$PLAIN_PORT$URL_PATH" \
-  "http://127.0.0.1:$BARE_PORT$URL_PATH" "http://127.0.0.1:$GZ_MOCK_PORT$URL_PATH" "http://127.0.0.1:$GZ_PLAIN_PORT$URL_PATH"; do
+  "http://127.0.0.1:$BARE_PORT$URL_PATH" "http://127.0.0.1:$GZ_MOCK_PORT$URL_PATH" "http://127.0.0.1:$GZ_PLAIN_PORT$URL_PATH" \
+  "http://127.0.0.1:$MK_PLAIN_PORT$URL_PATH"; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "$AUTH" "$url")
   [ "$code" = 200 ] || { log "$url answered $code"; exit 1; }
 done
@@ -175,6 +186,15 @@ curl -s -D "$WORK/gz-check.headers" -o "$WORK/gz-check.json" -H "$AUTH" "http://
 if grep -qi '^content-encoding:' "$WORK/gz-check.headers" ||
   [ "$(grep -o '"id"' "$WORK/gz-check.json" | wc -l)" -lt 20 ]; then
   log "cvgate in front of the gzip mock did not answer plain JSON (see $WORK/gz-check.*)"; exit 1
+fi
+
+# ... and the masking row must mask: every record without its name, the plain row with it.
+curl -s -D "$WORK/mask-check.headers" -o "$WORK/mask-check.json" -H "$AUTH" "http://127.0.0.1:$MK_PLAIN_PORT$URL_PATH"
+curl -s -D "$WORK/nomask-check.headers" -o "$WORK/nomask-check.json" -H "$AUTH" "http://127.0.0.1:$PLAIN_PORT$URL_PATH"
+if ! grep -qi '^cvgate-masked: contact' "$WORK/mask-check.headers" || grep -q '"naam"' "$WORK/mask-check.json" ||
+  [ "$(grep -o '"id"' "$WORK/mask-check.json" | wc -l)" -lt 20 ] ||
+  grep -qi '^cvgate-masked:' "$WORK/nomask-check.headers" || ! grep -q '"naam"' "$WORK/nomask-check.json"; then
+  log "the masking row does not mask, or the plain row does (see $WORK/*mask-check.*)"; exit 1
 fi
 
 # --- plain HTTP/1.1 runs ------------------------------------------------------------------------
@@ -245,6 +265,7 @@ PLAIN_ROWS=$(
     wrk_run "mock upstream, direct" "http://127.0.0.1:$MOCK_PORT$URL_PATH" ""
     wrk_run "$NGINX_NAME" "http://127.0.0.1:$NGINX_PORT$URL_PATH" "$NGINX_PID"
     wrk_run "cvgate, full policy" "http://127.0.0.1:$PLAIN_PORT$URL_PATH" "$CVGATE_PID"
+    wrk_run "cvgate, full policy, masking active" "http://127.0.0.1:$MK_PLAIN_PORT$URL_PATH" "$MK_PID"
     wrk_run "cvgate, full policy, gzip upstream" "http://127.0.0.1:$GZ_PLAIN_PORT$URL_PATH" "$GZ_PID"
     wrk_run "floor: bare hyper proxy, no policy" "http://127.0.0.1:$BARE_PORT$URL_PATH" "$BARE_PID"
   done | tee "$WORK/plain-rounds.tsv" | median_rows
@@ -257,6 +278,11 @@ median_cpu() {
 }
 CPU_PLAIN=$(median_cpu "cvgate, full policy")
 CPU_GZ=$(median_cpu "cvgate, full policy, gzip upstream")
+CPU_MASK=$(median_cpu "cvgate, full policy, masking active")
+MK_RSS_LOAD=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$MK_PID/status")
+stop_cvgate_mask   # flushes its audit lines
+MK_AUDIT_MASKED=$(grep -c '"mask_reason":"always"' "$WORK/audit-cvgate-mask.log" 2>/dev/null || true)
+MK_AUDIT_LINES=$(wc -l <"$WORK/audit-cvgate-mask.log" 2>/dev/null || echo 0)
 GZ_RSS_LOAD=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$GZ_PID/status")
 stop_cvgate_gz   # its audit writer flushes on the way out
 GZ_AUDIT_LINES=$(wc -l <"$WORK/audit-cvgate-gz.log" 2>/dev/null || echo 0)
@@ -337,6 +363,13 @@ and forwards plain JSON. Its proxy CPU is **${CPU_GZ} µs/req vs ${CPU_PLAIN}** 
 ($(awk -v g="$CPU_GZ" -v p="$CPU_PLAIN" 'BEGIN {if (p > 0) printf "%.2f×, %+.1f µs", g / p, g - p; else print "no ratio"}'); medians over the rounds):
 the gzip decoding, plus whatever the row's lower request rate costs per request.
 It wrote $GZ_AUDIT_LINES audit lines, $GZ_AUDIT_EXACT with \`"count":"exact"\`; its peak RSS under load: $GZ_RSS_LOAD.
+
+The masking row: a third cvgate, same config but \`masking.always: true\`, removes the board's contact
+fields from every one of the page's 20 CVs in the stream (the phone kept where shown; JSON
+re-validated, \`Content-Length\` dropped). Its proxy CPU is **${CPU_MASK} µs/req vs ${CPU_PLAIN}** for the
+full-policy row, where the same masking policy is checked on every request and never triggers
+($(awk -v g="$CPU_MASK" -v p="$CPU_PLAIN" 'BEGIN {if (p > 0) printf "%.2f×, %+.1f µs", g / p, g - p; else print "no ratio"}'); medians over the rounds).
+It wrote $MK_AUDIT_LINES audit lines, $MK_AUDIT_MASKED with \`"mask_reason":"always"\`; its peak RSS under load: $MK_RSS_LOAD.
 
 ### TLS 1.3, HTTP/2 (h2load)
 
