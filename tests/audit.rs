@@ -42,7 +42,13 @@ async fn accepted_rejected_and_truncated_requests_each_leave_one_line() {
     let mut s = plain_connect(p.plain).await;
 
     // accepted: 4 CVs of the 10 this hour
-    let r = s.send(get("/api/v1/cvs?size=4", false, &[("authorization", &auth), ("x-request-id", "ok-1")])).await;
+    let r = s
+        .send(get(
+            "/api/v1/cvs?size=4&access_token=leaked-secret",
+            false,
+            &[("authorization", &auth), ("x-request-id", "ok-1"), ("user-agent", "recruit-tool/2.1")],
+        ))
+        .await;
     assert_eq!(r.status(), 200);
     let _ = body_bytes(r).await;
     // cut short: an export of 20 gets what is left (6) and ends at a record boundary
@@ -88,12 +94,19 @@ async fn accepted_rejected_and_truncated_requests_each_leave_one_line() {
     assert_eq!(ok["would_reject"], serde_json::json!([]));
     // The harness clock stands at 2026-11-24T09:00Z: 10:00 in Amsterdam (winter time).
     assert_eq!(ok["ts"], "2026-11-24T09:00:00.000000Z");
+    // Schema 2: the request as asked, a secret in its query redacted.
+    assert_eq!(ok["schema"], 2);
+    assert_eq!((ok["method"].as_str(), ok["asked"].as_u64()), (Some("GET"), Some(4)));
+    assert_eq!(ok["path"], "/api/v1/cvs?size=4&access_token=REDACTED");
+    assert_eq!(ok["ua"], "recruit-tool/2.1");
+    assert!(!text.contains("leaked-secret"));
     assert_eq!(ok["local"], "2026-11-24T10:00:00.000+01:00");
 
     let cut = by_id(&lines, "cut-1");
     assert_eq!(cut["route"], "cv_export");
     assert_eq!(cut["decision"], "allowed");
     assert_eq!((cut["reserved"].as_u64(), cut["delivered"].as_u64()), (Some(6), Some(6)));
+    assert_eq!(cut["asked"], 20, "asked 20, granted 6");
     assert_eq!(cut["truncated"], true);
 
     let rej = by_id(&lines, "429-1");
@@ -131,5 +144,6 @@ async fn a_request_at_night_is_refused_and_audited_as_closed() {
     assert_eq!(l["route"], "cv_search");
     assert_eq!((l["reserved"].as_u64(), l["delivered"].as_u64()), (Some(0), Some(0)));
     assert_eq!(l["local"], "2026-11-24T23:30:00.000+01:00");
+    assert_eq!(l["window"], "night", "the closure window that answered: {l}");
     assert!(!text.contains(&t));
 }
