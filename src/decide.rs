@@ -243,8 +243,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Rejects request headers over the limit with a 431 problem (hyper's own limit is a backstop).
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,8 +21,10 @@
 //!   and the body that counts and cuts at a record boundary.
 //! - [`problem`]: the one place errors become RFC 9457 problem+json answers.
 //! - [`observe`]: [`observe::audit`] (one JSON line per CV request and per rejection, off the
-//!   request path) and [`observe::metrics`] (Prometheus).
-//! - [`ops`]: `/metrics`, `/healthz`, `/readyz`, housekeeping, and [`ops::admin`] (the admin API).
+//!   request path), [`observe::metrics`] (Prometheus) and [`observe::refusals`] (the last
+//!   refusals per subject, for the admin API).
+//! - [`ops`]: `/metrics`, `/healthz`, `/readyz`, housekeeping, and [`ops::admin`] (the admin API;
+//!   [`ops::subject`] answers its questions about one subject: explain, top, quota reset).
 //!
 //! Beside the path: [`config`] (load, validate, report every error with key and line),
 //! [`state`] (what outlives a reload, and the runtime one config file makes; [`share`] carries

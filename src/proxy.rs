@@ -453,9 +453,6 @@ impl Settle {
         if ctx.truncated {
             shared.metrics.streams_truncated.with_label_values(&[if by_window { "closed" } else { "quota" }]).inc();
         }
-        if let (Some(account), true) = (&ctx.account, ctx.delivered > 0) {
-            shared.top_accounts.add(account, ctx.delivered, shared.clock.now());
-        }
         // Off the body's poll (the store may be Redis); most requests deliver what they
         // reserved and need no store call at all.
         if let Some(r) = reservation.filter(|r| r.needs_settle(delivered)) {
@@ -559,6 +556,9 @@ fn finish(shared: &Shared, ctx: Ctx, started: Instant) {
         let tier = ctx.tier.as_deref().unwrap_or("default");
         shared.metrics.cvs_delivered.with_label_values(&[route, tier]).inc_by(ctx.delivered);
     }
+    if let Decision::Refused(_) = ctx.decision {
+        shared.refusals.record(&ctx, shared.clock.now());
+    }
     if ctx.audited || ctx.decision != Decision::Allowed {
         let line = crate::observe::audit::AuditRecord::from_ctx(ctx, shared.clock.now(), started.elapsed());
         shared.audit.record(line);
@@ -569,6 +569,7 @@ fn auth_error(e: crate::policy::identity::AuthError) -> ProxyError {
     ProxyError::Auth { status: e.status(), reason: e.reason(), detail: e.to_string() }
 }
 
+/// Rejects request headers over the limit with a 431 problem (hyper's own limit is a backstop).
 fn check_headers(req: &Request<Incoming>, limit: usize) -> Result<(), ProxyError> {
     let uri = req.uri();
     let uri_len = uri.path_and_query().map_or(1, |pq| pq.as_str().len())

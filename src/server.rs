@@ -100,7 +100,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>, clock: SharedCl
         process_id: uuid::Uuid::new_v4().to_string(),
         started_at: clock.now(),
         guard_ops_seen: Default::default(),
-        top_accounts: crate::observe::metrics::TopAccounts::default(),
+        refusals: crate::observe::refusals::Refusals::default(),
         uncertain_log: crate::count::integrity::UncertainLog::default(),
         flags,
         config_path,

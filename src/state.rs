@@ -58,8 +58,8 @@ pub struct Shared {
     pub seen: crate::policy::probation::FirstSeen,
     /// Sliding sums of CVs per cohort and the guard's steps (kept across reloads).
     pub guard: crate::policy::guard::PopulationGuard,
-    /// CVs per account in the current hour, for the bounded top-N gauge.
-    pub top_accounts: crate::observe::metrics::TopAccounts,
+    /// The last refusals per account, organisation and IP (the admin API's `/v1/explain`).
+    pub refusals: crate::observe::refusals::Refusals,
     /// The rate-limited warning for responses whose count is uncertain.
     pub uncertain_log: crate::count::integrity::UncertainLog,
     /// With the Redis store: blocks and pauses shared by every replica (see [`Shared::sync_flags`]).

@@ -663,7 +663,6 @@ async fn every_metric_family_is_documented() {
     let p = common::start_proxy("http://127.0.0.1:1", "").await;
     let m = &p.running.shared.metrics;
     m.auth_failures.with_label_values(&["expired"]);
-    m.top_accounts.with_label_values(&["acct-1"]);
     m.upstream_latency.with_label_values(&["cv_search"]);
     m.closed.with_label_values(&["night"]);
     let live = gathered(&m.registry);

@@ -16,11 +16,9 @@ fn tightened(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("tight.yaml");
     std::fs::write(&path, shipped.replace(line, "        day:   { budget: 1000, window: 24h, fixed: true }")).unwrap();
     // Relative paths in the config resolve beside it, as for the shipped file.
-    for f in ["GeoLite2-Country.mmdb"] {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
-        if src.exists() {
-            std::fs::copy(&src, dir.join(f)).unwrap();
-        }
+    let mmdb = Path::new(env!("CARGO_MANIFEST_DIR")).join("GeoLite2-Country.mmdb");
+    if mmdb.exists() {
+        std::fs::copy(&mmdb, dir.join("GeoLite2-Country.mmdb")).unwrap();
     }
     path
 }

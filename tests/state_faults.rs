@@ -73,7 +73,7 @@ async fn serve_logging(config: &std::path::Path, admin: u16, log: Option<&std::p
     panic!("cvgate serve did not open its admin port");
 }
 
-/// Issue 17: every admin change is one log line naming the caller, the call and its answer;
+/// Issue 17: every admin change is one log line naming the caller (address and token name), the call and its answer;
 /// a key with spaces and `key=value` text stays one quoted value (no forged fields).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_actions_are_logged_with_who_what_and_outcome() {
@@ -117,6 +117,8 @@ async fn admin_actions_are_logged_with_who_what_and_outcome() {
         "{text}"
     );
     assert!(actions.iter().all(|v| v["peer"].as_str().unwrap().contains("127.0.0.1:")), "{text}");
+    // Issue 20: and the name of the token that made it (`admin.token` is the token `admin`).
+    assert!(actions.iter().all(|v| v["token"] == "\"admin\""), "{text}");
     // The block itself is logged with the whole key as one value.
     let blocked = lines.iter().find(|v| v["message"] == "blocked").expect("a block line");
     assert_eq!(blocked["key"].as_str().unwrap(), format!("{forged:?}"), "{text}");

@@ -7,6 +7,7 @@
 //! `deny_unknown_fields` would give. A reload runs the same function; on failure the running
 //! config stays (see `server::reload`).
 
+pub mod admin;
 pub mod lines;
 pub mod raw;
 
@@ -101,8 +102,8 @@ pub struct Config {
     /// The population guard's rules.
     pub guard: crate::policy::guard::GuardPolicy,
     pub blocks: crate::policy::blocks::BlocksConfig,
-    /// Admin API bearer token; `None`: every admin request is refused.
-    pub admin_token: Option<String>,
+    /// Admin API bearer tokens, by name; none: every admin request is refused.
+    pub admin: admin::AdminTokens,
     /// Route groups paused at start (operators pause/resume at run time too).
     pub paused_groups: Vec<String>,
     /// The raw form, for the admin API's "effective config" (secrets redacted there).
@@ -342,11 +343,8 @@ impl Config {
                 }
             }
         }
-        let admin_token =
-            raw.admin.token.clone().or_else(|| std::env::var(&raw.admin.token_env).ok()).filter(|t| !t.is_empty());
-        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
-            e.push("admin.token", "an admin token needs at least 16 characters");
-        }
+        let admin =
+            e.nest("admin", admin::AdminTokens::from_raw(&raw.admin, |k| std::env::var(k).ok())).unwrap_or_default();
 
         match (upstream, identity, routes, closure, quota, blocks) {
             (Some(upstream), Some(identity), Some(routes), Some(closure), Some(quota), Some(blocks))
@@ -363,7 +361,7 @@ impl Config {
                     store,
                     paused_groups,
                     blocks,
-                    admin_token,
+                    admin,
                     audit,
                     snapshot,
                     geo,

@@ -95,7 +95,8 @@ impl Default for RawListen {
     }
 }
 
-/// Admin API access.
+/// Admin API access: one unnamed token (named `admin`), and/or named ones (see
+/// [`super::admin`]).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RawAdmin {
@@ -103,12 +104,25 @@ pub struct RawAdmin {
     pub token: Option<String>,
     /// Environment variable holding the token (used when `token` is null).
     pub token_env: String,
+    /// Named tokens, so that the admin log and audit say who acted (`security`, `ops`, ...).
+    pub tokens: Vec<RawAdminToken>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        Self { token: None, token_env: "CVGATE_ADMIN_TOKEN".into() }
+        Self { token: None, token_env: "CVGATE_ADMIN_TOKEN".into(), tokens: Vec::new() }
     }
+}
+
+/// One entry of `admin.tokens`: a name and its secret, written here or in an environment
+/// variable (exactly one of the two).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RawAdminToken {
+    pub name: String,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

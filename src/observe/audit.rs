@@ -661,7 +661,7 @@ mod tests {
         record("2026-07-01T21:30:00Z", "r1").write_json(&ams(), &mut out);
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["ts"], "2026-07-01T21:30:00.000Z");
+        assert_eq!(v["ts"], "2026-07-01T21:30:00.000000Z");
         assert_eq!(v["local"], "2026-07-01T23:30:00.000+02:00"); // summer time
         assert_eq!(v["request_id"], "r1");
         assert_eq!(v["client_ip"], "192.0.2.7");

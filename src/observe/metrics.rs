@@ -3,8 +3,8 @@
 //! Names follow `cvgate_<noun>_<unit>`, counters end in `_total`. Cardinality is bounded by
 //! construction: labels take values from config (route names and groups, scope and horizon
 //! names, window names) or small fixed sets (status class, decision, reason); there is no
-//! per-IP or per-organisation label. The one exception, `cvgate_account_cvs_top`, shows the
-//! top 20 accounts of the hour (bounded, replaced every second). Every family, with its type,
+//! per-account, per-IP or per-organisation label (the port has no authentication: who uses the
+//! most is the admin API's `GET /v1/top`, from the quota store). Every family, with its type,
 //! labels and meaning, is listed in docs/metrics.md (`tests/docs_honesty.rs` fails when a family
 //! here is not there, or the other way round); `process_*` come from the prometheus crate's
 //! process collector (Linux).
@@ -64,9 +64,6 @@ pub struct Metrics {
     pub audit_dropped: IntCounter,
     /// Quota store errors by operation (`reserve`, `settle`, `peek`, `flags`).
     pub store_errors: IntCounterVec,
-    /// CVs in the current hour for the top accounts only (bounded cardinality, see
-    /// [`TopAccounts`]).
-    pub top_accounts: IntGaugeVec,
     /// Whole-request duration (first byte in to last byte out) by route and status class.
     pub request_duration: HistogramVec,
     /// Response body bytes delivered to clients by route, as the upstream sent them (decoded when
@@ -250,12 +247,6 @@ impl Metrics {
                 "Records dropped whole by the masker (too large, or not a JSON object), by route.",
                 &["route"],
             ),
-            top_accounts: gauge_vec(
-                &r,
-                "cvgate_account_cvs_top",
-                "CVs delivered this hour (UTC) to each of the top accounts.",
-                &["account"],
-            ),
             blocks_active: gauge_vec(&r, "cvgate_blocks_active", "Active blocks by scope.", &["scope"]),
             blocks_created: counter_vec(
                 &r,
@@ -324,87 +315,5 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// How many accounts the top-accounts gauge shows.
-pub const TOP_N: usize = 20;
-/// Most accounts counted per hour; beyond it new accounts are not counted for the gauge (they
-/// still are in the audit log). Bounds memory under account flooding.
-pub const TOP_TRACKED: usize = 100_000;
-
-/// CVs per account in the current UTC hour, so the dashboard can show the top accounts without a
-/// per-account label on every series: only the top [`TOP_N`] become series, and they are
-/// replaced every second. Counting is a sharded map update (no lock shared by every response);
-/// publishing keeps the top N in a small heap instead of sorting every account.
-#[derive(Default)]
-pub struct TopAccounts {
-    counts: dashmap::DashMap<String, u64>,
-    /// The UTC hour `counts` belong to.
-    hour: std::sync::atomic::AtomicI64,
-}
-
-impl TopAccounts {
-    fn hour(now: jiff::Timestamp) -> i64 {
-        now.as_second().div_euclid(3600)
-    }
-
-    /// Start a new hour when `now` is in one.
-    fn roll(&self, now: jiff::Timestamp) {
-        let h = Self::hour(now);
-        if self.hour.swap(h, std::sync::atomic::Ordering::AcqRel) != h {
-            self.counts.clear();
-        }
-    }
-
-    /// Count `cvs` for `account` at `now`.
-    pub fn add(&self, account: &str, cvs: u64, now: jiff::Timestamp) {
-        self.roll(now);
-        if let Some(mut n) = self.counts.get_mut(account) {
-            *n += cvs;
-        } else if self.counts.len() < TOP_TRACKED {
-            *self.counts.entry(account.to_string()).or_insert(0) += cvs;
-        }
-    }
-
-    /// Replace the gauge's series with the current top accounts.
-    pub fn publish(&self, gauge: &IntGaugeVec, now: jiff::Timestamp) {
-        use std::cmp::Reverse;
-        self.roll(now);
-        // A min-heap of the best N so far: O(accounts · log N), one shard locked at a time.
-        let mut heap = std::collections::BinaryHeap::with_capacity(TOP_N + 1);
-        for e in &self.counts {
-            heap.push(Reverse((*e.value(), Reverse(e.key().clone()))));
-            if heap.len() > TOP_N {
-                heap.pop();
-            }
-        }
-        gauge.reset();
-        for Reverse((n, Reverse(account))) in heap {
-            gauge.with_label_values(&[account.as_str()]).set(n as i64);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn top_accounts_keeps_only_the_top_n_of_this_hour() {
-        let m = Metrics::new();
-        let t = TopAccounts::default();
-        let now: jiff::Timestamp = "2026-11-24T10:15:00Z".parse().unwrap();
-        for i in 0..30u64 {
-            t.add(&format!("acct-{i}"), i + 1, now);
-        }
-        t.publish(&m.top_accounts, now);
-        let text = m.render();
-        assert_eq!(text.matches("cvgate_account_cvs_top{").count(), TOP_N);
-        assert!(text.contains("cvgate_account_cvs_top{account=\"acct-29\"} 30"));
-        assert!(!text.contains("account=\"acct-0\""));
-        // A new hour starts from zero.
-        t.publish(&m.top_accounts, "2026-11-24T11:00:00Z".parse().unwrap());
-        assert_eq!(m.render().matches("cvgate_account_cvs_top{").count(), 0);
     }
 }

@@ -1,12 +1,17 @@
 //! The admin API (127.0.0.1:9091 by default): what the security team operates the proxy with.
 //!
-//! Every request needs `Authorization: Bearer <admin token>` (from `admin.token` or the variable
-//! named by `admin.token_env`), compared in constant time. JSON in and out; errors are
-//! problem+json. Endpoints (documented in README "Admin API"):
+//! Every request needs `Authorization: Bearer <admin token>`: `admin.token` (or the variable
+//! named by `admin.token_env`), the token named `admin`, or one of the named `admin.tokens`
+//! (`crate::config::admin`), compared in constant time. The token's name travels with the request
+//! ([`TokenName`]) into the admin log line and the actions that record who did them. JSON in and
+//! out; errors are problem+json. Endpoints (documented in README "Admin API"):
 //!
 //! | method + path                          | does                                              |
 //! |----------------------------------------|---------------------------------------------------|
 //! | `GET /v1/quota?account=&org=&ip=`      | bucket state (remaining, reset) for that subject  |
+//! | `POST /v1/quota/reset`                 | `{account?, org?, ip?, scope?, horizon?}` → refill |
+//! | `GET /v1/explain?account=&org=&ip=`    | everything that decides the subject's next request |
+//! | `GET /v1/top?scope=&horizon=&n=`       | the heaviest subjects, from the store's own state |
 //! | `GET /v1/blocks`                       | active blocks                                     |
 //! | `POST /v1/blocks`                      | `{scope, key, reason, duration?}` → block         |
 //! | `DELETE /v1/blocks/{scope}/{key}`      | unblock (`key` of an ip block: CIDR, `/` as `_`)  |
@@ -25,21 +30,23 @@
 //! | `GET /v1/config`                       | the effective config, secrets redacted            |
 
 use std::convert::Infallible;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::ops::subject::{self, Asked, Fault};
 use crate::policy::blocks::{Block, BlockScope};
 use crate::problem::{full, ProxyBody};
-use crate::quota::Subject;
 use crate::state::Shared;
+
+/// The name of the admin token a request came with (in its extensions once authorised).
+#[derive(Debug, Clone)]
+pub struct TokenName(pub Arc<str>);
 
 fn reply(status: StatusCode, v: Value) -> Response<ProxyBody> {
     Response::builder()
@@ -58,11 +65,29 @@ fn problem(status: StatusCode, slug: &str, detail: impl Into<String>) -> Respons
     crate::problem::answer(status, &format!("admin-{slug}"), title, detail.into(), serde_json::Map::new(), &id)
 }
 
-fn authorised(shared: &Shared, req: &Request<Incoming>) -> bool {
-    let Some(want) = shared.runtime().config.admin_token.clone() else { return false };
-    let got =
-        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    got.is_some_and(|g| bool::from(g.as_bytes().ct_eq(want.as_bytes())))
+/// The name of the token the request presents, if it is one of the admin tokens.
+fn authorised(shared: &Shared, req: &Request<Incoming>) -> Option<Arc<str>> {
+    let got = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))?;
+    shared.runtime().config.admin.check(got)
+}
+
+/// A subject question's answer, or its problem.
+fn answer(r: Result<Value, Fault>) -> Response<ProxyBody> {
+    match r {
+        Ok(v) => reply(StatusCode::OK, v),
+        Err(f) => fault(f),
+    }
+}
+
+/// A subject question's problem (its slug is `admin-` prefixed already).
+fn fault(f: Fault) -> Response<ProxyBody> {
+    let title = f.status.canonical_reason().unwrap_or("Error");
+    let id = uuid::Uuid::new_v4().to_string();
+    crate::problem::answer(f.status, &f.slug, title, f.detail, serde_json::Map::new(), &id)
 }
 
 fn param<'a>(q: &'a str, name: &str) -> Option<&'a str> {
@@ -79,37 +104,9 @@ async fn json_body(req: Request<Incoming>) -> Result<Value, Response<ProxyBody>>
 }
 
 async fn quota_state(shared: &Shared, q: &str) -> Response<ProxyBody> {
-    let (account, org) = (param(q, "account"), param(q, "org"));
-    let ip: Option<IpAddr> = match param(q, "ip").map(str::parse) {
-        Some(Ok(ip)) => Some(ip),
-        Some(Err(_)) => return problem(StatusCode::BAD_REQUEST, "bad-ip", "ip is not an IP address"),
-        None => None,
-    };
-    if account.is_none() && org.is_none() && ip.is_none() {
-        return problem(StatusCode::BAD_REQUEST, "no-subject", "give account, org and/or ip");
-    }
-    let rt = shared.runtime();
-    let subject = Subject { account, org, ip: ip.unwrap_or(IpAddr::from([0, 0, 0, 0])), country: "ZZ" };
-    match shared.quota.peek(&rt.config.quota, &subject).await {
-        Ok(states) => {
-            let wanted = |scope: &str| match scope {
-                "account" => account.is_some(),
-                "org" => org.is_some(),
-                "ip" => ip.is_some(),
-                _ => false,
-            };
-            let buckets: Vec<Value> = states
-                .iter()
-                .filter(|(b, _)| wanted(b.scope.as_str()))
-                .map(|(b, s)| {
-                    json!({"scope": b.scope.as_str(), "horizon": &*b.horizon, "key": b.key, "capacity": b.capacity,
-                           "window_secs": b.window_ns / 1_000_000_000, "remaining": s.remaining, "reset_secs": s.reset_secs,
-                           "shadow": b.shadow, "fixed": b.fixed_offset_ns.is_some()})
-                })
-                .collect();
-            reply(StatusCode::OK, json!({ "buckets": buckets }))
-        }
-        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, "store", e.to_string()),
+    match Asked::from_query(q) {
+        Ok(asked) => answer(subject::quota(shared, &asked).await),
+        Err(f) => fault(f),
     }
 }
 
@@ -155,6 +152,11 @@ fn redacted_config(shared: &Shared) -> Value {
     if let Some(s) = v.pointer_mut("/admin/token").filter(|s| !s.is_null()) {
         *s = json!("<redacted>");
     }
+    for t in v.pointer_mut("/admin/tokens").and_then(Value::as_array_mut).into_iter().flatten() {
+        if let Some(s) = t.get_mut("token").filter(|s| !s.is_null()) {
+            *s = json!("<redacted>");
+        }
+    }
     v
 }
 
@@ -179,7 +181,7 @@ fn guard_op(shared: &Shared, rule: &str, op: &str, q: &str, by: &str) -> Respons
 }
 
 /// Every admin call that changes something (any method but GET) is logged once with its
-/// answer: who (the caller's address; the one admin token), what, and how it went. Values are
+/// answer: who (the caller's address and the token's name), what, and how it went. Values are
 /// quoted by the log format, so a key cannot forge fields.
 async fn audited(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
     if req.method() == Method::GET {
@@ -187,9 +189,10 @@ async fn audited(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyB
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let peer = req.extensions().get::<crate::ops::Peer>().map(|p| p.0.to_string()).unwrap_or_default();
+    let token = authorised(&shared, &req).map_or_else(|| "-".to_string(), |n| n.to_string());
     let resp = route(shared, req).await;
     let status = resp.status().as_u16();
-    tracing::warn!(target: "cvgate::admin", method = %method, path = ?path, peer = ?peer, status, "admin action");
+    tracing::warn!(target: "cvgate::admin", method = %method, path = ?path, peer = ?peer, token = ?token, status, "admin action");
     resp
 }
 
@@ -200,17 +203,28 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Sen
 }
 
 async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBody> {
-    if !authorised(&shared, &req) {
+    let Some(token) = authorised(&shared, &req) else {
         let mut r = problem(StatusCode::UNAUTHORIZED, "unauthorized", "admin bearer token required");
         r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         return r;
-    }
+    };
+    let mut req = req;
+    req.extensions_mut().insert(TokenName(token.clone()));
     let path = req.uri().path().trim_end_matches('/').to_string();
     let q = req.uri().query().unwrap_or("").to_string();
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     let now = shared.clock.now();
     match (req.method().clone(), segs.as_slice()) {
         (Method::GET, ["v1", "quota"]) => quota_state(&shared, &q).await,
+        (Method::POST, ["v1", "quota", "reset"]) => match json_body(req).await {
+            Ok(v) => answer(subject::reset(&shared, &v, &token).await),
+            Err(r) => r,
+        },
+        (Method::GET, ["v1", "explain"]) => match Asked::from_query(&q) {
+            Ok(asked) => answer(subject::explain(&shared, &asked).await),
+            Err(f) => fault(f),
+        },
+        (Method::GET, ["v1", "top"]) => answer(subject::top(&shared, &q).await),
         (Method::GET, ["v1", "blocks"]) => reply(StatusCode::OK, json!({ "blocks": shared.blocks.list(now) })),
         (Method::POST, ["v1", "blocks"]) => add_block(&shared, req).await,
         (Method::DELETE, ["v1", "blocks", scope, key]) => {
@@ -260,10 +274,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
             )
         }
         (Method::GET, ["v1", "guard"]) => reply(StatusCode::OK, json!({ "rules": shared.guard.states() })),
-        (Method::POST, ["v1", "guard", rule, op]) => {
-            let by = req.extensions().get::<crate::ops::Peer>().map(|p| p.0.to_string()).unwrap_or_default();
-            guard_op(&shared, rule, op, &q, &by)
-        }
+        (Method::POST, ["v1", "guard", rule, op]) => guard_op(&shared, rule, op, &q, &token),
         (Method::POST, ["v1", "reload"]) => match shared.reload() {
             Ok(r) => reply(StatusCode::OK, json!({"reloaded": true, "restart_pending": r.restart_pending})),
             Err(errs) => {
@@ -285,8 +296,10 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ProxyBod
 
 /// Serve the admin API until `stop`.
 pub async fn serve(l: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    if shared.runtime().config.admin_token.is_none() {
-        tracing::warn!("admin API has no token (admin.token / admin.token_env): every admin request is refused");
+    if shared.runtime().config.admin.is_empty() {
+        tracing::warn!(
+            "admin API has no token (admin.token, admin.token_env, admin.tokens): every admin request is refused"
+        );
     }
     crate::ops::serve_local(l, stop, move |req| {
         let shared = shared.clone();

@@ -14,6 +14,7 @@
 //! Housekeeping runs once a second: closure gauges, quota key eviction, tracked-key gauge.
 
 pub mod admin;
+pub mod subject;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -151,7 +152,6 @@ pub async fn housekeeping(shared: Arc<Shared>, stop: CancellationToken) {
         for (scope, n) in shared.blocks.counts(now) {
             shared.metrics.blocks_active.with_label_values(&[scope.as_str()]).set(n);
         }
-        shared.top_accounts.publish(&shared.metrics.top_accounts, now);
         shared.quota.sweep();
         since_snapshot += Duration::from_secs(1);
         if rt.config.snapshot.as_ref().is_some_and(|(_, every)| since_snapshot >= *every) {

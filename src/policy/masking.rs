@@ -323,6 +323,24 @@ impl MaskingPolicy {
         })
     }
 
+    /// What the config says of this asker whatever the route group and time (the admin API's
+    /// `explain`): whether it is exempt, and which of `always`, `tiers`, `orgs` and `accounts`
+    /// name it (in the order [`MaskingPolicy::decide`] asks them; exempt askers are masked by
+    /// none of them).
+    pub fn applies_to(&self, who: &Asker<'_>) -> (bool, Vec<Reason>) {
+        let has = |set: &HashSet<String>, v: Option<&str>| v.is_some_and(|v| set.contains(v));
+        let exempt = has(&self.exempt_tiers, who.tier)
+            || has(&self.exempt_orgs, who.org)
+            || has(&self.exempt_accounts, who.account);
+        let named = [
+            (self.always, Reason::Always),
+            (has(&self.tiers, who.tier), Reason::Tier),
+            (has(&self.orgs, who.org), Reason::Org),
+            (has(&self.accounts, who.account), Reason::Account),
+        ];
+        (exempt, named.into_iter().filter(|(on, _)| *on).map(|(_, r)| r).collect())
+    }
+
     /// The tightest soft budget for this reservation (none configured, or none of its buckets
     /// charged: `None`).
     pub fn unmasked_left(&self, r: &Reservation) -> Option<SoftLeft<'_>> {
@@ -401,5 +419,28 @@ impl MaskStep {
     /// `cvgate-masked` toward the client (none in shadow mode): `contact;reason=soft-budget`.
     pub fn header(&self) -> Option<String> {
         (!self.decision.shadow).then(|| format!("contact;reason={}", self.decision.reason.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applies_to_names_the_config_triggers_and_exemption() {
+        let raw: RawMasking =
+            serde_yaml_ng::from_str("tiers: [probation]\norgs: ['12345678']\nexempt: { tiers: [staffing_agency] }\n")
+                .unwrap();
+        let p = MaskingPolicy::from_raw(&raw).unwrap();
+        let who = |tier, org| Asker { account: Some("a"), org, tier };
+        assert_eq!(p.applies_to(&who(Some("probation"), Some("12345678"))), (false, vec![Reason::Tier, Reason::Org]));
+        assert_eq!(p.applies_to(&who(None, None)), (false, vec![]));
+        let (exempt, named) = p.applies_to(&who(Some("staffing_agency"), Some("12345678")));
+        assert!(exempt);
+        assert_eq!(named, [Reason::Org], "named, but exempt wins in decide");
+        assert_eq!(
+            p.decide("cv", &who(Some("staffing_agency"), Some("12345678")), false, false, None, Timestamp::UNIX_EPOCH),
+            None
+        );
     }
 }

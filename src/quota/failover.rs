@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use super::memory::MemoryStore;
 use super::redis::{RedisSettings, RedisStore};
-use super::store::{BucketSpec, BucketState, CostMode, Health, QuotaStore, ReserveOutcome, StoreError};
+use super::store::{BucketSpec, BucketState, CostMode, Health, QuotaStore, ReserveOutcome, StoreError, TopList};
 use super::Scope;
 use crate::clock::SharedClock;
 use crate::invalid::Invalid;
@@ -477,6 +477,37 @@ impl QuotaStore for FailoverStore {
                 }
             }
             self.local.peek(&self.local_specs(buckets)).await
+        })
+    }
+
+    /// The shared store's heaviest while its breaker is closed; else this replica's local
+    /// shares (what it decided on since Redis went away), as `peek` does.
+    fn top<'a>(
+        &'a self,
+        shape: &'a BucketSpec,
+        prefix: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, Result<TopList, StoreError>> {
+        Box::pin(async move {
+            if !self.breaker.is_open() {
+                match self.remote.top(shape, prefix, n).await {
+                    Ok(t) => return Ok(t),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "quota top in the shared store failed; showing the local shares")
+                    }
+                }
+            }
+            self.local.top(&self.local_specs(std::slice::from_ref(shape))[0], prefix, n).await
+        })
+    }
+
+    /// Both: the local shares (spent while Redis was away) and the shared buckets. The shared
+    /// store's failure is the answer's (the local reset has happened by then).
+    fn reset<'a>(&'a self, buckets: &'a [BucketSpec]) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let local = self.local.reset(buckets).await.unwrap_or(0);
+            let remote = self.remote.reset(buckets).await?;
+            Ok(remote.max(local))
         })
     }
 

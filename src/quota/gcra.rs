@@ -201,6 +201,15 @@ impl Params {
     }
 }
 
+/// Whole tokens spent at `now` (rounded up), debt beyond the capacity included: what a bucket
+/// whose `tat` is already rebased has used, `capacity − remaining` while it is not in debt.
+/// Rebasing keeps spent tokens whatever interval wrote them, so this is exact for a bucket
+/// written under another tier's capacity too (the admin API's `top` ranks by it).
+pub fn used(tat: u64, p: &Params, now: u64) -> u64 {
+    let base = p.base(now);
+    (tat.max(base) - base).div_ceil(p.interval_ns)
+}
+
 /// Spend `n` tokens unconditionally (a reservation that passed [`check`], or a forced charge of
 /// an excess at settle time, which may run beyond `τ`: debt, the client waits longer).
 pub fn charge(tat: u64, p: &Params, now: u64, n: u64) -> u64 {
@@ -253,6 +262,25 @@ mod tests {
         assert_eq!(check(tat, &p, NOW + DAY, 0).remaining, 2000);
         // never more than full, however long we wait.
         assert_eq!(check(tat, &p, NOW + 10 * DAY, 0).remaining, 2000);
+    }
+
+    #[test]
+    fn used_is_capacity_minus_remaining_and_counts_debt() {
+        let p = Params::new(2000, DAY);
+        assert_eq!(used(NOW, &p, NOW), 0);
+        let tat = charge(NOW, &p, NOW, 1850);
+        assert_eq!(used(tat, &p, NOW), 2000 - check(tat, &p, NOW, 0).remaining);
+        assert_eq!(used(tat, &p, NOW + DAY / 2), 850, "half a day refilled 1000");
+        assert_eq!(used(charge(tat, &p, NOW, 300), &p, NOW), 2150, "debt counts");
+        // A bucket written at a tenth of the capacity (probation) still says 150 spent.
+        let small = Params::new(200, DAY);
+        let state = GcraState { tat_ns: charge(NOW, &small, NOW, 150), interval_ns: small.interval_ns(), base_ns: 0 };
+        assert_eq!(used(rebase(state, &p, NOW), &p, NOW), 150);
+        // Fixed windows: what this window spent; nothing once it has ended.
+        let f = Params::new_fixed(100, DAY, 0);
+        let tat = charge(NOW, &f, NOW, 40);
+        assert_eq!(used(tat, &f, NOW + 3600 * NS_PER_SEC), 40);
+        assert_eq!(used(tat, &f, NOW + DAY), 0);
     }
 
     #[test]

@@ -39,7 +39,7 @@ use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 
 use super::gcra::{self, GcraState, Params};
-use super::store::{self, BucketSpec, BucketState, CostMode, QuotaStore, ReserveOutcome, StoreError};
+use super::store::{self, BucketSpec, BucketState, CostMode, QuotaStore, ReserveOutcome, StoreError, TopList};
 use crate::clock::SharedClock;
 
 /// Upper bound on resident bytes per tracked key (see the module doc).
@@ -237,6 +237,49 @@ impl MemoryStore {
         })
     }
 
+    /// One pass over the map, a shard's read lock at a time and each matching cell's lock for
+    /// one read (requests on other keys do not wait; one on a matching key waits that long);
+    /// only a bucket that enters the top `n` has its key copied. About 50 ms per 100,000 keys
+    /// on one core, 0.5 s at the default cap of 1,000,000 keys (release build, the
+    /// `million_keys_stay_under_the_bound` test prints it). Overflow buckets
+    /// (`a~overflow|day`) are not subjects and are left out.
+    fn top_now(&self, shape: &BucketSpec, prefix: &str, n: usize) -> TopList {
+        let p = shape.params();
+        let suffix = format!("|{}", shape.horizon);
+        let now = self.clock.now_nanos();
+        let (mut top, mut scanned) = (store::Heaviest::new(n), 0u64);
+        for e in &self.map {
+            scanned += 1;
+            let key = e.key();
+            if !key.starts_with(prefix) || !key.ends_with(suffix.as_str()) || key.len() < prefix.len() + suffix.len() {
+                continue;
+            }
+            let cell = e.value().lock().unwrap_or_else(PoisonError::into_inner);
+            let (state, dead) = (cell.state, cell.dead);
+            drop(cell);
+            if !dead {
+                top.offer(gcra::used(gcra::rebase(state, &p, now), &p, now), || key.to_string());
+            }
+        }
+        TopList { entries: top.into_sorted(), scanned, complete: true }
+    }
+
+    /// Forget these keys (a missing key is a full bucket); how many held spending. A cell is
+    /// marked dead under its lock as the sweeper does, so an operation that looked it up before
+    /// takes a fresh (full) one instead of charging the forgotten one.
+    fn reset_now(&self, buckets: &[BucketSpec]) -> usize {
+        let now = self.clock.now_nanos();
+        let mut spent = 0;
+        for b in buckets {
+            let Some((_, slot)) = self.map.remove(b.key.as_str()) else { continue };
+            let mut cell = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            cell.dead = true;
+            spent += usize::from(cell.state.tat_ns > now);
+            self.tracked.fetch_sub(1, Ordering::AcqRel);
+        }
+        spent
+    }
+
     fn peek_now(&self, buckets: &[BucketSpec]) -> Vec<BucketState> {
         let params: Vec<Params> = buckets.iter().map(BucketSpec::params).collect();
         self.locked(buckets, false, |l, now| {
@@ -263,6 +306,19 @@ impl QuotaStore for MemoryStore {
 
     fn peek<'a>(&'a self, buckets: &'a [BucketSpec]) -> BoxFuture<'a, Result<Vec<BucketState>, StoreError>> {
         Box::pin(async move { Ok(self.peek_now(buckets)) })
+    }
+
+    fn top<'a>(
+        &'a self,
+        shape: &'a BucketSpec,
+        prefix: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, Result<TopList, StoreError>> {
+        Box::pin(async move { Ok(self.top_now(shape, prefix, n)) })
+    }
+
+    fn reset<'a>(&'a self, buckets: &'a [BucketSpec]) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(async move { Ok(self.reset_now(buckets)) })
     }
 
     fn tracked_keys(&self) -> usize {

@@ -32,7 +32,7 @@ pub use failover::{build_store, FailoverStore, FailurePolicy, RawStore, StoreCon
 pub use headers::{ratelimit_headers, retry_after};
 pub use memory::{MemoryStore, BYTES_PER_KEY_BOUND};
 pub use policy::{default_raw, parse_window, Horizon, QuotaPolicy, RawQuota};
-pub use store::{BucketSpec, BucketState, CostMode, Health, QuotaStore, ReserveOutcome, StoreError};
+pub use store::{BucketSpec, BucketState, CostMode, Health, QuotaStore, ReserveOutcome, StoreError, TopEntry, TopList};
 
 /// Who is charged. Ordered as buckets are: narrowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -136,7 +136,19 @@ impl QuotaEngine {
 
     /// The buckets `subject` is charged in under `policy` (empty when exempt).
     pub fn buckets(&self, policy: &QuotaPolicy, subject: &Subject<'_>) -> Vec<BucketSpec> {
-        resolve(policy, subject, None).0
+        resolve(policy, subject, None, false).0
+    }
+
+    /// As an operator asks about a subject (admin API): its buckets and tier with `newcomer`
+    /// as [`QuotaEngine::reserve_as`] takes it, an organisation's buckets even without an
+    /// account (a request always has one).
+    pub fn buckets_as(
+        &self,
+        policy: &QuotaPolicy,
+        subject: &Subject<'_>,
+        newcomer: Option<&str>,
+    ) -> (Vec<BucketSpec>, Option<Arc<str>>) {
+        resolve(policy, subject, newcomer, true)
     }
 
     /// Reserve CVs in every bucket of `subject`, all or nothing.
@@ -164,7 +176,7 @@ impl QuotaEngine {
         newcomer_tier: Option<&str>,
         cost: CostMode,
     ) -> Result<Reservation, Rejection> {
-        let (buckets, tier) = resolve(policy, subject, newcomer_tier);
+        let (buckets, tier) = resolve(policy, subject, newcomer_tier, false);
         if buckets.is_empty() {
             let granted = match cost {
                 CostMode::Exact(n) => n,
@@ -212,7 +224,8 @@ impl QuotaEngine {
         }
     }
 
-    /// Current states of `subject`'s buckets (admin and tests).
+    /// Current states of `subject`'s buckets (admin and tests), as [`QuotaEngine::buckets_as`]
+    /// without a newcomer tier.
     ///
     /// # Errors
     /// When the store fails.
@@ -221,9 +234,42 @@ impl QuotaEngine {
         policy: &QuotaPolicy,
         subject: &Subject<'_>,
     ) -> Result<Vec<(BucketSpec, BucketState)>, StoreError> {
-        let buckets = self.buckets(policy, subject);
+        self.peek_buckets(self.buckets_as(policy, subject, None).0).await
+    }
+
+    /// Current states of these buckets, changing nothing.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn peek_buckets(&self, buckets: Vec<BucketSpec>) -> Result<Vec<(BucketSpec, BucketState)>, StoreError> {
         let states = self.store.peek(&buckets).await?;
         Ok(buckets.into_iter().zip(states).collect())
+    }
+
+    /// The `n` subjects of `scope` with the most CVs used in its horizon `horizon`, from the
+    /// store's own state ([`QuotaStore::top`]); `None` when no bucket of `scope` has that
+    /// horizon.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn top(
+        &self,
+        policy: &QuotaPolicy,
+        scope: Scope,
+        horizon: &str,
+        n: usize,
+    ) -> Result<Option<TopList>, StoreError> {
+        let Some(shape) = shape(policy, scope, horizon) else { return Ok(None) };
+        let prefix = [scope.key_prefix(), ":"].concat();
+        self.store.top(&shape, &prefix, n).await.map(Some)
+    }
+
+    /// Refill these buckets (admin: a subject's quota reset); how many held spending.
+    ///
+    /// # Errors
+    /// When the store fails (with Redis: this replica's local shares are reset all the same).
+    pub async fn reset(&self, buckets: &[BucketSpec]) -> Result<usize, StoreError> {
+        self.store.reset(buckets).await
     }
 
     /// Evict idle full buckets (the proxy's housekeeping calls this every second).
@@ -257,8 +303,6 @@ impl QuotaEngine {
     }
 }
 
-/// Buckets and tier for a subject. Order: account, org, ip, country, global; within a scope,
-/// shortest window first.
 /// The tier a subject is charged in: its account's or organisation's override, else
 /// `newcomer` (probation) when given. What [`QuotaEngine::reserve_as`] would report, without
 /// building buckets.
@@ -278,9 +322,38 @@ pub fn tier_of(
     ao.and_then(|o| o.tier.clone()).or_else(|| oo.and_then(|o| o.tier.clone()))
 }
 
-fn resolve(policy: &QuotaPolicy, s: &Subject<'_>, newcomer: Option<&str>) -> (Vec<BucketSpec>, Option<Arc<str>>) {
+/// The subject a bucket key names: `acct-1` of `a:acct-1|day`, `203.0.113.0/24` of
+/// `i:203.0.113.0/24|hour` (an account id may hold `|` itself: the horizon is the last part).
+pub fn key_subject<'k>(key: &'k str, scope: Scope, horizon: &str) -> Option<&'k str> {
+    key.strip_prefix(scope.key_prefix())?.strip_prefix(':')?.strip_suffix(horizon)?.strip_suffix('|')
+}
+
+/// A bucket of `scope` with horizon `horizon` as configured (the scope's own, else the first
+/// override or tier that has it), to read stored states with: spent CVs do not depend on the
+/// capacity (see [`gcra::used`]).
+fn shape(policy: &QuotaPolicy, scope: Scope, horizon: &str) -> Option<BucketSpec> {
+    let sp = policy.scope(scope);
+    let overrides = policy.accounts.values().chain(policy.orgs.values()).chain(policy.tiers.values());
+    let h = std::iter::once(&sp.horizons)
+        .chain(overrides.map(|o| &o.horizons[scope as usize]))
+        .flat_map(|hs| hs.iter())
+        .find(|h| &*h.name == horizon)?;
+    let mut b = BucketSpec::new("", scope, horizon, h.capacity.get(), h.window_ns.get());
+    (b.fixed_offset_ns, b.shadow, b.horizon) = (h.fixed_offset_ns, sp.shadow, h.name.clone());
+    Some(b)
+}
+
+/// Buckets and tier for a subject. Order: account, org, ip, country, global; within a scope,
+/// shortest window first. An organisation without an account is charged nothing (a request
+/// always has an account) unless `lone_org` (an operator asking about the organisation).
+fn resolve(
+    policy: &QuotaPolicy,
+    s: &Subject<'_>,
+    newcomer: Option<&str>,
+    lone_org: bool,
+) -> (Vec<BucketSpec>, Option<Arc<str>>) {
     let account = s.account.filter(|a| !a.is_empty());
-    let org = s.org.filter(|o| !o.is_empty() && account.is_some());
+    let org = s.org.filter(|o| !o.is_empty() && (account.is_some() || lone_org));
     if account.is_some_and(|a| policy.exempt_accounts.contains(a))
         || org.is_some_and(|o| policy.exempt_orgs.contains(o))
     {

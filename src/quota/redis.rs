@@ -23,7 +23,7 @@
 //!
 //! # Keys and TTLs
 //! `{key_prefix}{bucket key}`, e.g. `cvgate:{quota}:a:acct-1|day`, a hash `{t: tat_µs,
-//! i: T_µs}` mirroring [`GcraState`](super::gcra::GcraState). Every write sets a TTL of "until
+//! i: T_µs}` mirroring [`GcraState`]. Every write sets a TTL of "until
 //! the bucket is full again" + 1 s; a bucket that is full is deleted. A missing key is a full
 //! bucket, so expiry loses nothing and idle keys vanish by themselves ([`QuotaStore::sweep`] has
 //! nothing to do). The prefix must contain a hash tag (`{quota}`) so that all keys of a request
@@ -40,8 +40,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::gcra::Params;
-use super::store::{self, BucketSpec, BucketState, CostMode, QuotaStore, ReserveOutcome, StoreError};
+use super::gcra::{self, GcraState, Params};
+use super::store::{self, BucketSpec, BucketState, CostMode, QuotaStore, ReserveOutcome, StoreError, TopList};
 
 /// The script, compiled into the binary.
 pub const SCRIPT: &str = include_str!("redis.lua");
@@ -174,6 +174,80 @@ impl RedisStore {
         self.run("s", buckets, &[], Some(delta), false).await.map(|_| ())
     }
 
+    /// `top`: `SCAN` the keys of one scope and horizon (`MATCH {prefix}a:*|day`, `COUNT`
+    /// [`TOP_SCAN_COUNT`]), and for each batch one pipelined `HMGET t i b` per key: two round
+    /// trips per call. `SCAN` walks the whole database, matching keys or not (about
+    /// `TOP_SCAN_COUNT` keys a call, each call short, so Redis serves others in between), and
+    /// stops after [`TOP_SCAN_CALLS`] calls (~200,000 keys walked, a second or so), then says
+    /// `complete: false`. "Now" is Redis `TIME`, as in the script.
+    async fn top_remote(&self, shape: &BucketSpec, prefix: &str, n: usize) -> Result<TopList, StoreError> {
+        let p = redis_params(std::slice::from_ref(shape))[0];
+        let pattern = format!("{}{}*|{}", glob_escape(&self.prefix), glob_escape(prefix), glob_escape(&shape.horizon));
+        let long = self.timeout * 4;
+        let mut conn = self.conn.clone();
+        let (secs, micros): (u64, u64) = self.within(long, redis::cmd("TIME").query_async(&mut conn)).await?;
+        let now = secs.saturating_mul(1_000_000).saturating_add(micros).saturating_mul(NS_PER_US);
+        let (mut cursor, mut calls, mut top, mut scanned) = (0u64, 0u32, store::Heaviest::new(n), 0u64);
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(TOP_SCAN_COUNT);
+            let (next, keys): (u64, Vec<String>) = self.within(long, scan.query_async(&mut conn)).await?;
+            calls += 1;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.cmd("HMGET").arg(k).arg("t").arg("i").arg("b");
+                }
+                type Fields = (Option<u64>, Option<u64>, Option<u64>);
+                let states: Vec<Fields> = self.within(long, pipe.query_async(&mut conn)).await?;
+                scanned += keys.len() as u64;
+                for (key, (t, i, b)) in keys.into_iter().zip(states) {
+                    let Some(t) = t else { continue }; // expired since the SCAN: full
+                    let state = GcraState {
+                        tat_ns: t.saturating_mul(NS_PER_US),
+                        interval_ns: i.unwrap_or(0).saturating_mul(NS_PER_US),
+                        base_ns: b.unwrap_or(0).saturating_mul(NS_PER_US),
+                    };
+                    let used = gcra::used(gcra::rebase(state, &p, now), &p, now);
+                    top.offer(used, || key.strip_prefix(self.prefix.as_str()).unwrap_or(&key).to_string());
+                }
+            }
+            cursor = next;
+            if cursor == 0 || calls >= TOP_SCAN_CALLS {
+                break;
+            }
+        }
+        Ok(TopList { entries: top.into_sorted(), scanned, complete: cursor == 0 })
+    }
+
+    /// `reset`: one `DEL` of every key (they share a slot); the count is the buckets that held
+    /// spending (a full bucket has no key).
+    async fn reset_remote(&self, buckets: &[BucketSpec]) -> Result<usize, StoreError> {
+        if buckets.is_empty() {
+            return Ok(0);
+        }
+        let mut del = redis::cmd("DEL");
+        for b in buckets {
+            del.arg(format!("{}{}", self.prefix, b.key));
+        }
+        let mut conn = self.conn.clone();
+        self.within(self.timeout, del.query_async::<usize>(&mut conn)).await
+    }
+
+    /// A Redis call bounded by `limit`.
+    async fn within<T>(
+        &self,
+        limit: Duration,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.is_timeout() => Err(StoreError::Timeout),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
     async fn peek_remote(&self, buckets: &[BucketSpec]) -> Result<Vec<BucketState>, StoreError> {
         if buckets.is_empty() {
             return Ok(Vec::new());
@@ -199,6 +273,19 @@ impl QuotaStore for RedisStore {
 
     fn peek<'a>(&'a self, buckets: &'a [BucketSpec]) -> BoxFuture<'a, Result<Vec<BucketState>, StoreError>> {
         Box::pin(self.peek_remote(buckets))
+    }
+
+    fn top<'a>(
+        &'a self,
+        shape: &'a BucketSpec,
+        prefix: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, Result<TopList, StoreError>> {
+        Box::pin(self.top_remote(shape, prefix, n))
+    }
+
+    fn reset<'a>(&'a self, buckets: &'a [BucketSpec]) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(self.reset_remote(buckets))
     }
 
     fn tracked_keys(&self) -> usize {
@@ -228,6 +315,23 @@ pub fn redis_params(buckets: &[BucketSpec]) -> Vec<Params> {
 fn script_args(p: &Params) -> [u64; 4] {
     let (w, o) = p.fixed().map_or((0, 0), |f| (f.window_ns / NS_PER_US, f.offset_ns / NS_PER_US));
     [p.capacity(), p.interval_ns() / NS_PER_US, w, o]
+}
+
+/// Keys one `SCAN` call of `top` walks.
+pub const TOP_SCAN_COUNT: u64 = 1000;
+/// `SCAN` calls one `top` makes at most.
+pub const TOP_SCAN_CALLS: u32 = 200;
+
+/// `s` matched literally in a `SCAN MATCH` pattern.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn us_to_ns(us: i64) -> u64 {
@@ -413,6 +517,12 @@ mod tests {
         assert!(split_now(&[1, 2, 3], 2).is_ok());
         assert!(split_now(&[1, 2], 2).is_err());
         assert!(split_now(&[], 0).is_err());
+    }
+
+    #[test]
+    fn scan_patterns_match_keys_literally() {
+        assert_eq!(glob_escape("cvgate:{quota}:"), "cvgate:{quota}:");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 
     #[test]

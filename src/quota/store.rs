@@ -94,6 +94,65 @@ pub enum Health {
     Down(String),
 }
 
+/// One bucket in a [`QuotaStore::top`] answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopEntry {
+    /// The bucket's key, e.g. `a:acct-123|day`.
+    pub key: String,
+    /// CVs used now ([`gcra::used`]: debt beyond the capacity included).
+    pub used: u64,
+}
+
+/// The heaviest buckets of one scope and horizon, heaviest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopList {
+    pub entries: Vec<TopEntry>,
+    /// Keys looked at (with Redis: every key `SCAN` walked, matching or not).
+    pub scanned: u64,
+    /// `false` when the store stopped at its bound before it had seen every key.
+    pub complete: bool,
+}
+
+/// The `n` heaviest buckets seen so far: a min-heap of `n`, O(log n) per bucket that enters it,
+/// O(1) for one that does not (whose key is then never copied).
+pub struct Heaviest {
+    n: usize,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(u64, std::cmp::Reverse<String>)>>,
+}
+
+impl Heaviest {
+    pub fn new(n: usize) -> Self {
+        Self { n, heap: std::collections::BinaryHeap::with_capacity(n.saturating_add(1).min(4096)) }
+    }
+
+    /// Offer a bucket that used `used` CVs; `key` is called only when it enters. Unused
+    /// buckets never do.
+    pub fn offer(&mut self, used: u64, key: impl FnOnce() -> String) {
+        use std::cmp::Reverse;
+        if used == 0 || self.n == 0 {
+            return;
+        }
+        if self.heap.len() == self.n && self.heap.peek().is_some_and(|Reverse((least, _))| used < *least) {
+            return;
+        }
+        self.heap.push(Reverse((used, Reverse(key()))));
+        if self.heap.len() > self.n {
+            self.heap.pop();
+        }
+    }
+
+    /// Heaviest first (ties: key order).
+    pub fn into_sorted(self) -> Vec<TopEntry> {
+        let mut out: Vec<TopEntry> = self
+            .heap
+            .into_iter()
+            .map(|std::cmp::Reverse((used, std::cmp::Reverse(key)))| TopEntry { key, used })
+            .collect();
+        out.sort_by(|a, b| b.used.cmp(&a.used).then_with(|| a.key.cmp(&b.key)));
+        out
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("quota store unavailable: {0}")]
@@ -114,6 +173,19 @@ pub trait QuotaStore: Send + Sync {
     fn settle<'a>(&'a self, buckets: &'a [BucketSpec], delta: i64) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Current states, changing nothing (an unknown key is a full bucket).
     fn peek<'a>(&'a self, buckets: &'a [BucketSpec]) -> BoxFuture<'a, Result<Vec<BucketState>, StoreError>>;
+    /// The `n` buckets with the most CVs used (none unused), heaviest first: the keys that
+    /// start with `prefix` (one scope, e.g. `a:`) and end in `|{shape.horizon}`, each read with
+    /// `shape` (the horizon's configured shape: spent CVs are the same whatever tier wrote a
+    /// bucket, see [`gcra::rebase`]). Bounded work; each store documents its cost.
+    fn top<'a>(
+        &'a self,
+        shape: &'a BucketSpec,
+        prefix: &'a str,
+        n: usize,
+    ) -> BoxFuture<'a, Result<TopList, StoreError>>;
+    /// Refill these buckets now (their keys are forgotten: a missing key is a full bucket);
+    /// how many of them held spending.
+    fn reset<'a>(&'a self, buckets: &'a [BucketSpec]) -> BoxFuture<'a, Result<usize, StoreError>>;
     /// Keys held locally (0 for a remote store).
     fn tracked_keys(&self) -> usize;
     /// Can the store decide requests now? A local store always can; a remote one asks its

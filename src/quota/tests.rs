@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::policy::{RawHorizon, RawOverride, RawScope};
+use super::policy::{RawHorizon, RawOverride, RawScope, RawTier};
 use super::*;
 use crate::clock::{Clock, ManualClock, SharedClock};
 
@@ -352,6 +352,79 @@ async fn sweep_never_evicts_a_spent_bucket_and_evicts_full_ones() {
     assert_eq!(e.sweep(), 2);
 }
 
+/// Issue 20: `top` ranks by CVs used, whatever capacity wrote a bucket (an override, the
+/// probation tier), within one scope and horizon only.
+#[tokio::test]
+async fn top_ranks_subjects_by_cvs_used_whatever_their_tier() {
+    let p = policy(|r| {
+        r.scopes.account = scope(&[("hour", 400, "1h"), ("day", 1000, "24h")]);
+        r.scopes.org = scope(&[("day", 5000, "24h")]);
+        r.tiers.insert("big".into(), RawTier { account: hz(&[("day", 5000, "24h")]), ..Default::default() });
+        r.tiers.insert("probation".into(), RawTier { account: hz(&[("day", 100, "24h")]), ..Default::default() });
+        r.overrides.accounts.insert("acct-big".into(), RawOverride { tier: Some("big".into()), ..Default::default() });
+    });
+    let (clock, _s, e) = setup(1000);
+    let take = |account: &'static str, n: u64, tier: Option<&'static str>| {
+        let (e, p) = (&e, &p);
+        async move {
+            let s = subject(Some(account), Some("12345678"), "192.0.2.1");
+            e.reserve_as(p, &s, tier, CostMode::Exact(n)).await.unwrap();
+        }
+    };
+    take("acct-a", 300, None).await;
+    take("acct-b", 390, None).await;
+    take("acct-big", 390, None).await;
+    take("acct-new", 50, Some("probation")).await;
+    clock.advance(Duration::from_secs(3600)); // the hour buckets refill; the day ones barely
+    take("acct-big", 390, None).await;
+    let top = e.top(&p, Scope::Account, "day", 3).await.unwrap().unwrap();
+    let got: Vec<(&str, u64)> = top.entries.iter().map(|t| (t.key.as_str(), t.used)).collect();
+    // Day buckets refill ~1000/24 an hour (≈42, 5000/24 ≈ 208 for the big tier's).
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0].0, "a:acct-big|day");
+    assert!((780 - 209..=780 - 208).contains(&got[0].1), "{got:?}");
+    assert_eq!((got[1].0, got[1].1), ("a:acct-b|day", 390 - 41), "{got:?}");
+    assert_eq!((got[2].0, got[2].1), ("a:acct-a|day", 300 - 41), "{got:?}");
+    assert!(top.complete && top.scanned >= 9, "{top:?}");
+    let all = e.top(&p, Scope::Account, "day", 10).await.unwrap().unwrap();
+    assert_eq!(all.entries.last().map(|t| (t.key.as_str(), t.used)), Some(("a:acct-new|day", 50 - 4)), "{all:?}");
+    // The hour: only what was spent since; other scopes and unknown horizons apart.
+    let hour = e.top(&p, Scope::Account, "hour", 10).await.unwrap().unwrap();
+    assert_eq!(hour.entries.iter().map(|t| (t.key.as_str(), t.used)).collect::<Vec<_>>(), [("a:acct-big|hour", 390)]);
+    let org = e.top(&p, Scope::Org, "day", 10).await.unwrap().unwrap();
+    assert_eq!(org.entries.len(), 1);
+    assert!(e.top(&p, Scope::Org, "hour", 10).await.unwrap().is_none());
+    assert_eq!(key_subject("a:acct|x|day", Scope::Account, "day"), Some("acct|x"));
+    assert_eq!(key_subject("o:acct|day", Scope::Account, "day"), None);
+}
+
+/// Issue 20: a reset refills the buckets given (and only those), and a cell looked up before it
+/// is not charged after it.
+#[tokio::test]
+async fn reset_refills_exactly_the_buckets_given() {
+    let p = policy(|r| {
+        r.scopes.account = scope(&[("day", 1000, "24h")]);
+        r.scopes.org = scope(&[("day", 5000, "24h")]);
+    });
+    let (_c, store, e) = setup(1000);
+    let s = subject(Some("acct-a"), Some("12345678"), "192.0.2.1");
+    e.reserve(&p, &s, CostMode::Exact(1000)).await.unwrap();
+    assert!(e.reserve(&p, &s, CostMode::Exact(1)).await.is_err());
+    let (buckets, _) = e.buckets_as(&p, &s, None);
+    let account: Vec<BucketSpec> = buckets.iter().filter(|b| b.scope == Scope::Account).cloned().collect();
+    let tracked = store.tracked_keys();
+    assert_eq!(e.reset(&account).await.unwrap(), 1);
+    assert_eq!(store.tracked_keys(), tracked - 1);
+    assert_eq!(remaining(&e, &p, &s).await, [("a:acct-a|day".into(), 1000), ("o:12345678|day".into(), 4000)]);
+    assert_eq!(e.reset(&account).await.unwrap(), 0, "nothing left to reset");
+    e.reserve(&p, &s, CostMode::Exact(10)).await.unwrap();
+    assert_eq!(remaining(&e, &p, &s).await, [("a:acct-a|day".into(), 990), ("o:12345678|day".into(), 3990)]);
+    // An organisation asked about alone has its buckets too (admin); a request never does.
+    let lone = Subject { account: None, ..s };
+    assert_eq!(e.buckets_as(&p, &lone, None).0.len(), 1);
+    assert!(e.buckets(&p, &lone).is_empty());
+}
+
 #[tokio::test]
 async fn exempt_anonymous_tiers_and_keys() {
     let p = policy(|r| {
@@ -512,5 +585,10 @@ async fn million_keys_stay_under_the_bound() {
     assert_eq!(store.tracked_keys(), n);
     let per_key = rss_bytes().saturating_sub(rss0) / n;
     eprintln!("memory store: {per_key} B per tracked key (RSS delta / {n})");
+    // The admin API's `top` walks them all (MemoryStore::top_now documents the cost).
+    let started = std::time::Instant::now();
+    let top = store.top(&spec, "i:", 20).await.unwrap();
+    eprintln!("memory store: top of {n} keys in {:?}", started.elapsed());
+    assert_eq!((top.entries.len(), top.scanned, top.complete), (20, n as u64, true));
     assert!(per_key <= BYTES_PER_KEY_BOUND, "{per_key} B per key > {BYTES_PER_KEY_BOUND}");
 }

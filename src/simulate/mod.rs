@@ -178,7 +178,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             }
             let Some(run) = run.as_mut() else { continue };
             run.push(n, r).await;
-            if opts.progress_every > 0 && n % opts.progress_every == 0 {
+            if opts.progress_every > 0 && n.is_multiple_of(opts.progress_every) {
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
                 eprintln!(
                     "simulate: {n} lines, {:.0} lines/s, at {}",

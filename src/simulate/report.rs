@@ -111,11 +111,15 @@ impl ConfigReport {
             e.requests += 1;
             e.cvs_asked += r.asked;
         }
-        if let Some(a) = &r.account {
-            self.accounts.entry(a.clone()).or_insert_with(|| Subject { id: a.clone(), ..Default::default() }).add(r, o);
-        }
-        if let Some(g) = &r.org {
-            self.orgs.entry(g.clone()).or_insert_with(|| Subject { id: g.clone(), ..Default::default() }).add(r, o);
+        for (map, id) in [(&mut self.accounts, &r.account), (&mut self.orgs, &r.org)] {
+            let Some(id) = id else { continue };
+            // Looked up before inserting: no key allocated for a subject already there.
+            match map.get_mut(id) {
+                Some(s) => s.add(r, o),
+                None => {
+                    map.entry(id.clone()).or_insert_with(|| Subject { id: id.clone(), ..Default::default() }).add(r, o)
+                }
+            }
         }
     }
 
