@@ -10,7 +10,9 @@
 //! refused then delivers its whole grant now). A request's end (its reservation settled, its CVs
 //! added to the guard's sums) is at its recorded end, in time order with the other requests, as
 //! the proxy did; one shorter than the guard's one-second tick ends at its instant. The guard
-//! evaluates before and after every request at its instant, as the demo drives it.
+//! evaluates once a second, as housekeeping does: before the second's first request, and after
+//! the last request of a second at its instant (the demo evaluates before and after every
+//! request; with requests in different seconds that is the same).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -73,6 +75,11 @@ pub struct World {
     ends: BinaryHeap<Reverse<(Timestamp, u64)>>,
     pending: std::collections::HashMap<u64, Pending>,
     seq: u64,
+    /// The second of the last guard evaluation, one owed after a request, and whether there
+    /// are rules at all.
+    ticked: Option<i64>,
+    owed: Option<Timestamp>,
+    no_rules: bool,
     _running: crate::server::Running,
 }
 
@@ -109,7 +116,18 @@ impl World {
         if let Some(path) = seen {
             shared.seen.load(path)?;
         }
-        Ok(World { shared, clock, ends: BinaryHeap::new(), pending: Default::default(), seq: 0, _running: running })
+        let shared_rules_empty = shared.guard.states().is_empty();
+        Ok(World {
+            shared,
+            clock,
+            ends: BinaryHeap::new(),
+            pending: Default::default(),
+            seq: 0,
+            ticked: None,
+            owed: None,
+            no_rules: shared_rules_empty,
+            _running: running,
+        })
     }
 
     pub fn shared(&self) -> &Shared {
@@ -147,17 +165,35 @@ impl World {
         }
     }
 
-    fn tick(&self, at: Timestamp) {
+    /// Evaluate the guard at `at`, at most once a second as housekeeping does: a tick in the
+    /// second already ticked is skipped; one owed after a request (`after`) is made before the
+    /// next second's first tick, at that request's instant, as the demo does after every request.
+    fn tick(&mut self, at: Timestamp, after: bool) {
+        if self.no_rules {
+            return;
+        }
+        let second = at.as_second();
+        if after {
+            self.owed = Some(at);
+            return;
+        }
+        if self.ticked == Some(second) {
+            return;
+        }
+        if let Some(owed) = self.owed.take() {
+            let _ = self.shared.guard.tick(owed);
+        }
         let _ = self.shared.guard.tick(at);
+        self.ticked = Some(second);
     }
 
     /// Replay one recorded request at its instant.
     pub async fn replay(&mut self, r: &Recorded) -> Outcome {
         self.settle_until(r.at).await;
         self.clock.set(r.at);
-        self.tick(r.at);
+        self.tick(r.at, false);
         let out = self.decide(r).await;
-        self.tick(r.at);
+        self.tick(r.at, true);
         out
     }
 
