@@ -20,6 +20,8 @@
 //! finish      the audit line and metrics, exactly once (also for an early answer, and for a
 //!             request the client cancels before its answer: `Unanswered`)
 //! ```
+//! The policy's part of admit (block … deep paging), reserve and mask lives in [`crate::decide`],
+//! free of HTTP, so that `cvgate simulate` replays recorded requests through the same functions.
 //! Every early answer is a [`ProxyError`], turned into problem+json in one place ([`handle`]),
 //! where its metrics are counted too (`count_error`). The request's facts are gathered in a
 //! [`Ctx`] that the end of the story reads once.

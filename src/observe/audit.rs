@@ -216,8 +216,8 @@ const SECRET_PARAMS: [&str; 12] = [
     "signature",
 ];
 
-/// `path?query` with the values of [`SECRET_PARAMS`] (any case, percent-encoded names too)
-/// replaced by `REDACTED`.
+/// `path?query` with the values of the secret parameters (`token`, `access_token`, `password`,
+/// …; any case, percent-encoded names too) replaced by `REDACTED`.
 pub fn redact_query(pq: &str) -> std::borrow::Cow<'_, str> {
     let Some((path, query)) = pq.split_once('?') else { return pq.into() };
     let secret = |k: &str| {
