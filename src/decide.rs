@@ -18,6 +18,15 @@ use crate::problem::ProxyError;
 use crate::quota::{CostMode, Rejection, Reservation, Subject};
 use crate::state::{Runtime, Shared};
 
+/// A finished request's CVs into the population guard's sums, in its cohorts (the proxy at the
+/// body's end, the replay at the recorded end).
+pub fn add_to_guard(shared: &Shared, ctx: &Ctx, delivered: u64, at: jiff::Timestamp) {
+    if delivered > 0 {
+        let (account, org, tier) = (ctx.account.as_deref(), ctx.org.as_deref(), ctx.tier.as_deref());
+        shared.guard.add(&guard_subject(account, org, tier, &ctx.country, ctx.newcomer), delivered, at);
+    }
+}
+
 /// blocks, pauses, closure windows, deep paging: the checks between identity and quota.
 ///
 /// # Errors

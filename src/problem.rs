@@ -64,6 +64,16 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// The quota scope and horizon that refused the request, if a quota did.
+    pub fn fired(&self) -> Option<(&'static str, &str)> {
+        match self {
+            Self::QuotaExceeded { scope, horizon, .. } | Self::TooLarge { scope, horizon, .. } => {
+                Some((scope, horizon))
+            }
+            _ => None,
+        }
+    }
+
     /// Stable slug used in `type`, in metrics and in the audit log.
     pub fn slug(&self) -> &'static str {
         match self {

@@ -68,10 +68,8 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>, conn: ConnInfo)
         Err(e) => {
             count_error(&shared.metrics, &e, ctx.route.as_deref());
             ctx.decision = Decision::Refused(e.slug());
+            ctx.fired = e.fired().map(|(scope, horizon)| (scope.to_string(), horizon.to_string()));
             match &e {
-                ProxyError::QuotaExceeded { scope, horizon, .. } | ProxyError::TooLarge { scope, horizon, .. } => {
-                    ctx.fired = Some(((*scope).to_string(), horizon.clone()));
-                }
                 ProxyError::Blocked { scope, .. } => ctx.block = Some(scope),
                 ProxyError::Closed { window, .. } => ctx.window = Some(window.clone()),
                 _ => {}
@@ -546,15 +544,8 @@ fn finish(shared: &Shared, ctx: Ctx, started: Instant) {
     if ctx.request_bytes > 0 {
         m.request_bytes.with_label_values(&[route]).inc_by(ctx.request_bytes);
     }
+    decide::add_to_guard(shared, &ctx, ctx.delivered, shared.clock.now());
     if ctx.delivered > 0 {
-        let who = decide::guard_subject(
-            ctx.account.as_deref(),
-            ctx.org.as_deref(),
-            ctx.tier.as_deref(),
-            &ctx.country,
-            ctx.newcomer,
-        );
-        shared.guard.add(&who, ctx.delivered, shared.clock.now());
         let tier = ctx.tier.as_deref().unwrap_or("default");
         shared.metrics.cvs_delivered.with_label_values(&[route, tier]).inc_by(ctx.delivered);
     }

@@ -411,6 +411,22 @@ impl Config {
         }
     }
 
+    /// `raw` for a world of its own in memory (the demo's scenarios, `cvgate simulate`): quota
+    /// buckets in memory, no block file or snapshot, no listeners; everything that decides a
+    /// request stays. Callers choose the audit log and turn on the listener they need.
+    ///
+    /// # Errors
+    /// Every problem found, as `key: message` joined by `; `.
+    pub fn detached(mut raw: RawConfig, base: &Path) -> Result<Config, String> {
+        raw.store.kind = "memory".into();
+        raw.store.snapshot = None;
+        raw.blocks.file = None;
+        let mut c = Self::from_raw(raw, base)
+            .map_err(|es| es.into_iter().map(|(k, m)| format!("{k}: {m}")).collect::<Vec<_>>().join("; "))?;
+        (c.listen.tls, c.listen.plain, c.listen.metrics, c.listen.admin) = (None, None, None, None);
+        Ok(c)
+    }
+
     /// Read, parse and validate a config file, and load the files it names (certificate and
     /// key, upstream CA) as `serve` will: what `check-config` accepts, `serve` starts with
     /// (short of binding the ports).

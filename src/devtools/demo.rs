@@ -659,12 +659,10 @@ fn scenario_config(
     }
     raw.upstream.url = format!("http://{mock}");
     raw.upstream.ca_file = None;
-    // Fresh state per scenario and nothing written beside the config: buckets in memory, blocks
-    // in memory only (a block file would carry one scenario's blocks into the next run), no
-    // audit lines (they would go to stdout and bury the table or break `--json`).
-    raw.store.kind = "memory".into();
-    raw.blocks.file = None;
-    raw.store.snapshot = None;
+    // Fresh state per scenario and nothing written beside the config (`Config::detached`):
+    // buckets in memory, blocks in memory only (a block file would carry one scenario's blocks
+    // into the next run), no audit lines (they would go to stdout and bury the table or break
+    // `--json`) unless asked for.
     raw.audit.sink = "off".into();
     if let Some(path) = audit {
         // One file per scenario, never rotated (the simulated day would rotate it at midnight).
@@ -673,14 +671,9 @@ fn scenario_config(
         raw.audit.rotate.daily = false;
         raw.audit.rotate.max_bytes = None;
     }
-    let mut config = Config::from_raw(raw, dir).map_err(|es| {
-        let list: Vec<String> = es.into_iter().map(|(k, m)| format!("{k}: {m}")).collect();
-        anyhow::anyhow!("config with the demo's upstream is invalid: {}", list.join("; "))
-    })?;
-    config.listen.tls = None;
+    let mut config =
+        Config::detached(raw, dir).map_err(|e| anyhow::anyhow!("config with the demo's upstream is invalid: {e}"))?;
     config.listen.plain = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
-    config.listen.metrics = None;
-    config.listen.admin = None;
     Ok(config)
 }
 

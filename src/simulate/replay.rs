@@ -14,6 +14,7 @@
 //! the last request of a second at its instant (the demo evaluates before and after every
 //! request; with requests in different seconds that is the same).
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
@@ -32,8 +33,8 @@ use crate::state::Shared;
 /// What the candidate config does with one recorded request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
-    /// `allowed` or the problem slug.
-    pub decision: &'static str,
+    /// `allowed` or the problem slug (a recorded one when the outcome is kept).
+    pub decision: Cow<'static, str>,
     /// Scope and horizon that refused it (quota).
     pub fired: Option<(&'static str, String)>,
     pub delivered: u64,
@@ -52,20 +53,11 @@ pub fn is_policy(decision: &str) -> bool {
     decision == "allowed" || POLICY.contains(&decision)
 }
 
-/// A reservation waiting for its request's end.
+/// A reservation waiting for its request's end, with the request's facts (its guard cohorts).
 struct Pending {
     reservation: Arc<Reservation>,
     delivered: u64,
-    who: GuardWho,
-}
-
-/// The guard subject of a finished request (owned: it outlives the line).
-struct GuardWho {
-    account: Option<String>,
-    org: Option<String>,
-    tier: Option<Arc<str>>,
-    country: String,
-    newcomer: bool,
+    ctx: Ctx,
 }
 
 pub struct World {
@@ -93,21 +85,10 @@ impl World {
         start: Timestamp,
         seen: Option<&std::path::Path>,
     ) -> anyhow::Result<World> {
-        let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut raw = config.raw;
-        raw.store.kind = "memory".into();
-        raw.store.snapshot = None;
-        raw.blocks.file = None;
+        let mut raw = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?.raw;
         raw.audit.sink = "off".into();
         let base = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-        let mut c = Config::from_raw(raw, &base).map_err(|es| {
-            let list: Vec<String> = es.into_iter().map(|(k, m)| format!("{k}: {m}")).collect();
-            anyhow::anyhow!("{}", list.join("; "))
-        })?;
-        c.listen.tls = None;
-        c.listen.plain = None;
-        c.listen.metrics = None;
-        c.listen.admin = None;
+        let c = Config::detached(raw, &base).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let clock = ManualClock::new(start);
         let running = crate::server::start(c, None, clock.clone()).await?;
         // No housekeeping on the real clock: the replay evaluates the guard at each instant.
@@ -152,17 +133,7 @@ impl World {
         if p.reservation.needs_settle(p.delivered) {
             s.quota.settle(&p.reservation, p.delivered).await;
         }
-        if p.delivered > 0 {
-            let w = &p.who;
-            let who = decide::guard_subject(
-                w.account.as_deref(),
-                w.org.as_deref(),
-                w.tier.as_deref(),
-                &w.country,
-                w.newcomer,
-            );
-            s.guard.add(&who, p.delivered, s.clock.now());
-        }
+        decide::add_to_guard(s, &p.ctx, p.delivered, s.clock.now());
     }
 
     /// Evaluate the guard at `at`, at most once a second as housekeeping does: a tick in the
@@ -203,9 +174,15 @@ impl World {
     }
 
     async fn decide(&mut self, r: &Recorded) -> Outcome {
-        let refused = |decision: &'static str| Outcome { decision, fired: None, delivered: 0, masked: 0, tier: None };
+        let refused = |decision: &'static str| Outcome {
+            decision: decision.into(),
+            fired: None,
+            delivered: 0,
+            masked: 0,
+            tier: None,
+        };
         let kept = |r: &Recorded| Outcome {
-            decision: leak(&r.decision),
+            decision: r.decision.clone().into(),
             fired: None,
             delivered: r.delivered,
             masked: r.masked,
@@ -230,6 +207,9 @@ impl World {
         if !is_policy(&r.decision) && r.account.is_none() {
             return kept(r);
         }
+        // As the proxy's admission leaves it: who, from where.
+        let mut ctx =
+            Ctx { account: r.account.clone(), org: r.org.clone(), country: r.country.clone(), ..Ctx::default() };
         let identity = r.account.as_ref().map(|account| Identity {
             account: account.clone(),
             org: r.org.clone(),
@@ -247,49 +227,34 @@ impl World {
         };
         let ip_prefix = crate::quota::ip_prefix(&cfg.quota, r.client_ip);
         let a = Admitted { route, identity, client_ip: r.client_ip, ip_prefix, now: r.at };
-        let mut ctx = Ctx { country: r.country.clone(), ..Ctx::default() };
         if let Err(e) = decide::check(&self.shared, cfg, &a, query) {
             return refused(e.slug());
         }
         let reservation = match decide::reserve(&self.shared, &rt, &a, query, &mut ctx).await {
             Ok(res) => res,
             Err(e) => {
-                let fired = match &e {
-                    crate::problem::ProxyError::QuotaExceeded { scope, horizon, .. }
-                    | crate::problem::ProxyError::TooLarge { scope, horizon, .. } => Some((*scope, horizon.clone())),
-                    _ => None,
-                };
+                let fired = e.fired().map(|(scope, horizon)| (scope, horizon.to_string()));
                 return Outcome { fired, ..refused(e.slug()) };
             }
         };
         let granted = reservation.as_ref().map_or(0, |res| res.granted);
         // What the upstream delivers: what it did then (at most the grant); a request refused
         // then, its grant; a failure outside the policy, what it was.
-        let (decision, delivered) = match r.decision.as_str() {
-            "allowed" if reservation.is_some() => ("allowed", r.delivered.min(granted)),
-            "allowed" => ("allowed", r.delivered),
-            d if is_policy(d) => ("allowed", granted),
-            d => (leak(d), r.delivered.min(granted)),
+        let (decision, delivered): (Cow<'static, str>, u64) = match r.decision.as_str() {
+            "allowed" if reservation.is_some() => ("allowed".into(), r.delivered.min(granted)),
+            "allowed" => ("allowed".into(), r.delivered),
+            d if is_policy(d) => ("allowed".into(), granted),
+            d => (d.to_string().into(), r.delivered.min(granted)),
         };
         let status = if decision == "allowed" { http::StatusCode::OK } else { http::StatusCode::BAD_GATEWAY };
         let mask = decide::mask_step(&self.shared, &rt, &a, reservation.as_deref(), status, ctx.guard_mask.is_some());
         let masked = mask.map_or(0, |m| delivered.saturating_sub(m.decision.allowance));
+        let mut tier = None;
         if let Some(res) = reservation {
             let id = self.seq;
             self.seq += 1;
-            let who = GuardWho {
-                account: ctx.account.clone().or_else(|| r.account.clone()),
-                org: r.org.clone(),
-                tier: crate::quota::tier_of(
-                    &cfg.quota,
-                    a.account(),
-                    a.org(),
-                    ctx.newcomer.then_some(&*cfg.probation.tier),
-                ),
-                country: ctx.country.clone(),
-                newcomer: ctx.newcomer,
-            };
-            let p = Pending { reservation: res, delivered, who };
+            tier = ctx.tier.clone();
+            let p = Pending { reservation: res, delivered, ctx };
             // A request shorter than the guard's one-second tick ends at its instant (the proxy
             // could not tell the difference either); a longer one at its recorded end.
             if r.ended.duration_since(r.at) < jiff::SignedDuration::from_secs(1) {
@@ -299,23 +264,6 @@ impl World {
                 self.ends.push(Reverse((r.ended, id)));
             }
         }
-        Outcome { decision, fired: None, delivered, masked, tier: ctx.tier }
+        Outcome { decision, fired: None, delivered, masked, tier }
     }
-}
-
-/// The few decision slugs outside the policy, as `'static` (interned once each).
-fn leak(s: &str) -> &'static str {
-    use std::sync::{Mutex, OnceLock};
-    static SEEN: OnceLock<Mutex<std::collections::HashSet<&'static str>>> = OnceLock::new();
-    let mut set = SEEN.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(s) = set.get(s) {
-        return s;
-    }
-    // Bounded: a log with endless invented slugs stops interning and reports them as `other`.
-    if set.len() >= 256 {
-        return "other";
-    }
-    let s: &'static str = Box::leak(s.to_string().into_boxed_str());
-    set.insert(s);
-    s
 }

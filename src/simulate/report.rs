@@ -100,7 +100,7 @@ impl ConfigReport {
             self.first_differences.push((
                 n,
                 show(&r.decision, r.delivered, r.masked),
-                show(o.decision, o.delivered, o.masked),
+                show(&o.decision, o.delivered, o.masked),
             ));
         }
         *self.decisions.entry(o.decision.to_string()).or_default() += 1;
