@@ -11,16 +11,25 @@
 #   6. cvgate with the same policy in front of a second mock that gzips every answer whatever it
 #      is asked (`mock-cv-api --force-encoding gzip`): cvgate asks for identity, gets gzip, decodes
 #      it to count the records and forwards the plain bytes (its own process, ports and audit file),
-# all over plain HTTP/1.1 with wrk, then cvgate (and nginx) over TLS with HTTP/2 (h2load), then a
-# 1 GiB NDJSON export through a fresh cvgate with the proxy's peak RSS, once from the plain mock
-# and once from the gzip mock (decoding on the way).
+#   7. HAProxy (Debian's haproxy, 2.6 on bookworm; generated config, nbthread 1, one process) with
+#      the policy a HAProxy user would write: the Bearer JWT verified with jwt_verify (HS256, the
+#      bench config's dev secret; alg, exp against date(), iss and aud checked; 401 otherwise),
+#      request-rate stick tables per account (`sub`), per KvK (`kvk`) and per /24 (src,ipmask(24)),
+#      each http_req_rate(1m) with a 429 above a limit the bench never reaches, an access log line
+#      per request (option httplog to stdout, redirected to a file), keep-alive to the mock; the
+#      script checks 401 without a token and with tampered or expired ones, 200 with a valid one,
+#      and that every measured request wrote its log line,
+# all over plain HTTP/1.1 with wrk, then cvgate, nginx and HAProxy over TLS 1.3 with HTTP/2
+# (h2load; the floor speaks plain HTTP only), then a 1 GiB NDJSON export through a fresh cvgate
+# with the proxy's peak RSS, once from the plain mock and once from the gzip mock (decoding on
+# the way).
 #
 # The proxy under test is pinned to one core (taskset -c $PROXY_CPU), the load generator and the
 # upstream(s) share the other ($LOAD_CPU). Besides req/s and latency the script reports the proxy
 # process's CPU time per request (utime+stime from /proc/PID/stat, before/after, ÷ requests):
 # the fair figure when the load generator, not the proxy, is the bottleneck.
 #
-# Usage: benches/e2e.sh            (installs nginx, wrk, nghttp2-client if missing; builds --release)
+# Usage: benches/e2e.sh            (installs nginx, haproxy, wrk, nghttp2-client if missing; builds --release)
 # Knobs: DURATION=10 CONNS=32 ROUNDS=3 PROXY_CPU=1 LOAD_CPU=0 EXPORT_MIB=1024
 # Each path is measured ROUNDS times, the paths interleaved round by round so that they all see
 # the same machine noise; a row is the round with the median CPU µs/request, with the range.
@@ -43,6 +52,7 @@ log() { echo "e2e: $*" >&2; }
 # --- tools --------------------------------------------------------------------------------------
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v taskset >/dev/null 2>&1 || need+=(util-linux)
@@ -50,6 +60,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 apt_install "${need[@]}"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 log "cargo build --release (cvgate and examples/bare_proxy)"
 cargo build --release --quiet --bin cvgate --example bare_proxy
@@ -65,6 +76,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 
 MOCK_PORT=$(free_port); NGINX_PORT=$(free_port); NGINX_TLS_PORT=$(free_port)
+HAPROXY_PORT=$(free_port); HAPROXY_TLS_PORT=$(free_port)
 PLAIN_PORT=$(free_port); TLS_PORT=$(free_port); METRICS_PORT=$(free_port); BARE_PORT=$(free_port)
 # The gzip upstream and the cvgate in front of it.
 GZ_MOCK_PORT=$(free_port); GZ_PLAIN_PORT=$(free_port); GZ_TLS_PORT=$(free_port); GZ_METRICS_PORT=$(free_port)
@@ -80,7 +92,7 @@ taskset -c "$LOAD_CPU" "$BIN" mock-cv-api --listen "127.0.0.1:$GZ_MOCK_PORT" --f
 PIDS+=($!)
 wait_port "$GZ_MOCK_PORT"
 
-# --- one certificate for both TLS proxies (ECDSA P-256) -----------------------------------------
+# --- one certificate for every TLS proxy (ECDSA P-256) ------------------------------------------
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
 
@@ -110,6 +122,9 @@ http {
     listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
     ssl_certificate $WORK/cert.pem;
     ssl_certificate_key $WORK/key.pem;
+    # nginx 1.22's default is TLSv1 to TLSv1.2 (1.3 joined the default in 1.23.4): without this
+    # line its h2 row ran TLS 1.2 while cvgate's and HAProxy's ran 1.3 (h2_run checks it now).
+    ssl_protocols TLSv1.2 TLSv1.3;
     location / {
       proxy_pass http://cv;
       proxy_http_version 1.1;
@@ -170,6 +185,149 @@ BARE_PID=$!
 PIDS+=("$BARE_PID")
 wait_port "$BARE_PORT"
 
+# --- HAProxy: the policy a HAProxy user would write ----------------------------------------------
+# The same HS256 secret, issuer and audience cvgate's config holds; the account and KvK claim
+# names are those of `cvgate token` (sub, kvk), checked on the token the script minted.
+HS256_SECRET=$(sed -n 's/.*dev_hs256:.*secret: *"\([^"]*\)".*/\1/p' benches/e2e-config.yaml)
+case "$HS256_SECRET" in ''|*'"'*|*'\'*) log "no usable identity.dev_hs256.secret in benches/e2e-config.yaml"; exit 1 ;; esac
+# jwt_claim TOKEN NAME: one claim of a JWT's payload (not verified: for the checks below).
+jwt_claim() {
+  python3 -c 'import sys, json, base64; p = sys.argv[1].split(".")[1]
+print(json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))).get(sys.argv[2], ""))' "$1" "$2"
+}
+JWT_ISS=$(jwt_claim "$TOKEN" iss); JWT_AUD=$(jwt_claim "$TOKEN" aud)
+if [ "$(jwt_claim "$TOKEN" sub)" != bench-account ] || [ "$(jwt_claim "$TOKEN" kvk)" != 12345678 ] ||
+  [ -z "$JWT_ISS" ] || [ -z "$JWT_AUD" ]; then
+  log "cvgate's token does not carry sub/kvk/iss/aud as the HAProxy config expects"; exit 1
+fi
+# Far above anything one run sends in a minute (~40,000 req/s at most): checked, never reached.
+HAPROXY_RATE_LIMIT=100000000
+mkdir -p "$WORK/haproxy"
+cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/haproxy/cert-key.pem"   # haproxy wants both in one PEM
+cat >"$WORK/haproxy.cfg" <<EOF
+# One thread, one process (-db, no master-worker): /proc/PID/stat holds all of HAProxy's CPU time.
+global
+  nbthread 1
+  maxconn 8192
+  # One log line per request, written by HAProxy itself with one writev() each (fd 1 is a file).
+  log stdout format raw local0 info
+  stats socket $WORK/haproxy/admin.sock mode 600 level admin
+  # as nginx's default certificate setup: TLS 1.2 and 1.3 offered, clients here pick 1.3
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+
+defaults
+  mode http
+  log global
+  option httplog
+  option http-keep-alive
+  option forwardfor
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  timeout http-request 10s
+  timeout http-keep-alive 60s
+
+# One request-rate table per scope, as cvgate charges per account, organisation and /24.
+backend st_account
+  stick-table type string len 64 size 100k expire 10m store http_req_rate(1m)
+backend st_org
+  stick-table type string len 32 size 100k expire 10m store http_req_rate(1m)
+backend st_net
+  stick-table type ip size 100k expire 10m store http_req_rate(1m)
+
+frontend cv
+  bind 127.0.0.1:$HAPROXY_PORT
+  bind 127.0.0.1:$HAPROXY_TLS_PORT ssl crt $WORK/haproxy/cert-key.pem alpn h2,http/1.1
+  # The JWT: HS256 only, signature, expiry, issuer and audience; 401 otherwise.
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+  http-request deny deny_status 401 unless { var(txn.alg) -m str HS256 }
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"$HS256_SECRET") -m int 1 }
+  http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('\$.exp','int')
+  http-request set-var(txn.now) date()
+  http-request deny deny_status 401 unless { var(txn.exp),sub(txn.now) -m int gt 0 }
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_payload_query('\$.iss') -m str $JWT_ISS }
+  http-request deny deny_status 401 unless { var(txn.bearer),jwt_payload_query('\$.aud') -m str $JWT_AUD }
+  # The identity: account (sub) required, KvK (kvk) required on the CV routes (403, as cvgate).
+  http-request set-var(txn.account) var(txn.bearer),jwt_payload_query('\$.sub')
+  http-request set-var(txn.kvk) var(txn.bearer),jwt_payload_query('\$.kvk')
+  http-request deny deny_status 401 unless { var(txn.account) -m found }
+  http-request deny deny_status 403 unless { var(txn.kvk) -m found }
+  # Request rate per account, per KvK and per /24; 429 above the limit.
+  http-request track-sc0 var(txn.account) table st_account
+  http-request track-sc1 var(txn.kvk) table st_org
+  http-request track-sc2 src,ipmask(24) table st_net
+  http-request deny deny_status 429 if { sc_http_req_rate(0) gt $HAPROXY_RATE_LIMIT }
+  http-request deny deny_status 429 if { sc_http_req_rate(1) gt $HAPROXY_RATE_LIMIT }
+  http-request deny deny_status 429 if { sc_http_req_rate(2) gt $HAPROXY_RATE_LIMIT }
+  default_backend cv_api
+
+backend cv_api
+  # Idle upstream connections kept and shared between client connections (nginx: keepalive 256).
+  http-reuse always
+  server mock 127.0.0.1:$MOCK_PORT
+EOF
+"$HAPROXY" -c -q -f "$WORK/haproxy.cfg" || { log "haproxy refused $WORK/haproxy.cfg"; exit 1; }
+# -db: foreground, no master process. stdout is the access log.
+taskset -c "$PROXY_CPU" "$HAPROXY" -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy/access.log" 2>"$WORK/haproxy/error.log" &
+HAPROXY_PID=$!
+PIDS+=("$HAPROXY_PID")
+wait_port "$HAPROXY_PORT"
+wait_port "$HAPROXY_TLS_PORT"
+
+# HAProxy must enforce before it is measured: 401 without a token, with a forged payload (the
+# original signature), with a broken signature, with an expired token (correctly signed) and
+# with another algorithm; 403 without a KvK; 200 with the bench's token, over both listeners.
+# forge_token EXP_OFFSET ALG: a token signed with the bench secret, exp = now + EXP_OFFSET.
+forge_token() {
+  python3 -c 'import sys, json, base64, hmac, hashlib, time
+b = lambda d: base64.urlsafe_b64encode(json.dumps(d, separators=(",", ":")).encode()).rstrip(b"=").decode()
+secret, iss, aud, off, alg = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+now = int(time.time())
+h = b({"alg": alg, "typ": "JWT", "kid": "dev"})
+p = b({"iss": iss, "aud": aud, "iat": now - 7200, "nbf": now - 7200, "exp": now + off,
+       "sub": "bench-account", "kvk": "12345678", "acr": "urn:etoegang:core:assurance-class:loa3"})
+digest = {"HS256": hashlib.sha256, "HS512": hashlib.sha512}[alg]
+s = base64.urlsafe_b64encode(hmac.new(secret.encode(), (h + "." + p).encode(), digest).digest()).rstrip(b"=").decode()
+print(h + "." + p + "." + s)' "$HS256_SECRET" "$JWT_ISS" "$JWT_AUD" "$1" "$2"
+}
+IFS=. read -r tok_h tok_p tok_s <<<"$TOKEN"
+forged_p=$(python3 -c 'import sys, json, base64; p = sys.argv[1]
+c = json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))); c["sub"] = "someone-else"
+print(base64.urlsafe_b64encode(json.dumps(c).encode()).rstrip(b"=").decode())' "$tok_p")
+# A character in the middle of the signature changed (never only the last one's padding bits).
+bad_s=$(printf '%s' "$tok_s" | awk '{c = substr($0, 10, 1); printf "%s%s%s", substr($0, 1, 9), (c == "A" ? "B" : "A"), substr($0, 11)}')
+NOORG_TOKEN=$("$BIN" token --config "$WORK/cvgate.yaml" --account bench-account --ttl 2h 2>/dev/null)
+haproxy_expect() {   # haproxy_expect CODE WHAT [curl args...]: over plain HTTP/1.1 and TLS h2
+  local want=$1 what=$2 code; shift 2
+  code=$(curl -s --http1.1 -o /dev/null -w '%{http_code}' "$@" "http://127.0.0.1:$HAPROXY_PORT$URL_PATH")
+  [ "$code" = "$want" ] || { log "HAProxy answered $code, not $want, to $what (HTTP/1.1)"; exit 1; }
+  code=$(curl -sk --http2 -o /dev/null -w '%{http_code} %{http_version}' "$@" "https://127.0.0.1:$HAPROXY_TLS_PORT$URL_PATH")
+  [ "$code" = "$want 2" ] || { log "HAProxy answered '$code', not '$want 2', to $what (TLS h2)"; exit 1; }
+}
+haproxy_expect 401 "no token"
+haproxy_expect 401 "a forged payload" -H "Authorization: Bearer $tok_h.$forged_p.$tok_s"
+haproxy_expect 401 "a broken signature" -H "Authorization: Bearer $tok_h.$tok_p.$bad_s"
+haproxy_expect 401 "an expired token" -H "Authorization: Bearer $(forge_token -60 HS256)"
+haproxy_expect 401 "an HS512 token" -H "Authorization: Bearer $(forge_token 3600 HS512)"
+haproxy_expect 200 "a token signed by the script itself (the check's own control)" -H "Authorization: Bearer $(forge_token 3600 HS256)"
+haproxy_expect 403 "a token without kvk" -H "Authorization: Bearer $NOORG_TOKEN"
+haproxy_expect 200 "the bench token" -H "$AUTH"
+# ... and its three tables track: one entry each, holding the requests just made.
+haproxy_cli() { python3 -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall((sys.argv[2] + "\n").encode())
+out = b""
+while True:
+    d = s.recv(65536)
+    if not d: break
+    out += d
+print(out.decode(), end="")' "$WORK/haproxy/admin.sock" "$1"; }
+for t in st_account st_org st_net; do
+  haproxy_cli "show table $t" >"$WORK/haproxy/table-$t.txt"
+  grep -q 'http_req_rate(60000)=[1-9]' "$WORK/haproxy/table-$t.txt" ||
+    { log "HAProxy's table $t tracks nothing (see $WORK/haproxy/table-$t.txt)"; exit 1; }
+done
+
 # Every path must answer 200 before anything is measured (a bench of 401s or 429s is worthless).
 for url in "http://127.0.0.1:$MOCK_PORT$URL_PATH" "http://127.0.0.1:$NGINX_PORT$URL_PATH" "http://127.0.0.1:$PLAIN_PORT$URL_PATH" \
   "http://127.0.0.1:$BARE_PORT$URL_PATH" "http://127.0.0.1:$GZ_MOCK_PORT$URL_PATH" "http://127.0.0.1:$GZ_PLAIN_PORT$URL_PATH" \
@@ -198,17 +356,31 @@ if ! grep -qi '^cvgate-masked: contact' "$WORK/mask-check.headers" || grep -q '"
 fi
 
 # --- plain HTTP/1.1 runs ------------------------------------------------------------------------
-# wrk_run NAME URL PID: one bounded wrk run; prints one tab-separated result line
-# (name, req/s, p50, p99, CPU µs/request or -, non-2xx).
+# access_log_check NAME LOG LINES_BEFORE REQUESTS: the proxy wrote at least one access-log line per
+# request of the measured run (lines appended to LOG since LINES_BEFORE), or the script fails;
+# appends "name, requests, lines" to $WORK/access-log-check.tsv.
+access_log_check() {
+  local lines
+  sleep 0.5   # the last responses' lines
+  lines=$(( $(wc -l <"$2") - $3 ))
+  printf '%s\t%s\t%s\n' "$1" "$4" "$lines" >>"$WORK/access-log-check.tsv"
+  [ "$lines" -ge "$4" ] || { log "$1 wrote $lines access-log lines for $4 requests ($2)"; exit 1; }
+}
+
+# wrk_run NAME URL PID [ACCESS_LOG]: one bounded wrk run; prints one tab-separated result line
+# (name, req/s, p50, p99, CPU µs/request or -, non-2xx). With ACCESS_LOG, checks that it got a
+# line per request.
 wrk_run() {
-  local name=$1 url=$2 pid=$3 before after out reqs rps p50 p99 non2xx cpu
+  local name=$1 url=$2 pid=$3 alog=${4:-} before after out reqs rps p50 p99 non2xx cpu lines0
   # A short warm-up fills connection pools and caches.
   taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d2s -H "$AUTH" "$url" >/dev/null
+  [ -n "$alog" ] && lines0=$(wc -l <"$alog")
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
   out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "$AUTH" "$url")
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
   echo "$out" >"$WORK/wrk-$name.txt"
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  [ -n "$alog" ] && access_log_check "$name" "$alog" "$lines0" "$reqs"
   rps=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
   p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
   p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
@@ -220,17 +392,22 @@ wrk_run() {
   printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rps" "$p50" "$p99" "$cpu" "${non2xx:-0}"
 }
 
-# h2_run NAME URL PID: one bounded h2load run over TLS (ALPN h2), 10 streams per connection;
-# prints one result line as wrk_run does (status instead of non-2xx).
+# h2_run NAME URL PID [ACCESS_LOG]: one bounded h2load run over TLS (ALPN h2), 10 streams per
+# connection; prints one result line as wrk_run does (status instead of non-2xx).
 h2_run() {
-  local name=$1 url=$2 pid=$3 before after out reqs rps lat cpu
+  local name=$1 url=$2 pid=$3 alog=${4:-} before after out reqs rps lat cpu lines0
   taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m10 -D2 -H "$AUTH" "$url" >/dev/null
+  [ -n "$alog" ] && lines0=$(wc -l <"$alog")
   before=$(cpu_ticks "$pid")
   rm -f "$WORK/h2-$name.log"
   out=$(taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m10 -D"$DURATION" -H "$AUTH" --log-file="$WORK/h2-$name.log" "$url")
   after=$(cpu_ticks "$pid")
   echo "$out" >"$WORK/h2load-$name.txt"
   reqs=$(echo "$out" | awk '/^requests:/ {print $8}')   # "N succeeded"
+  if ! echo "$out" | grep -q '^TLS Protocol: TLSv1.3' || ! echo "$out" | grep -q '^Application protocol: h2'; then
+    log "$name: not TLS 1.3 with h2 (see $WORK/h2load-$name.txt)"; exit 1
+  fi
+  [ -n "$alog" ] && access_log_check "$name" "$alog" "$lines0" "$reqs"
   rps=$(echo "$out" | awk '/^finished in/ {gsub(",", "", $4); printf "%.0f", $4}')
   # --log-file: start (µs since epoch), status, duration (µs) per request.
   lat=$(awk '{print $3}' "$WORK/h2-$name.log" | sort -n | awk '{a[NR]=$1} END {printf "%.2fms\t%.2fms", a[int(NR*0.5)]/1000, a[int(NR*0.99)]/1000}')
@@ -260,10 +437,13 @@ median_rows() {
 
 log "plain HTTP runs (${ROUNDS} rounds of ${DURATION}s each)"
 NGINX_NAME="nginx $("$NGINX" -v 2>&1 | sed 's|.*/||'), plain proxy_pass"
+HAPROXY_VERSION=$("$HAPROXY" -v | awk 'NR == 1 {sub("-.*", "", $3); print $3}')
+HAPROXY_NAME="HAProxy $HAPROXY_VERSION, JWT + 3 rate tables + log"
 PLAIN_ROWS=$(
   for r in $(seq "$ROUNDS"); do
     wrk_run "mock upstream, direct" "http://127.0.0.1:$MOCK_PORT$URL_PATH" ""
     wrk_run "$NGINX_NAME" "http://127.0.0.1:$NGINX_PORT$URL_PATH" "$NGINX_PID"
+    wrk_run "$HAPROXY_NAME" "http://127.0.0.1:$HAPROXY_PORT$URL_PATH" "$HAPROXY_PID" "$WORK/haproxy/access.log"
     wrk_run "cvgate, full policy" "http://127.0.0.1:$PLAIN_PORT$URL_PATH" "$CVGATE_PID"
     wrk_run "cvgate, full policy, masking active" "http://127.0.0.1:$MK_PLAIN_PORT$URL_PATH" "$MK_PID"
     wrk_run "cvgate, full policy, gzip upstream" "http://127.0.0.1:$GZ_PLAIN_PORT$URL_PATH" "$GZ_PID"
@@ -271,9 +451,10 @@ PLAIN_ROWS=$(
   done | tee "$WORK/plain-rounds.tsv" | median_rows
 )
 kill "$BARE_PID" 2>/dev/null || true
-# median_cpu NAME: the median CPU µs/request of one plain-HTTP path over the rounds.
+# median_cpu NAME [ROUNDS_FILE]: the median CPU µs/request of one path over the rounds (plain
+# HTTP/1.1 unless ROUNDS_FILE says otherwise).
 median_cpu() {
-  awk -F'\t' -v k="$1" '$1 == k {print $5}' "$WORK/plain-rounds.tsv" | sort -n |
+  awk -F'\t' -v k="$1" '$1 == k {print $5}' "${2:-$WORK/plain-rounds.tsv}" | sort -n |
     awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'
 }
 CPU_PLAIN=$(median_cpu "cvgate, full policy")
@@ -291,11 +472,31 @@ log "TLS h2 runs (${ROUNDS} rounds of ${DURATION}s each)"
 H2_ROWS=$(
   for r in $(seq "$ROUNDS"); do
     h2_run "nginx, TLS h2" "https://127.0.0.1:$NGINX_TLS_PORT$URL_PATH" "$NGINX_PID"
+    h2_run "HAProxy, TLS h2, JWT + 3 rate tables + log" "https://127.0.0.1:$HAPROXY_TLS_PORT$URL_PATH" "$HAPROXY_PID" "$WORK/haproxy/access.log"
     h2_run "cvgate, TLS h2, full policy" "https://127.0.0.1:$TLS_PORT$URL_PATH" "$CVGATE_PID"
   done | tee "$WORK/h2-rounds.tsv" | median_rows
 )
 AUDIT_LINES=$(wc -l <"$WORK/audit-cvgate.log" 2>/dev/null || echo 0)
 CVGATE_RSS_LOAD=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$CVGATE_PID/status")
+HAPROXY_RSS_LOAD=$(awk '/VmHWM/ {print $2 " " $3}' "/proc/$HAPROXY_PID/status")
+
+# --- cvgate against its peers: ratios of the medians, and issue 21's targets ---------------------
+H1_CVGATE=$CPU_PLAIN
+H1_NGINX=$(median_cpu "$NGINX_NAME")
+H1_HAPROXY=$(median_cpu "$HAPROXY_NAME")
+H1_FLOOR=$(median_cpu "floor: bare hyper proxy, no policy")
+H2_CVGATE=$(median_cpu "cvgate, TLS h2, full policy" "$WORK/h2-rounds.tsv")
+H2_NGINX=$(median_cpu "nginx, TLS h2" "$WORK/h2-rounds.tsv")
+H2_HAPROXY=$(median_cpu "HAProxy, TLS h2, JWT + 3 rate tables + log" "$WORK/h2-rounds.tsv")
+# ratio A B [TARGET]: "A/B×", followed by " (≤ T×: met)" or "missed" when a TARGET is given.
+ratio() {
+  awk -v a="$1" -v b="$2" -v t="${3:-}" 'BEGIN {
+    if (b <= 0) { printf "-"; exit }
+    r = a / b; printf "%.2f×", r
+    if (t != "") printf " (≤ %s×: **%s**)", t, (r <= t ? "met" : "missed") }'
+}
+HAPROXY_LOGGED=$(awk -F'\t' '{r += $2; l += $3} END {printf "%d access-log lines for the %d requests of its %d measured runs", l, r, NR}' "$WORK/access-log-check.tsv")
+HAPROXY_LOG_TOTAL=$(wc -l <"$WORK/haproxy/access.log")
 
 # --- 1 GiB export through a fresh cvgate, from the plain mock and from the gzip mock -------------
 # The mock serves at most 1,000,000 CVs per export (~360 MiB), so EXPORT_MIB is reached with
@@ -378,6 +579,27 @@ It wrote $MK_AUDIT_LINES audit lines, $MK_AUDIT_MASKED with \`"mask_reason":"alw
 $H2_ROWS
 
 cvgate wrote $AUDIT_LINES audit lines; its peak RSS under load: $CVGATE_RSS_LOAD.
+
+### cvgate against nginx and HAProxy (CPU µs/request, medians over the rounds)
+
+| ratio | HTTP/1.1 | TLS h2 |
+|---|---:|---:|
+| cvgate ÷ HAProxy | $(ratio "$H1_CVGATE" "$H1_HAPROXY" 0.8) | $(ratio "$H2_CVGATE" "$H2_HAPROXY") |
+| cvgate ÷ nginx | $(ratio "$H1_CVGATE" "$H1_NGINX" 1.2) | $(ratio "$H2_CVGATE" "$H2_NGINX" 1.2) |
+| HAProxy ÷ nginx | $(ratio "$H1_HAPROXY" "$H1_NGINX") | $(ratio "$H2_HAPROXY" "$H2_NGINX") |
+| floor ÷ nginx | $(ratio "$H1_FLOOR" "$H1_NGINX") | (the floor has no TLS) |
+
+cvgate $H1_CVGATE, HAProxy $H1_HAPROXY, nginx $H1_NGINX, floor $H1_FLOOR µs over HTTP/1.1; cvgate $H2_CVGATE,
+HAProxy $H2_HAPROXY, nginx $H2_NGINX µs over TLS h2. Targets from issue 21 in brackets.
+
+HAProxy ($("$HAPROXY" -v | awk 'NR == 1 {print $3}'), nbthread 1): the Bearer JWT verified with \`jwt_verify\` (HS256
+only, the bench's dev secret; \`exp\` against \`date()\`, \`iss\`, \`aud\`; 401 otherwise, 403 without \`kvk\`),
+\`track-sc0/1/2\` on the account (\`sub\`), the KvK (\`kvk\`) and the client's /24, each table
+\`http_req_rate(1m)\` with a 429 above $HAPROXY_RATE_LIMIT requests a minute (never reached), \`option httplog\`
+to a file, \`http-reuse always\` to the mock. Checked before the runs: 401 without a token, with a forged
+payload, a broken signature, an expired and an HS512 token; 403 without \`kvk\`; 200 with the bench's
+token; each table tracking. It wrote $HAPROXY_LOGGED (checked per run),
+$HAPROXY_LOG_TOTAL lines in all with the warm-ups; its peak RSS under load: $HAPROXY_RSS_LOAD.
 
 ### ${EXPORT_MIB} MiB NDJSON export through cvgate
 
