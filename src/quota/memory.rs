@@ -1,115 +1,170 @@
-//! The in-process quota store: bucket states in a `DashMap`, exact under concurrency, bounded in
-//! memory.
+//! The in-process quota store: bucket states in a `DashMap`, one lockable cell per subject
+//! holding all its horizons, exact under concurrency, bounded in memory.
+//!
+//! # One cell per subject
+//! A request's ~11 buckets belong to 5 subjects (`a:acct-1`, `o:12345678`, `i:203.0.113.0/24`,
+//! `c:NL`, `g`), each with its horizons (`burst`, `hour`, `day`, ...). The map is keyed by the
+//! subject (a bucket key `a:acct-1|day` less its `|horizon`), and the subject's cell holds a state
+//! per horizon: 5 map lookups and 5 locks per request instead of 11, and the horizons of one
+//! subject side by side in memory. A horizon with no state in the cell is a full bucket.
 //!
 //! # Atomicity without a global lock
-//! Each key maps to its own `Arc<Mutex<Cell>>`. A multi-bucket operation clones the `Arc`s out of
-//! the map (shard locks are held only for the lookup), then locks the cells in address order —
-//! one global order, so two requests sharing buckets can never deadlock — reads "now", decides
-//! and writes all cells, and unlocks. Requests that share no bucket never wait for each other.
+//! Each subject maps to its own `Arc<Mutex<Cell>>`. A multi-bucket operation clones the `Arc`s
+//! out of the map (shard locks are held only for the lookup, never while a cell is locked), then
+//! locks the cells in address order — one global order, so two requests sharing subjects can
+//! never deadlock — reads "now", decides and writes all states, and unlocks. Requests that share
+//! no subject never wait for each other.
 //!
 //! # Eviction
-//! [`MemoryStore::sweep`] (the proxy calls it every second) removes keys whose bucket is full
-//! again (`tat ≤ now`): forgetting a full bucket loses nothing, forgetting a spent one would hand
-//! out fresh quota, so spent buckets are never evicted. A cell is marked `dead` under its own
-//! lock before it leaves the map; an operation that finds a dead cell after locking retries with
-//! a fresh lookup, so a charge can never land in an evicted cell.
+//! [`MemoryStore::sweep`] (the proxy calls it every second) drops states whose bucket is full
+//! again (`tat ≤ now`) and removes subjects left with none: forgetting a full bucket loses
+//! nothing, forgetting a spent one would hand out fresh quota, so spent buckets are never
+//! evicted. A cell is marked `dead` under its own lock before it leaves the map; an operation
+//! that finds a dead cell after locking retries with a fresh lookup, so a charge can never land
+//! in an evicted cell.
 //!
 //! # Key flooding
-//! At most `max_tracked_keys` ordinary keys are held. When full, a NEW key is not inserted: its
-//! charge goes to a shared overflow bucket for that scope and horizon (`i~overflow|day`) with
-//! the same limits. Rotating IPv6 prefixes therefore buys one prefix's quota in total, memory
-//! stays bounded, and keys already tracked keep their own buckets. Before a newcomer is sent to
-//! the overflow, the store makes room by evicting the buckets that are full again (at most one
-//! such sweep a second): a returning employer whose idle bucket was forgotten gets a bucket of
-//! its own, not the overflow a flood used up. Overflow keys (≤ one per scope and horizon) come on
-//! top of the cap. After a sweep that removed most keys, the map gives its memory back.
+//! At most `max_tracked_keys` ordinary subjects are held. When full, a NEW subject is not
+//! inserted: its charges go to a shared overflow subject for that scope (`i~overflow`, its
+//! horizons as `i~overflow|day`) with the same limits. Rotating IPv6 prefixes therefore buys one
+//! prefix's quota in total, memory stays bounded, and subjects already tracked keep their own
+//! buckets. Before a newcomer is sent to the overflow, the store makes room by evicting the
+//! subjects that are full again (at most one such sweep a second): a returning employer whose idle
+//! buckets were forgotten gets its own, not the overflow a flood used up. Overflow subjects (≤ one
+//! per scope) come on top of the cap. After a sweep that removed most subjects, the map gives its
+//! memory back.
 //!
 //! # Memory
-//! Per key: the map slot (`Box<str>` 16 B + `Arc` 8 B, at hashbrown's 50–87% load ≈ 28–48 B), the
-//! key text (≈ 24–40 B, one allocation), and the cell (`Arc` header 16 B + mutex 8 B + state 32 B
-//! = 56 B, one allocation); with allocator overhead ≈ 150 B (measured: 153–164 B). Bound:
-//! [`BYTES_PER_KEY_BOUND`] = 256 B, so the default 1,000,000 keys stay under 256 MB. Checked by
-//! the `million_keys_stay_under_the_bound` test with `/proc/self/statm`.
+//! Per subject: the map slot (`Box<str>` 16 B + `Arc` 8 B, at hashbrown's 50–87% load ≈ 28–48
+//! B), the key text (≈ 24–40 B, one allocation), and the cell (`Arc` header 16 B + mutex 4 B +
+//! two inline horizon states of 40 B + length = 112 B, one allocation; a third horizon moves
+//! them to the heap); with allocator overhead ≈ 200 B for a subject with one or two horizons.
+//! Bound: [`BYTES_PER_KEY_BOUND`] = 256 B, so the default 1,000,000 subjects stay under 256 MB.
+//! Checked by the `million_keys_stay_under_the_bound` test with `/proc/self/statm`.
+//!
+//! # Why by hand
+//! A GCRA cell per subject that survives reloads (a horizon's interval is rebased on the next
+//! touch), is charged all-or-nothing with other subjects' cells, and bounds its memory under a
+//! key flood: the rate-limiting crates (`governor` and others) keep one bucket per key with fixed
+//! parameters and no multi-key transaction, so the store is ours; the map is `dashmap`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use futures_util::future::BoxFuture;
+use smallvec::SmallVec;
 
 use super::gcra::{self, GcraState, Params};
 use super::store::{self, BucketSpec, BucketState, CostMode, QuotaStore, ReserveOutcome, StoreError, TopList};
 use crate::clock::SharedClock;
 
-/// Upper bound on resident bytes per tracked key (see the module doc).
+/// Upper bound on resident bytes per tracked subject (see the module doc).
 pub const BYTES_PER_KEY_BOUND: usize = 256;
 
+/// A request's buckets (11 with the shipped config) fit without a heap allocation.
+type PerBucket<T> = SmallVec<[T; 16]>;
+
+/// One subject's buckets: a state per horizon that is not full, and whether the sweeper took it.
 #[derive(Debug, Default)]
 struct Cell {
-    state: GcraState,
-    /// Set by the sweeper, under this lock, just before the key leaves the map.
+    states: SmallVec<[(Arc<str>, GcraState); 2]>,
+    /// Set by the sweeper (or a reset), under this lock, just before the subject leaves the map.
     dead: bool,
+}
+
+impl Cell {
+    fn get(&self, horizon: &Arc<str>) -> Option<GcraState> {
+        self.states.iter().find(|(h, _)| Arc::ptr_eq(h, horizon) || **h == **horizon).map(|(_, s)| *s)
+    }
+
+    /// Store a horizon's state; a full bucket (`tat ≤ now`) is the same as none, so it is dropped.
+    fn put(&mut self, horizon: &Arc<str>, state: GcraState, now: u64) {
+        let at = self.states.iter().position(|(h, _)| Arc::ptr_eq(h, horizon) || **h == **horizon);
+        match (at, state.tat_ns > now) {
+            (Some(i), true) => self.states[i].1 = state,
+            (Some(i), false) => {
+                self.states.swap_remove(i);
+            }
+            (None, true) => self.states.push((horizon.clone(), state)),
+            (None, false) => {}
+        }
+    }
+
+    /// Drop the states that are full again; whether any spending is left.
+    fn prune(&mut self, now: u64) -> bool {
+        self.states.retain(|(_, s)| s.tat_ns > now);
+        !self.states.is_empty()
+    }
 }
 
 type Slot = Arc<Mutex<Cell>>;
 
+/// The subject a bucket belongs to: its key less `|{horizon}` (`a:acct-1` of `a:acct-1|day`);
+/// a key without that suffix (tools, tests) is a subject of its own.
+fn subject_of(b: &BucketSpec) -> &str {
+    b.key.strip_suffix(&*b.horizon).and_then(|k| k.strip_suffix('|')).unwrap_or(&b.key)
+}
+
 /// The default store: no setup, state lives as long as the process.
 pub struct MemoryStore {
     clock: SharedClock,
-    map: DashMap<Box<str>, Slot>,
-    /// Keys in `map`, maintained alongside it so the cap check is one atomic op.
+    map: DashMap<Box<str>, Slot, foldhash::fast::RandomState>,
+    /// Subjects in `map`, maintained alongside it so the cap check is one atomic op.
     tracked: AtomicUsize,
     cap: usize,
     /// When the last sweep made on the request path (at the cap) ran, in clock nanoseconds.
-    last_room_sweep: std::sync::atomic::AtomicU64,
+    last_room_sweep: AtomicU64,
 }
 
 /// Cells of one operation, locked in address order; `at[i]` is bucket `i`'s guard (`None`: a
-/// peek or refund of an unknown key, which is a full bucket).
+/// peek or refund of an unknown subject, whose buckets are full).
 struct Locked<'a> {
-    guards: Vec<MutexGuard<'a, Cell>>,
-    at: Vec<Option<usize>>,
+    guards: SmallVec<[MutexGuard<'a, Cell>; 8]>,
+    at: PerBucket<Option<usize>>,
 }
 
 impl Locked<'_> {
-    fn tat(&self, i: usize, p: &Params, now: u64) -> u64 {
-        self.at[i].map_or(now, |g| gcra::rebase(self.guards[g].state, p, now))
+    fn tat(&self, i: usize, b: &BucketSpec, p: &Params, now: u64) -> u64 {
+        match self.at[i].and_then(|g| self.guards[g].get(&b.horizon)) {
+            Some(state) => gcra::rebase(state, p, now),
+            None => now,
+        }
     }
 
-    fn set(&mut self, i: usize, tat: u64, p: &Params, now: u64) {
+    fn set(&mut self, i: usize, b: &BucketSpec, tat: u64, p: &Params, now: u64) {
         if let Some(g) = self.at[i] {
-            self.guards[g].state = store::stored(tat, p, now);
+            self.guards[g].put(&b.horizon, store::stored(tat, p, now), now);
         }
     }
 }
 
 impl MemoryStore {
-    /// A store tracking at most `max_tracked_keys` ordinary keys (plus overflow keys).
+    /// A store tracking at most `max_tracked_keys` ordinary subjects (plus overflow subjects).
     pub fn new(clock: SharedClock, max_tracked_keys: usize) -> Self {
         Self {
             clock,
-            map: DashMap::new(),
+            map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             tracked: AtomicUsize::new(0),
             cap: max_tracked_keys.max(1),
-            last_room_sweep: std::sync::atomic::AtomicU64::new(0),
+            last_room_sweep: AtomicU64::new(0),
         }
     }
 
-    /// Remove keys whose buckets are full again; returns how many. Cells in use right now are
-    /// kept (their next sweep will see them).
+    /// Remove subjects whose buckets are all full again; returns how many. Cells in use right
+    /// now are kept (their next sweep will see them).
     pub fn sweep(&self) -> usize {
         let now = self.clock.now_nanos();
         let mut evicted = 0;
         self.map.retain(|_, slot| {
             let Ok(mut cell) = slot.try_lock() else { return true };
-            if cell.state.tat_ns <= now {
-                cell.dead = true;
-                evicted += 1;
-                false
-            } else {
-                true
+            if cell.prune(now) {
+                return true;
             }
+            cell.dead = true;
+            evicted += 1;
+            false
         });
         self.tracked.fetch_sub(evicted, Ordering::AcqRel);
         // After a flood: give the memory back once the map is mostly empty.
@@ -119,7 +174,7 @@ impl MemoryStore {
         evicted
     }
 
-    /// Count one more tracked key, unless the cap is reached.
+    /// Count one more tracked subject, unless the cap is reached.
     fn try_track(&self) -> bool {
         if self.tracked.fetch_add(1, Ordering::AcqRel) < self.cap {
             return true;
@@ -141,10 +196,11 @@ impl MemoryStore {
         self.sweep() > 0
     }
 
-    /// The cell for a bucket; with `create`, inserted (or redirected to the overflow bucket when
-    /// the cap is reached).
+    /// The cell of a bucket's subject; with `create`, inserted (or redirected to the overflow
+    /// subject when the cap is reached).
     fn slot(&self, b: &BucketSpec, create: bool) -> Option<Slot> {
-        if let Some(s) = self.map.get(b.key.as_str()) {
+        let subject = subject_of(b);
+        if let Some(s) = self.map.get(subject) {
             return Some(s.clone());
         }
         if !create {
@@ -153,9 +209,9 @@ impl MemoryStore {
         // Take a place under the cap before inserting, so concurrent inserts cannot overshoot.
         let tracked = self.try_track() || (self.make_room() && self.try_track());
         if !tracked {
-            return Some(self.insert(&format!("{}~overflow|{}", b.scope.key_prefix(), b.horizon), false));
+            return Some(self.insert(&[b.scope.key_prefix(), "~overflow"].concat(), false));
         }
-        Some(self.insert(&b.key, true))
+        Some(self.insert(subject, true))
     }
 
     /// Insert-or-get; `counted` says the caller already took a place in `tracked`.
@@ -176,32 +232,52 @@ impl MemoryStore {
         }
     }
 
+    /// Take a dead cell (a reset emptied it) out of the map, once.
+    fn remove_dead(&self, key: &str, slot: &Slot) {
+        if self.map.remove_if(key, |_, v| Arc::ptr_eq(v, slot)).is_some() {
+            self.tracked.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// Look up, lock in a global order, and run `f` with "now" read under the locks.
-    fn locked<R>(&self, buckets: &[BucketSpec], create: bool, f: impl Fn(&mut Locked<'_>, u64) -> R) -> R {
+    fn locked<R>(&self, buckets: &[BucketSpec], create: bool, mut f: impl FnMut(&mut Locked<'_>, u64) -> R) -> R {
         loop {
-            let slots: Vec<Option<Slot>> = buckets.iter().map(|b| self.slot(b, create)).collect();
-            let mut order: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_some()).collect();
+            // Buckets of one subject are adjacent (the engine orders them by scope): one lookup.
+            let mut slots: PerBucket<Option<Slot>> = PerBucket::with_capacity(buckets.len());
+            for (i, b) in buckets.iter().enumerate() {
+                let same = i > 0 && subject_of(&buckets[i - 1]) == subject_of(b);
+                let slot = if same { slots[i - 1].clone() } else { self.slot(b, create) };
+                slots.push(slot);
+            }
+            let mut order: PerBucket<usize> = (0..slots.len()).filter(|&i| slots[i].is_some()).collect();
             let addr = |i: usize| slots[i].as_ref().map_or(std::ptr::null(), Arc::as_ptr);
-            order.sort_by_key(|&i| addr(i));
-            let mut l = Locked { guards: Vec::with_capacity(order.len()), at: vec![None; slots.len()] };
-            let mut dead = false;
+            order.sort_unstable_by_key(|&i| addr(i));
+            let mut l = Locked { guards: SmallVec::new(), at: smallvec::smallvec![None; slots.len()] };
+            let mut dead = None;
             let mut prev: Option<(*const Mutex<Cell>, usize)> = None;
             for &i in &order {
                 let Some(slot) = slots[i].as_ref() else { continue };
                 let ptr = Arc::as_ptr(slot);
-                if let Some((p, g)) = prev.filter(|(p, _)| *p == ptr) {
-                    debug_assert_eq!(p, ptr);
-                    l.at[i] = Some(g); // the same cell twice (a caller passed a key twice)
+                if let Some((_, g)) = prev.filter(|(p, _)| *p == ptr) {
+                    l.at[i] = Some(g); // the same subject again
                     continue;
                 }
                 let guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
-                dead |= guard.dead;
+                if guard.dead {
+                    dead = Some(i);
+                }
                 prev = Some((ptr, l.guards.len()));
                 l.at[i] = Some(l.guards.len());
                 l.guards.push(guard);
             }
-            if dead {
-                continue; // evicted between lookup and lock: look up again
+            if let Some(i) = dead {
+                drop(l);
+                // Evicted between lookup and lock: look up again (a reset's dead cell may still
+                // be in the map; take it out first).
+                if let Some(slot) = &slots[i] {
+                    self.remove_dead(subject_of(&buckets[i]), slot);
+                }
+                continue;
             }
             let now = self.clock.now_nanos();
             return f(&mut l, now);
@@ -209,14 +285,14 @@ impl MemoryStore {
     }
 
     fn reserve_now(&self, buckets: &[BucketSpec], cost: CostMode) -> ReserveOutcome {
-        let params: Vec<Params> = buckets.iter().map(BucketSpec::params).collect();
+        let params: PerBucket<Params> = buckets.iter().map(BucketSpec::params).collect();
         self.locked(buckets, true, |l, now| {
-            let tats: Vec<u64> = (0..buckets.len()).map(|i| l.tat(i, &params[i], now)).collect();
+            let tats: PerBucket<u64> = (0..buckets.len()).map(|i| l.tat(i, &buckets[i], &params[i], now)).collect();
             let out = store::decide(buckets, &params, &tats, now, cost);
             if let ReserveOutcome::Granted { granted, .. } = out {
                 for (i, p) in params.iter().enumerate() {
-                    let tat = l.tat(i, p, now); // re-read: a key passed twice is charged twice
-                    l.set(i, gcra::charge(tat, p, now, granted), p, now);
+                    let tat = l.tat(i, &buckets[i], p, now); // re-read: a bucket passed twice is charged twice
+                    l.set(i, &buckets[i], gcra::charge(tat, p, now, granted), p, now);
                 }
             }
             out
@@ -227,63 +303,72 @@ impl MemoryStore {
         if delta == 0 {
             return;
         }
-        let params: Vec<Params> = buckets.iter().map(BucketSpec::params).collect();
-        // A refund to an unknown key is a no-op (it is full already): do not create it.
+        let params: PerBucket<Params> = buckets.iter().map(BucketSpec::params).collect();
+        // A refund to an unknown subject is a no-op (it is full already): do not create it.
         self.locked(buckets, delta > 0, |l, now| {
             for (i, p) in params.iter().enumerate() {
-                let tat = l.tat(i, p, now);
-                l.set(i, store::settle_one(tat, p, now, delta), p, now);
+                let tat = l.tat(i, &buckets[i], p, now);
+                l.set(i, &buckets[i], store::settle_one(tat, p, now, delta), p, now);
             }
         })
     }
 
     /// One pass over the map, a shard's read lock at a time and each matching cell's lock for
-    /// one read (requests on other keys do not wait; one on a matching key waits that long);
-    /// only a bucket that enters the top `n` has its key copied. About 50 ms per 100,000 keys
-    /// on one core, 0.5 s at the default cap of 1,000,000 keys (release build, the
-    /// `million_keys_stay_under_the_bound` test prints it). Overflow buckets
-    /// (`a~overflow|day`) are not subjects and are left out.
+    /// one read (requests on other subjects do not wait; one on a matching subject waits that
+    /// long); only a bucket that enters the top `n` has its key written. About 50 ms per
+    /// 100,000 subjects on one core, 0.5 s at the default cap of 1,000,000 (release build, the
+    /// `million_keys_stay_under_the_bound` test prints it). Overflow subjects (`a~overflow`)
+    /// are not subjects and are left out. `scanned` counts subjects.
     fn top_now(&self, shape: &BucketSpec, prefix: &str, n: usize) -> TopList {
         let p = shape.params();
-        let suffix = format!("|{}", shape.horizon);
         let now = self.clock.now_nanos();
         let (mut top, mut scanned) = (store::Heaviest::new(n), 0u64);
         for e in &self.map {
             scanned += 1;
             let key = e.key();
-            if !key.starts_with(prefix) || !key.ends_with(suffix.as_str()) || key.len() < prefix.len() + suffix.len() {
+            if !key.starts_with(prefix) {
                 continue;
             }
             let cell = e.value().lock().unwrap_or_else(PoisonError::into_inner);
-            let (state, dead) = (cell.state, cell.dead);
+            let (state, dead) = (cell.get(&shape.horizon), cell.dead);
             drop(cell);
-            if !dead {
-                top.offer(gcra::used(gcra::rebase(state, &p, now), &p, now), || key.to_string());
+            if let Some(state) = state.filter(|_| !dead) {
+                top.offer(gcra::used(gcra::rebase(state, &p, now), &p, now), || [key, "|", &shape.horizon].concat());
             }
         }
         TopList { entries: top.into_sorted(), scanned, complete: true }
     }
 
-    /// Forget these keys (a missing key is a full bucket); how many held spending. A cell is
-    /// marked dead under its lock as the sweeper does, so an operation that looked it up before
-    /// takes a fresh (full) one instead of charging the forgotten one.
+    /// Forget these buckets (a missing one is full); how many held spending. A subject left
+    /// with no bucket is marked dead under its lock as the sweeper does, so an operation that
+    /// looked it up before takes a fresh (full) one instead of charging the forgotten one.
     fn reset_now(&self, buckets: &[BucketSpec]) -> usize {
         let now = self.clock.now_nanos();
         let mut spent = 0;
         for b in buckets {
-            let Some((_, slot)) = self.map.remove(b.key.as_str()) else { continue };
+            let Some(slot) = self.map.get(subject_of(b)).map(|s| s.clone()) else { continue };
             let mut cell = slot.lock().unwrap_or_else(PoisonError::into_inner);
-            cell.dead = true;
-            spent += usize::from(cell.state.tat_ns > now);
-            self.tracked.fetch_sub(1, Ordering::AcqRel);
+            if let Some(state) = cell.get(&b.horizon) {
+                spent += usize::from(state.tat_ns > now);
+                let full = GcraState { tat_ns: 0, ..state };
+                cell.put(&b.horizon, full, now);
+            }
+            let emptied = !cell.dead && cell.states.is_empty();
+            cell.dead |= emptied;
+            drop(cell);
+            if emptied {
+                self.remove_dead(subject_of(b), &slot);
+            }
         }
         spent
     }
 
     fn peek_now(&self, buckets: &[BucketSpec]) -> Vec<BucketState> {
-        let params: Vec<Params> = buckets.iter().map(BucketSpec::params).collect();
+        let params: PerBucket<Params> = buckets.iter().map(BucketSpec::params).collect();
         self.locked(buckets, false, |l, now| {
-            (0..buckets.len()).map(|i| store::peek_one(l.tat(i, &params[i], now), &params[i], now)).collect()
+            (0..buckets.len())
+                .map(|i| store::peek_one(l.tat(i, &buckets[i], &params[i], now), &params[i], now))
+                .collect()
         })
     }
 }
@@ -333,15 +418,19 @@ impl QuotaStore for MemoryStore {
         let now = self.clock.now_nanos();
         let mut out = Vec::with_capacity(self.map.len() * 64);
         for e in &self.map {
-            let cell = e.value().lock().unwrap_or_else(PoisonError::into_inner);
-            let st = cell.state;
-            drop(cell);
-            if st.tat_ns <= now || e.key().contains("~overflow|") {
-                continue; // full again: nothing spent to remember
+            if e.key().contains("~overflow") {
+                continue;
             }
-            let line = (e.key().as_ref(), st.tat_ns, st.interval_ns, st.base_ns);
-            if serde_json::to_writer(&mut out, &line).is_ok() {
-                out.push(b'\n');
+            let cell = e.value().lock().unwrap_or_else(PoisonError::into_inner);
+            let states: SmallVec<[(Arc<str>, GcraState); 4]> = cell.states.iter().cloned().collect();
+            drop(cell);
+            // One line per spent bucket under its bucket key, as the store kept them before
+            // subjects had cells: old snapshots load, and so do these in an older version.
+            for (horizon, st) in states.iter().filter(|(_, st)| st.tat_ns > now) {
+                let key = [e.key().as_ref(), "|", horizon].concat();
+                if serde_json::to_writer(&mut out, &(key, st.tat_ns, st.interval_ns, st.base_ns)).is_ok() {
+                    out.push(b'\n');
+                }
             }
         }
         Some(out)
@@ -349,16 +438,24 @@ impl QuotaStore for MemoryStore {
 
     fn load(&self, snapshot: &[u8]) -> usize {
         let mut n = 0;
+        let mut horizons: std::collections::HashMap<String, Arc<str>> = Default::default();
         for line in snapshot.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let Ok((key, tat_ns, interval_ns, base_ns)) = serde_json::from_slice::<(String, u64, u64, u64)>(line)
             else {
                 continue; // a torn last line of an old crash: skip it, keep the rest
             };
-            if self.tracked.load(Ordering::Acquire) >= self.cap {
+            let Some((subject, horizon)) = key.rsplit_once('|') else { continue };
+            if self.tracked.load(Ordering::Acquire) >= self.cap && self.map.get(subject).is_none() {
                 break;
             }
-            let slot = self.insert(&key, false);
-            slot.lock().unwrap_or_else(PoisonError::into_inner).state = GcraState { tat_ns, interval_ns, base_ns };
+            let horizon = horizons.entry(horizon.to_string()).or_insert_with(|| Arc::from(horizon)).clone();
+            let slot = self.insert(subject, false);
+            let now = self.clock.now_nanos();
+            slot.lock().unwrap_or_else(PoisonError::into_inner).put(
+                &horizon,
+                GcraState { tat_ns, interval_ns, base_ns },
+                now,
+            );
             n += 1;
         }
         n
