@@ -128,7 +128,7 @@ impl Identifier {
         let Some(cache) = &self.cache else {
             return jwt::verify(&self.policy, token, now).map(|v| v.identity);
         };
-        let key = TokenCache::key(token);
+        let key = cache.key(token);
         if let Some(e) = cache.get(&key) {
             return match jwt::check_times(e.exp, e.nbf, self.policy.leeway_secs, now) {
                 Ok(()) => Ok((*e.identity).clone()),
