@@ -57,25 +57,37 @@ pub(crate) fn rejection_headers(
 }
 
 fn pair(buckets: &[BucketSpec], states: &[BucketState], i: usize, legacy: bool) -> Vec<(&'static str, String)> {
-    use std::fmt::Write as _;
     let scope = buckets[i].scope;
-    // One buffer per header, written in place (this runs on every charged response).
+    // One buffer per header, written in place with `itoa` (this runs on every charged response;
+    // `write!` was ~5.6 k instructions a response under callgrind).
+    let mut num = itoa::Buffer::new();
+    let mut item = |out: &mut String, horizon: &str, (k1, v1): (&str, u64), (k2, v2): (&str, u64)| {
+        out.push('"');
+        out.push_str(scope.as_str());
+        out.push('-');
+        out.push_str(horizon);
+        out.push_str("\";");
+        out.push_str(k1);
+        out.push_str(num.format(v1));
+        out.push_str(k2);
+        out.push_str(num.format(v2));
+    };
     let mut policy = String::with_capacity(128);
     for b in buckets.iter().filter(|b| b.scope == scope && !b.shadow) {
         if !policy.is_empty() {
             policy.push_str(", ");
         }
-        let _ = write!(policy, "\"{}-{}\";q={};w={}", scope.as_str(), b.horizon, b.capacity, ceil_secs(b.window_ns));
+        item(&mut policy, &b.horizon, ("q=", b.capacity), (";w=", ceil_secs(b.window_ns)));
     }
     let b = &buckets[i];
     let s = &states[i];
     let mut limit = String::with_capacity(48);
-    let _ = write!(limit, "\"{}-{}\";r={};t={}", scope.as_str(), b.horizon, s.remaining, s.reset_secs);
+    item(&mut limit, &b.horizon, ("r=", s.remaining), (";t=", s.reset_secs));
     let mut h = vec![(RATELIMIT_POLICY, policy), (RATELIMIT, limit)];
     if legacy {
-        h.push((X_RATELIMIT_LIMIT, b.capacity.to_string()));
-        h.push((X_RATELIMIT_REMAINING, s.remaining.to_string()));
-        h.push((X_RATELIMIT_RESET, s.reset_secs.to_string()));
+        h.push((X_RATELIMIT_LIMIT, num.format(b.capacity).to_string()));
+        h.push((X_RATELIMIT_REMAINING, num.format(s.remaining).to_string()));
+        h.push((X_RATELIMIT_RESET, num.format(s.reset_secs).to_string()));
     }
     h
 }
