@@ -57,6 +57,10 @@ pub struct BlockMade {
     pub until: Option<String>,
 }
 
+/// Subjects by id; foldhash rather than SipHash: ids come from our own logs, and the two
+/// lookups per line were a twentieth of a replay.
+pub type Subjects = HashMap<String, Subject, foldhash::fast::RandomState>;
+
 /// One config's replay.
 #[derive(Debug, Default, Serialize)]
 pub struct ConfigReport {
@@ -79,9 +83,9 @@ pub struct ConfigReport {
     pub winners: Vec<Subject>,
     pub losers: Vec<Subject>,
     #[serde(skip)]
-    pub accounts: HashMap<String, Subject>,
+    pub accounts: Subjects,
     #[serde(skip)]
-    pub orgs: HashMap<String, Subject>,
+    pub orgs: Subjects,
 }
 
 impl ConfigReport {
@@ -103,7 +107,12 @@ impl ConfigReport {
                 show(&o.decision, o.delivered, o.masked),
             ));
         }
-        *self.decisions.entry(o.decision.to_string()).or_default() += 1;
+        match self.decisions.get_mut(&*o.decision) {
+            Some(n) => *n += 1,
+            None => {
+                self.decisions.insert(o.decision.to_string(), 1);
+            }
+        }
         self.delivered += o.delivered;
         self.masked += o.masked;
         if let Some((scope, horizon)) = &o.fired {
