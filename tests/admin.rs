@@ -332,6 +332,9 @@ async fn explain_top_and_reset(redis: Option<&RedisServer>) {
     assert_eq!(search(&p, &heavy, 200).await.0, 429);
     let bad = admin(&p, "POST", "/v1/quota/reset", Some(json!({"account": "acct-heavy", "scope": "org"})), ADMIN_TOKEN);
     assert_eq!(bad.await.0, 422);
+    if let Some(r) = redis {
+        assert_eq!(r.query::<i64>(&["HEXISTS", "cvgate:{quota}:a:acct-heavy|", "day"]), 1, "the day is in Redis");
+    }
     let (status, v) =
         admin(&p, "POST", "/v1/quota/reset", Some(json!({"account": "acct-heavy"})), SECURITY_TOKEN).await;
     assert_eq!(status, 200, "{v}");
@@ -342,7 +345,12 @@ async fn explain_top_and_reset(redis: Option<&RedisServer>) {
     );
     assert_eq!(v["by"], "security", "{v}");
     if let Some(r) = redis {
-        assert_eq!(r.query::<i64>(&["EXISTS", "cvgate:{quota}:a:acct-heavy|day"]), 0, "the key is gone from Redis");
+        // One hash per subject, one field per horizon (src/quota/redis.lua).
+        assert_eq!(
+            r.query::<i64>(&["HEXISTS", "cvgate:{quota}:a:acct-heavy|", "day"]),
+            0,
+            "the day is gone from Redis"
+        );
     }
     assert_eq!(search(&p, &heavy, 200).await.0, 200, "served again after the reset");
     let (_, v) = admin(&p, "GET", "/v1/quota?account=acct-heavy", None, ADMIN_TOKEN).await;

@@ -70,7 +70,7 @@ async fn two_replicas_share_one_budget() {
     let b = replica(&up, &redis.url(), "fail_closed", BUDGET).await;
     let token = token(&a, "acct-shared", "12345678"); // same dev key on both replicas
     let started = Instant::now();
-    let evalsha_before = redis.calls("evalsha");
+    let calls_before = redis.calls("fcall") + redis.calls("evalsha");
 
     let mut clients = Vec::new();
     for i in 0..64u64 {
@@ -107,11 +107,13 @@ async fn two_replicas_share_one_budget() {
     assert!(delivered + refill >= BUDGET, "{delivered} of {BUDGET}");
     // One script call per request (one CV reserved, one delivered: nothing to settle).
     let requests = delivered + 64; // every client ends on one 429 or 403
-    let calls = redis.calls("evalsha") - evalsha_before;
+                                   // FCALL where Redis has functions (7+), EVALSHA where it refuses them: both are one call.
+    let calls = redis.calls("fcall") + redis.calls("evalsha") - calls_before;
+    assert!(calls >= requests, "{calls} store calls for {requests} requests: the count misses the call");
     // Slack: once, with the machine at load 9, 386 calls were seen for 364 requests (cause not
     // yet found; suspected calls re-sent after a client-side timeout). The bench measures the
     // exact figure (docs/redis.md); this guards against a second round trip per request.
-    assert!(calls <= requests + requests / 10 + 4, "{calls} EVALSHA for {requests} requests");
+    assert!(calls <= requests + requests / 10 + 4, "{calls} FCALL/EVALSHA for {requests} requests");
     a.running.shutdown().await;
     b.running.shutdown().await;
 }

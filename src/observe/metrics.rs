@@ -128,8 +128,11 @@ impl Metrics {
         let connections_active =
             IntGauge::new("cvgate_connections_active", "Open client connections.").expect("metric");
         r.register(Box::new(connections_active.clone())).expect("unique metric");
-        let quota_tracked_keys =
-            IntGauge::new("cvgate_quota_tracked_keys", "Quota subjects (scope keys, all their horizons in one cell) tracked in the local store.").expect("metric");
+        let quota_tracked_keys = IntGauge::new(
+            "cvgate_quota_tracked_keys",
+            "Quota subjects (scope keys, all their horizons in one cell) tracked in the local store.",
+        )
+        .expect("metric");
         r.register(Box::new(quota_tracked_keys.clone())).expect("unique metric");
         let quota_store_breaker_open = IntGauge::new(
             "cvgate_quota_store_breaker_open",
