@@ -109,7 +109,8 @@ async fn two_replicas_share_one_budget() {
     let requests = delivered + 64; // every client ends on one 429 or 403
                                    // FCALL where Redis has functions (7+), EVALSHA where it refuses them: both are one call.
     let calls = redis.calls("fcall") + redis.calls("evalsha") - calls_before;
-    assert!(calls >= requests, "{calls} store calls for {requests} requests: the count misses the call");
+    // Every delivered CV took one call (a 403 from the automatic block never reaches the store).
+    assert!(calls >= delivered, "{calls} store calls for {delivered} CVs delivered: the count misses the call");
     // Slack: once, with the machine at load 9, 386 calls were seen for 364 requests (cause not
     // yet found; suspected calls re-sent after a client-side timeout). The bench measures the
     // exact figure (docs/redis.md); this guards against a second round trip per request.
