@@ -19,7 +19,9 @@
 #      per request (option httplog to stdout, redirected to a file), keep-alive to the mock; the
 #      script checks 401 without a token and with tampered or expired ones, 200 with a valid one,
 #      and that every measured request wrote its log line,
-# all over plain HTTP/1.1 with wrk, then cvgate, nginx and HAProxy over TLS 1.3 with HTTP/2
+# all over plain HTTP/1.1 with wrk; then nginx, HAProxy, cvgate and the floor at a fixed rate
+# (RATE_PCT % of nginx's wrk req/s, examples/loadgen.rs: latency without coordinated omission);
+# then cvgate, nginx and HAProxy over TLS 1.3 with HTTP/2
 # (h2load; the floor speaks plain HTTP only), then a 1 GiB NDJSON export through a fresh cvgate
 # with the proxy's peak RSS, once from the plain mock and once from the gzip mock (decoding on
 # the way).
@@ -30,7 +32,7 @@
 # the fair figure when the load generator, not the proxy, is the bottleneck.
 #
 # Usage: benches/e2e.sh            (installs nginx, haproxy, wrk, nghttp2-client if missing; builds --release)
-# Knobs: DURATION=10 CONNS=32 ROUNDS=3 PROXY_CPU=1 LOAD_CPU=0 EXPORT_MIB=1024
+# Knobs: DURATION=10 CONNS=32 ROUNDS=3 PROXY_CPU=1 LOAD_CPU=0 EXPORT_MIB=1024 RATE_PCT=70
 # Each path is measured ROUNDS times, the paths interleaved round by round so that they all see
 # the same machine noise; a row is the round with the median CPU µs/request, with the range.
 # Output: a Markdown report on stdout (paste into docs/BENCHMARKS.md); logs in a temp dir.
@@ -43,6 +45,7 @@ ROUNDS=${ROUNDS:-3}
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 EXPORT_MIB=${EXPORT_MIB:-1024}
+RATE_PCT=${RATE_PCT:-70}
 # A search page of 20 CVs (~7.5 KB of JSON): counted by the proxy record by record.
 URL_PATH='/api/v1/cvs?query=bench&size=20'
 
@@ -63,8 +66,9 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 log "cargo build --release (cvgate and examples/bare_proxy)"
-cargo build --release --quiet --bin cvgate --example bare_proxy
+cargo build --release --quiet --bin cvgate --example bare_proxy --example loadgen
 BIN="${CARGO_TARGET_DIR:-target}/release/cvgate"
+LOADGEN="${CARGO_TARGET_DIR:-target}/release/examples/loadgen"
 BARE="${CARGO_TARGET_DIR:-target}/release/examples/bare_proxy"
 
 # --- scratch dir, processes, cleanup ------------------------------------------------------------
@@ -450,6 +454,76 @@ PLAIN_ROWS=$(
     wrk_run "floor: bare hyper proxy, no policy" "http://127.0.0.1:$BARE_PORT$URL_PATH" "$BARE_PID"
   done | tee "$WORK/plain-rounds.tsv" | median_rows
 )
+
+# --- fixed rate: latency at 70 % of nginx's saturation rate --------------------------------------
+# wrk saturates: its p99 is a queue's. Here every path gets the same open-model load at
+# RATE_PCT % of nginx's median req/s above (examples/loadgen.rs: request i is due at t0 + i/rate,
+# its latency counted from then, as wrk2 does), CONNS keep-alive connections, same token.
+NGINX_MAX_RPS=$(awk -F'\t' -v k="$NGINX_NAME" '$1 == k {print $2}' "$WORK/plain-rounds.tsv" | sort -n |
+  awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}')
+# nginx's saturation rate *with this generator* (which costs more per request than wrk, and shares
+# CPU $LOAD_CPU with the mock): a ramp of 2 s runs in steps of 10 % of nginx's wrk rate, up to
+# the last that keeps up: every request answered and p99 under 50 ms (past saturation the queue
+# grows for the whole run and p99 goes to hundreds of ms; below it, this VM's p99 is a few ms even
+# at 10 % load: an idle vCPU wakes slowly). The fixed rate is RATE_PCT % of that.
+ramp_out() { awk -F'\t' -v k="$1" '{ for (i = 1; i < NF; i += 2) if ($i == k) print $(i + 1) }'; }
+NGINX_SAT=0
+for pct in 10 20 30 40 50 60 70 80 90 100; do
+  r=$(( NGINX_MAX_RPS * pct / 100 ))
+  out=$(taskset -c "$LOAD_CPU" "$LOADGEN" rate --url "http://127.0.0.1:$NGINX_PORT$URL_PATH" --rate "$r" \
+    --duration 2 --warmup 0.5 --workers "$CONNS" -H "$AUTH")
+  echo "$r	$out" >>"$WORK/rate-ramp.tsv"
+  sent=$(echo "$out" | ramp_out sent); ok=$(echo "$out" | ramp_out ok); p99=$(echo "$out" | ramp_out p99_us)
+  if [ "$ok" -eq "$sent" ] && [ "$p99" -lt 50000 ]; then NGINX_SAT=$r; else break; fi
+done
+[ "$NGINX_SAT" -gt 0 ] || { log "nginx does not keep up even at 10 % of its wrk rate (see $WORK/rate-ramp.tsv)"; exit 1; }
+FIXED_RATE=$(( NGINX_SAT * RATE_PCT / 100 ))
+# rate_run NAME URL PID: one bounded fixed-rate run; prints name, achieved req/s, p50, p99, p99.9
+# (µs), CPU µs/request, requests that waited > 1 ms for a free connection, non-2xx + errors.
+rate_run() {
+  local name=$1 url=$2 pid=$3 before after out
+  taskset -c "$LOAD_CPU" "$LOADGEN" rate --url "$url" --rate "$FIXED_RATE" --duration 2 --warmup 0 \
+    --workers "$CONNS" -H "$AUTH" >/dev/null
+  before=$(cpu_ticks "$pid")
+  out=$(taskset -c "$LOAD_CPU" "$LOADGEN" rate --url "$url" --rate "$FIXED_RATE" --duration "$DURATION" \
+    --warmup 1 --workers "$CONNS" -H "$AUTH")
+  after=$(cpu_ticks "$pid")
+  echo "$out" >"$WORK/rate-$name.txt"
+  echo "$out" | awk -F'\t' -v name="$name" -v a="$before" -v b="$after" -v t="$TICK" '
+    { for (i = 1; i < NF; i += 2) v[$i] = $(i + 1) }
+    END { printf "%s\t%s\t%s\t%s\t%s\t%.1f\t%s\t%s\n", name, v["rate"], v["p50_us"], v["p99_us"], v["p999_us"],
+          (b - a) * 1e6 / t / v["total"], v["late_1ms"], v["other"] + v["errors"] }'
+}
+# median_p99 [NAME]: rows on stdin → one Markdown row per name from the round with the median
+# p99, the p99 column with its range; with NAME, only that path's median p99 (µs).
+median_p99() {
+  awk -F'\t' -v only="${1:-}" '
+    !($1 in n) { order[++names] = $1 }
+    { k = $1; i = ++n[k]; line[k, i] = $0; key[k, i] = $4 + 0 }
+    END {
+      for (o = 1; o <= names; o++) {
+        k = order[o]; m = n[k]
+        for (i = 1; i <= m; i++) idx[i] = i
+        for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (key[k, idx[j]] < key[k, idx[i]]) { t = idx[i]; idx[i] = idx[j]; idx[j] = t }
+        split(line[k, idx[int((m + 1) / 2)]], f, "\t")
+        if (only != "") { if (k == only) print f[4]; continue }
+        p = f[4]; if (m > 1) p = sprintf("%s (%s–%s)", f[4], key[k, idx[1]], key[k, idx[m]])
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", f[1], f[2], f[3], p, f[5], f[6], f[7], f[8]
+      }
+    }'
+}
+log "fixed-rate runs at $FIXED_RATE req/s ($RATE_PCT % of nginx's $NGINX_SAT with loadgen; ${ROUNDS} rounds of ${DURATION}s)"
+for r in $(seq "$ROUNDS"); do
+  rate_run "$NGINX_NAME" "http://127.0.0.1:$NGINX_PORT$URL_PATH" "$NGINX_PID"
+  rate_run "$HAPROXY_NAME" "http://127.0.0.1:$HAPROXY_PORT$URL_PATH" "$HAPROXY_PID"
+  rate_run "cvgate, full policy" "http://127.0.0.1:$PLAIN_PORT$URL_PATH" "$CVGATE_PID"
+  rate_run "floor: bare hyper proxy, no policy" "http://127.0.0.1:$BARE_PORT$URL_PATH" "$BARE_PID"
+done >"$WORK/rate-rounds.tsv"
+RATE_ROWS=$(median_p99 <"$WORK/rate-rounds.tsv")
+P99_NGINX=$(median_p99 "$NGINX_NAME" <"$WORK/rate-rounds.tsv")
+P99_CVGATE=$(median_p99 "cvgate, full policy" <"$WORK/rate-rounds.tsv")
+P99_HAPROXY=$(median_p99 "$HAPROXY_NAME" <"$WORK/rate-rounds.tsv")
+
 kill "$BARE_PID" 2>/dev/null || true
 # median_cpu NAME [ROUNDS_FILE]: the median CPU µs/request of one path over the rounds (plain
 # HTTP/1.1 unless ROUNDS_FILE says otherwise).
@@ -571,6 +645,22 @@ re-validated, \`Content-Length\` dropped). Its proxy CPU is **${CPU_MASK} µs/re
 full-policy row, where the same masking policy is checked on every request and never triggers
 ($(awk -v g="$CPU_MASK" -v p="$CPU_PLAIN" 'BEGIN {if (p > 0) printf "%.2f×, %+.1f µs", g / p, g - p; else print "no ratio"}'); medians over the rounds).
 It wrote $MK_AUDIT_LINES audit lines, $MK_AUDIT_MASKED with \`"mask_reason":"always"\`; its peak RSS under load: $MK_RSS_LOAD.
+
+### Fixed rate, plain HTTP/1.1: $FIXED_RATE req/s ($RATE_PCT % of nginx's saturation rate with this generator)
+
+examples/loadgen.rs on CPU $LOAD_CPU with the mock, open model (request i due at t0 + i/rate, latency from that
+due time), $CONNS keep-alive connections, 1 s warm-up, ${DURATION}s measured; the row of the round with the
+median p99. nginx's saturation rate with this generator: **$NGINX_SAT req/s**, the last step of a ramp in
+10 % steps of its wrk rate ($NGINX_MAX_RPS) that kept up (every request answered, p99 < 50 ms; the ramp:
+\`$WORK/rate-ramp.tsv\`). wrk's rate is the load CPU's limit (wrk and
+the mock share it), not nginx's; this generator costs more per request than wrk, so its ceiling is lower.
+
+| path | req/s | p50 µs | p99 µs | p99.9 µs | proxy CPU µs/req | waited > 1 ms | non-2xx |
+|---|---:|---:|---:|---:|---:|---:|---:|
+$RATE_ROWS
+
+p99 (medians over the rounds): cvgate $P99_CVGATE µs, nginx $P99_NGINX µs, HAProxy $P99_HAPROXY µs: cvgate ÷ nginx
+$(ratio "$P99_CVGATE" "$P99_NGINX" 1.0).
 
 ### TLS 1.3, HTTP/2 (h2load)
 
