@@ -9,7 +9,8 @@
 //!   workers, each with its own keep-alive connection (HTTP/1.1) or sharing a few (h2), takes them
 //!   in order. Prints one tab-separated line of name/value pairs: total (with the warm-up),
 //!   sent (measured), ok (2xx), other, errors, achieved rate,
-//!   p50/p90/p99/p99.9/max in µs, and how many requests waited > 1 ms for a free worker.
+//!   p50/p90/p99/p99.9/max in µs, and how many requests waited > 1 ms for a free worker;
+//!   `--trace FILE` writes each measured request's due time (µs after t0) and latency.
 //! - `idle`: opens N connections (TLS optional, ALPN h2 or http/1.1), sends one request on each,
 //!   then holds them all open and idle for `--hold` seconds: the proxy's memory per idle
 //!   connection is read from /proc by the script while they are held (benches/idle_tls.sh).
@@ -47,6 +48,8 @@ struct Opts {
     ca: Option<String>,
     hold: Duration,
     raw_req: Vec<u8>,
+    /// `--trace FILE`: one line per measured request, its due time (µs after t0) and latency.
+    trace: Option<String>,
 }
 
 fn parse() -> anyhow::Result<Opts> {
@@ -56,6 +59,7 @@ fn parse() -> anyhow::Result<Opts> {
     let (mut url, mut headers, mut ca) = (None, Vec::new(), None);
     let (mut rate, mut duration, mut warmup, mut workers) = (1000.0, 10.0, 1.0, 64usize);
     let (mut connections, mut tick_us, mut h2, mut hold) = (0usize, 100u64, false, 10.0);
+    let mut trace = None;
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -74,6 +78,7 @@ fn parse() -> anyhow::Result<Opts> {
             "--h2" => h2 = true,
             "--ca" => ca = Some(std::fs::read_to_string(value()?)?),
             "--hold" => hold = value()?.parse()?,
+            "--trace" => trace = Some(value()?),
             other => bail!("unknown option {other}"),
         }
     }
@@ -102,6 +107,7 @@ fn parse() -> anyhow::Result<Opts> {
         ca,
         hold: Duration::from_secs_f64(hold),
         raw_req: Vec::new(),
+        trace,
     };
     o.raw_req = raw_request(&o);
     Ok(o)
@@ -361,7 +367,7 @@ async fn rate(o: Arc<Opts>) -> anyhow::Result<()> {
                 if i < first_measured {
                     continue;
                 }
-                lat.push(Instant::now().saturating_duration_since(due).as_micros() as u64);
+                lat.push((i, Instant::now().saturating_duration_since(due).as_micros() as u64));
                 match status {
                     Ok(200..=299) => ok += 1,
                     Ok(_) => other += 1,
@@ -384,6 +390,15 @@ async fn rate(o: Arc<Opts>) -> anyhow::Result<()> {
     pacer.join().map_err(|_| anyhow::anyhow!("pacer panicked"))?;
     let measured = total - first_measured;
     errors += measured.saturating_sub(ok + other + errors);
+    if let Some(path) = &o.trace {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for (i, l) in &lat {
+            let _ = writeln!(out, "{}\t{l}", (*i as f64 * period * 1e6) as u64);
+        }
+        std::fs::write(path, out)?;
+    }
+    let mut lat: Vec<u64> = lat.into_iter().map(|(_, l)| l).collect();
     lat.sort_unstable();
     let q = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
     println!(
