@@ -55,10 +55,13 @@ sed -e "s|@MOCK_PORT@|$MOCK_PORT|; s|@PLAIN_PORT@|$PLAIN_PORT|; s|@TLS_PORT@|$TL
   -e "s|@MASK_ALWAYS@|false|" benches/e2e-config.yaml >"$WORK/cvgate.yaml"
 cat >>"$WORK/cvgate.yaml" <<EOF
 
-# Admit the bench's connections and let them idle past HOLD.
+# Admit the bench's connections and let them idle past HOLD. hyper closes an idle HTTP/1.1
+# keep-alive connection after header_read_timeout (10 s by default: it times the wait for the
+# next request's headers too), so that is raised as well, or opening 10,000 would outlast it.
 limits:
   max_connections: $((N + 1000))
   idle_timeout: 600s
+  header_read_timeout: 600s
 EOF
 "$BIN" check-config --config "$WORK/cvgate.yaml" >/dev/null
 TOKEN=$("$BIN" token --config "$WORK/cvgate.yaml" --account bench-account --org 12345678 --ttl 2h 2>/dev/null)

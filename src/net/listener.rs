@@ -9,8 +9,11 @@
 //! once, at start.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -194,29 +197,6 @@ async fn serve_http<I, S: Conns>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's own limit is a backstop at twice ours; below it the proxy answers 431 with a
-    // problem document (hyper's own 431 has no body).
-    let buf = (limits.max_header_bytes * 2).max(8192);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(buf)
-        .max_headers(200);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(buf as u32)
-        .max_pending_accept_reset_streams(Some(64))
-        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
-    let builder = match alpn_h2 {
-        Some(true) => builder.http2_only(),
-        Some(false) => builder.http1_only(),
-        None => builder,
-    };
-
     // Requests in flight and the last time one started or ended, for the two connection
     // deadlines below: no first request within `header_read_timeout` (no bytes, half an h2
     // preface, a TLS session that never asks) closes the connection, or `max_connections` silent
@@ -243,14 +223,47 @@ async fn serve_http<I, S: Conns>(
         tower::util::BoxCloneService::new(svc);
     let svc = Answering(svc);
 
-    let conn = builder.serve_connection(io, svc);
-    tokio::pin!(conn);
+    // hyper's own limit is a backstop at twice ours; below it the proxy answers 431 with a
+    // problem document (hyper's own 431 has no body).
+    let buf = (limits.max_header_bytes * 2).max(8192);
+    // The same settings on hyper's builders and on hyper-util's auto builder (same method names,
+    // different types).
+    macro_rules! h1 {
+        ($b:expr) => {
+            $b.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(buf)
+                .max_headers(200)
+        };
+    }
+    macro_rules! h2 {
+        ($b:expr) => {
+            $b.timer(TokioTimer::new())
+                .max_concurrent_streams(limits.h2_max_concurrent_streams)
+                .max_header_list_size(buf as u32)
+                .max_pending_accept_reset_streams(Some(64))
+                .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        };
+    }
+    // ALPN decided: hyper's connection for that protocol alone, boxed, so an idle connection
+    // holds only its own protocol's state (docs/BENCHMARKS.md, idle TLS connections). Plain TCP
+    // (HTTP/1.1, or h2 with prior knowledge) needs the auto builder's detection.
+    let mut auto_builder = auto::Builder::new(TokioExecutor::new());
+    let mut conn: Pin<Box<dyn Served + '_>> = match alpn_h2 {
+        Some(false) => Box::pin(h1!(hyper::server::conn::http1::Builder::new()).serve_connection(io, svc)),
+        Some(true) => Box::pin(h2!(hyper::server::conn::http2::Builder::new(TokioExecutor::new())).serve_connection(io, svc)),
+        None => {
+            h1!(auto_builder.http1());
+            h2!(auto_builder.http2());
+            Box::pin(auto_builder.serve_connection(io, svc))
+        }
+    };
     let deadline = tokio::time::sleep(limits.header_read_timeout);
     tokio::pin!(deadline);
     let mut draining = false;
     loop {
         tokio::select! {
-            r = conn.as_mut() => {
+            r = std::future::poll_fn(|cx| conn.as_mut().poll_end(cx)) => {
                 if let Err(e) = r {
                     tracing::debug!(peer = %info.peer, error = %e, "connection ended with error");
                 }
@@ -265,7 +278,7 @@ async fn serve_http<I, S: Conns>(
                     }
                     Idle::Since(since) if now >= since + limits.idle_timeout => {
                         tracing::debug!(peer = %info.peer, "idle for idle_timeout; closing");
-                        conn.as_mut().graceful_shutdown();
+                        conn.as_mut().drain();
                         draining = true;
                     }
                     Idle::Since(since) => deadline.as_mut().reset(since + limits.idle_timeout),
@@ -273,10 +286,53 @@ async fn serve_http<I, S: Conns>(
                 }
             }
             _ = stop.cancelled(), if !draining => {
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().drain();
                 draining = true;
             }
         }
+    }
+}
+
+/// A connection being served, whichever protocol: polled to its end by `serve_http`'s loop, told
+/// to finish its requests and close (`graceful_shutdown`) on idle timeout or shutdown.
+trait Served: Send {
+    fn poll_end(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>;
+    fn drain(self: Pin<&mut Self>);
+}
+
+impl<I> Served for hyper::server::conn::http1::Connection<I, Answering>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn poll_end(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Future::poll(self, cx).map_err(Into::into)
+    }
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I> Served for hyper::server::conn::http2::Connection<I, Answering, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn poll_end(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Future::poll(self, cx).map_err(Into::into)
+    }
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I> Served for auto::Connection<'_, I, Answering, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn poll_end(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Future::poll(self, cx)
+    }
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }
 
