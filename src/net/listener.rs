@@ -251,7 +251,9 @@ async fn serve_http<I, S: Conns>(
     let mut auto_builder = auto::Builder::new(TokioExecutor::new());
     let mut conn: Pin<Box<dyn Served + '_>> = match alpn_h2 {
         Some(false) => Box::pin(h1!(hyper::server::conn::http1::Builder::new()).serve_connection(io, svc)),
-        Some(true) => Box::pin(h2!(hyper::server::conn::http2::Builder::new(TokioExecutor::new())).serve_connection(io, svc)),
+        Some(true) => {
+            Box::pin(h2!(hyper::server::conn::http2::Builder::new(TokioExecutor::new())).serve_connection(io, svc))
+        }
         None => {
             h1!(auto_builder.http1());
             h2!(auto_builder.http2());
