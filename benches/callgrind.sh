@@ -76,16 +76,8 @@ wait_port "$MOCK_PORT"
 PAGE_BYTES=$(curl -s --max-time 30 "http://127.0.0.1:$MOCK_PORT$URL_PATH" | wc -c)
 
 # --- cvgate's config, as benches/e2e.sh renders it ----------------------------------------------
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
-# The closure window starts 6 h from now (Amsterdam) and lasts an hour: checked, never active.
-CLOSE_START=$(TZ=Europe/Amsterdam date -d '+6 hours' +%H:00)
-CLOSE_END=$(TZ=Europe/Amsterdam date -d '+7 hours' +%H:00)
-sed -e "s|@MOCK_PORT@|$MOCK_PORT|; s|@PLAIN_PORT@|$PLAIN_PORT|; s|@TLS_PORT@|$TLS_PORT|" \
-  -e "s|@METRICS_PORT@|$METRICS_PORT|; s|@CERT@|$WORK/cert.pem|; s|@KEY@|$WORK/key.pem|" \
-  -e "s|@AUDIT@|$WORK/audit.log|; s|@CLOSE_START@|$CLOSE_START|; s|@CLOSE_END@|$CLOSE_END|" \
-  -e "s|@MASK_ALWAYS@|false|" \
-  benches/e2e-config.yaml >"$WORK/cvgate.yaml"
+bench_cert "$WORK"
+bench_config "$WORK/cvgate.yaml" "$MOCK_PORT" "$PLAIN_PORT" "$TLS_PORT" "$METRICS_PORT" "$WORK/audit.log"
 "$BIN" check-config --config "$WORK/cvgate.yaml" >/dev/null
 TOKEN=$("$BIN" token --config "$WORK/cvgate.yaml" --account bench-account --org 12345678 --ttl 2h 2>/dev/null)
 

@@ -97,8 +97,7 @@ PIDS+=($!)
 wait_port "$GZ_MOCK_PORT"
 
 # --- one certificate for every TLS proxy (ECDSA P-256) ------------------------------------------
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+bench_cert "$WORK"
 
 # --- nginx --------------------------------------------------------------------------------------
 mkdir -p "$WORK/nginx"
@@ -144,17 +143,10 @@ PIDS+=("$NGINX_PID")
 wait_port "$NGINX_PORT"
 
 # --- cvgate -------------------------------------------------------------------------------------
-# The closure window starts 6 h from now (Amsterdam) and lasts an hour: checked, never active.
-CLOSE_START=$(TZ=Europe/Amsterdam date -d '+6 hours' +%H:00)
-CLOSE_END=$(TZ=Europe/Amsterdam date -d '+7 hours' +%H:00)
 # gen_config NAME MOCK_PORT PLAIN_PORT TLS_PORT METRICS_PORT [MASK_ALWAYS]: $WORK/NAME.yaml from
 # benches/e2e-config.yaml, audit to $WORK/audit-NAME.log; checked by cvgate itself.
 gen_config() {
-  sed -e "s|@MOCK_PORT@|$2|; s|@PLAIN_PORT@|$3|; s|@TLS_PORT@|$4|" \
-    -e "s|@METRICS_PORT@|$5|; s|@CERT@|$WORK/cert.pem|; s|@KEY@|$WORK/key.pem|" \
-    -e "s|@AUDIT@|$WORK/audit-$1.log|; s|@CLOSE_START@|$CLOSE_START|; s|@CLOSE_END@|$CLOSE_END|" \
-    -e "s|@MASK_ALWAYS@|${6:-false}|" \
-    benches/e2e-config.yaml >"$WORK/$1.yaml"
+  bench_config "$WORK/$1.yaml" "$2" "$3" "$4" "$5" "$WORK/audit-$1.log" "${6:-false}"
   "$BIN" check-config --config "$WORK/$1.yaml" >/dev/null
 }
 gen_config cvgate "$MOCK_PORT" "$PLAIN_PORT" "$TLS_PORT" "$METRICS_PORT"

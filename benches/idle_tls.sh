@@ -15,6 +15,9 @@ cd "$(dirname "$0")/.."
 
 N=${N:-10000}
 HOLD=${HOLD:-15}
+# The connections must still be held when memory is read (2 s after they are all open).
+case "$HOLD" in ''|*[!0-9]*) echo "idle_tls: HOLD must be whole seconds" >&2; exit 1 ;; esac
+[ "$HOLD" -ge 5 ] || { echo "idle_tls: HOLD must be at least 5 s" >&2; exit 1; }
 URL_PATH='/api/v1/cvs?query=bench&size=20'
 
 log() { echo "idle_tls: $*" >&2; }
@@ -44,15 +47,8 @@ MOCK_PORT=$(free_port); PLAIN_PORT=$(free_port); TLS_PORT=$(free_port); METRICS_
 PIDS+=($!)
 wait_port "$MOCK_PORT"
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
-
-CLOSE_START=$(TZ=Europe/Amsterdam date -d '+6 hours' +%H:00)
-CLOSE_END=$(TZ=Europe/Amsterdam date -d '+7 hours' +%H:00)
-sed -e "s|@MOCK_PORT@|$MOCK_PORT|; s|@PLAIN_PORT@|$PLAIN_PORT|; s|@TLS_PORT@|$TLS_PORT|" \
-  -e "s|@METRICS_PORT@|$METRICS_PORT|; s|@CERT@|$WORK/cert.pem|; s|@KEY@|$WORK/key.pem|" \
-  -e "s|@AUDIT@|$WORK/audit.log|; s|@CLOSE_START@|$CLOSE_START|; s|@CLOSE_END@|$CLOSE_END|" \
-  -e "s|@MASK_ALWAYS@|false|" benches/e2e-config.yaml >"$WORK/cvgate.yaml"
+bench_cert "$WORK"
+bench_config "$WORK/cvgate.yaml" "$MOCK_PORT" "$PLAIN_PORT" "$TLS_PORT" "$METRICS_PORT" "$WORK/audit.log"
 cat >>"$WORK/cvgate.yaml" <<EOF
 
 # Admit the bench's connections and let them idle past HOLD. hyper closes an idle HTTP/1.1
@@ -97,7 +93,9 @@ for alpn in h2 http/1.1; do
   wait "$lg" || true
   kill "$pid"; wait "$pid" 2>/dev/null || true
   per=$(awk -v a="$before" -v b="$during" -v n="$open" 'BEGIN {printf "%.1f", (n > 0 ? (b - a) / n : 0)}')
-  verdict=$(awk -v b="$during" 'BEGIN {print (b / 1024 <= 200 ? "met" : "missed")}')
+  # The target is for 10,000 connections: judged only then.
+  verdict="target for 10,000"
+  [ "$N" -eq 10000 ] && verdict=$(awk -v b="$during" 'BEGIN {print (b / 1024 <= 200 ? "met" : "missed")}')
   ROWS+="| $alpn | $open ($ok 2xx, $failed failed, ${secs}s to open) | $held | $((before / 1024)) MiB | **$((during / 1024)) MiB** ($verdict) | $per KiB | $((lazy / 1024)) MiB |
 "
   [ "$open" -eq "$N" ] || { log "$alpn: only $open of $N connections opened (see $out)"; exit 1; }

@@ -35,3 +35,26 @@ cleanup() {
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   log "logs and reports kept in $WORK"
 }
+
+# --- the benches' cvgate (benches/e2e.sh, callgrind.sh, idle_tls.sh) ------------------------------
+
+# bench_cert DIR: a self-signed ECDSA P-256 certificate for localhost and 127.0.0.1, DIR/cert.pem
+# and DIR/key.pem.
+bench_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$1/key.pem" -out "$1/cert.pem" 2>/dev/null
+}
+
+# bench_config OUT MOCK_PORT PLAIN_PORT TLS_PORT METRICS_PORT AUDIT [MASK_ALWAYS]: benches/e2e-config.yaml
+# rendered into OUT: loopback ports, the certificate of `bench_cert "$WORK"`, the audit file, and
+# a closure window 6 h from now (Amsterdam) lasting an hour: checked on every request, never active.
+bench_config() {
+  local close_start close_end
+  close_start=$(TZ=Europe/Amsterdam date -d '+6 hours' +%H:00)
+  close_end=$(TZ=Europe/Amsterdam date -d '+7 hours' +%H:00)
+  sed -e "s|@MOCK_PORT@|$2|; s|@PLAIN_PORT@|$3|; s|@TLS_PORT@|$4|" \
+    -e "s|@METRICS_PORT@|$5|; s|@CERT@|$WORK/cert.pem|; s|@KEY@|$WORK/key.pem|" \
+    -e "s|@AUDIT@|$6|; s|@CLOSE_START@|$close_start|; s|@CLOSE_END@|$close_end|" \
+    -e "s|@MASK_ALWAYS@|${7:-false}|" \
+    benches/e2e-config.yaml >"$1"
+}
