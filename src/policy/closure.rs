@@ -24,8 +24,18 @@
 //! - Overlapping or abutting windows form one closed span; [`Closed::opens_at`] is its end (the
 //!   search stops after [`MAX_SPAN_STEPS`] windows; the bound only matters for a config that is
 //!   closed for ever).
+//!
+//! # Cost per request
+//! Whether a window is closed at an instant takes a few local-time conversions; the answer
+//! stays the same until the window's next start or end. Each window remembers its last answer
+//! with the span of instants it holds for ([`Known`]), behind an `ArcSwap` (a lock-free read),
+//! so a request in the same span (nearly all of them: the span is the whole open day or night)
+//! pays one atomic load and two comparisons.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 
 use jiff::civil::{Date, DateTime, Time};
 use jiff::tz::TimeZone;
@@ -156,6 +166,25 @@ struct Window {
     exempt_accounts: Vec<String>,
     exempt_orgs: Vec<String>,
     in_flight: InFlight,
+    known: Memo,
+}
+
+/// A window's answer for the instants `from..until`: closed until `end`, or open (`None`).
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    from: Timestamp,
+    until: Timestamp,
+    end: Option<Timestamp>,
+}
+
+/// The last [`Known`] answer of a window; a copy of the window starts without one.
+#[derive(Debug, Default)]
+struct Memo(ArcSwapOption<Known>);
+
+impl Clone for Memo {
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -207,8 +236,27 @@ impl Window {
         once.into_iter().chain(daily)
     }
 
-    /// The end of the (latest-ending) occurrence containing `t`.
+    /// The end of the (latest-ending) occurrence containing `t`, remembered for the span of
+    /// instants it holds for.
     fn end_if_closed(&self, t: Timestamp) -> Option<Timestamp> {
+        if let Some(k) = &*self.known.0.load() {
+            if k.from <= t && t < k.until {
+                return k.end;
+            }
+        }
+        let end = self.end_if_closed_at(t);
+        // The answer holds until an occurrence ends (the one containing `t`) or a new one starts:
+        // between those the set of occurrences containing an instant only shrinks, and the
+        // latest-ending one still contains it. A day at most, so a window with no start ahead
+        // is asked again.
+        let day = t.checked_add(jiff::SignedDuration::from_hours(24)).unwrap_or(Timestamp::MAX);
+        let until = [end, self.next_start_after(t), Some(day)].into_iter().flatten().min().unwrap_or(day);
+        self.known.0.store(Some(Arc::new(Known { from: t, until, end })));
+        end
+    }
+
+    /// [`Self::end_if_closed`], worked out from the occurrences.
+    fn end_if_closed_at(&self, t: Timestamp) -> Option<Timestamp> {
         self.occurrences_around(t, 0).filter(|&(from, until)| from <= t && t < until).map(|o| o.1).max()
     }
 
@@ -247,6 +295,7 @@ impl ClosurePolicy {
                         exempt_accounts: w.exempt_accounts.clone(),
                         exempt_orgs: w.exempt_orgs.clone(),
                         in_flight: w.in_flight,
+                        known: Memo::default(),
                     });
                 }
             });
@@ -269,6 +318,7 @@ impl ClosurePolicy {
                         exempt_accounts: o.exempt_accounts.clone(),
                         exempt_orgs: o.exempt_orgs.clone(),
                         in_flight: o.in_flight,
+                        known: Memo::default(),
                     }),
                     (Some(_), Some(_)) => e.push("until", "until must be after from"),
                     _ => e.push("from", "date-time out of range"),
@@ -704,6 +754,32 @@ mod tests {
                 (starts_on(today) && time >= start) || (starts_on(yesterday) && time < end)
             }
         })
+    }
+
+    proptest! {
+        /// The remembered answer is the worked-out one: one policy asked along a walk of
+        /// instants (steps from a nanosecond to two days, some backwards, across both DST
+        /// changes), every window's answer equal to its occurrences' at every step, and the
+        /// decision equal to the oracle's.
+        #[test]
+        fn remembered_answers_equal_worked_out_ones(
+            which in 0..5usize,
+            start in 1_711_000_000i64..1_730_000_000, // March .. October 2024: both changes ahead
+            steps in prop::collection::vec((-3_600i64..172_800, 0..1_000_000_000i32), 1..120),
+        ) {
+            let windows = configs().swap_remove(which);
+            let p = policy(windows.clone(), vec![once("m", "2024-10-27T01:30", "2024-10-27T02:45")]);
+            let mut now = Timestamp::new(start, 0).unwrap();
+            for (secs, nanos) in steps {
+                now += jiff::SignedDuration::new(secs, nanos);
+                for w in &p.windows {
+                    prop_assert_eq!(w.end_if_closed(now), w.end_if_closed_at(now), "{} at {}", w.name, now);
+                }
+                let in_once = (ts("2024-10-26T23:30:00Z")..ts("2024-10-27T00:45:00Z")) // 02:45 in the fold: +02:00
+                    .contains(&now);
+                prop_assert_eq!(p.decide("cv", None, None, now).is_some(), oracle(&windows, now) || in_once, "at {}", now);
+            }
+        }
     }
 
     proptest! {
