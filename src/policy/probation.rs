@@ -109,8 +109,8 @@ fn parse_day(s: &str) -> Option<Timestamp> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
-    Account,
-    Org,
+    Account = 0,
+    Org = 1,
 }
 
 impl Kind {
@@ -150,10 +150,15 @@ impl Seen {
     }
 }
 
+type SeenMap = DashMap<Box<str>, i64, foldhash::fast::RandomState>;
+
 /// When cvgate first saw each account and organisation.
 #[derive(Debug, Default)]
 pub struct FirstSeen {
-    seen: DashMap<(Kind, String), i64>,
+    /// Accounts, then organisations: one map per kind, keyed by the id alone, so a lookup on
+    /// the request path borrows the id (no `String` made per request) and hashes it with
+    /// foldhash (seeded per process, as the quota store's maps).
+    seen: [SeenMap; 2],
     /// Subjects first seen here and not yet shared with the other replicas.
     fresh: Mutex<Vec<Seen>>,
     dirty: AtomicBool,
@@ -162,14 +167,14 @@ pub struct FirstSeen {
 impl FirstSeen {
     /// When `id` was first seen, remembering `now` for a newcomer (when there is room).
     pub fn observe(&self, kind: Kind, id: &str, now: Timestamp, max_tracked: usize) -> i64 {
-        if let Some(t) = self.seen.get(&(kind, id.to_string())) {
+        if let Some(t) = self.map(kind).get(id) {
             return *t;
         }
         let first = now.as_second();
-        if self.seen.len() >= max_tracked {
+        if self.len() >= max_tracked {
             return first; // not remembered: on probation, asked again next time
         }
-        let t = *self.seen.entry((kind, id.to_string())).or_insert(first);
+        let t = *self.map(kind).entry(id.into()).or_insert(first);
         if t == first {
             self.dirty.store(true, Ordering::Release);
             self.fresh.lock().unwrap_or_else(PoisonError::into_inner).push(Seen { kind, id: id.to_string(), first });
@@ -181,8 +186,8 @@ impl FirstSeen {
     /// changed anything.
     pub fn merge(&self, s: &Seen) -> bool {
         let mut changed = false;
-        self.seen
-            .entry((s.kind, s.id.clone()))
+        self.map(s.kind)
+            .entry(s.id.as_str().into())
             .and_modify(|t| {
                 if s.first < *t {
                     *t = s.first;
@@ -200,20 +205,26 @@ impl FirstSeen {
     }
 
     pub fn get(&self, kind: Kind, id: &str) -> Option<i64> {
-        self.seen.get(&(kind, id.to_string())).map(|t| *t)
+        self.map(kind).get(id).map(|t| *t)
     }
 
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.seen.iter().map(DashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
+        self.seen.iter().all(DashMap::is_empty)
+    }
+
+    fn map(&self, kind: Kind) -> &SeenMap {
+        &self.seen[kind as usize]
     }
 
     /// Every subject remembered (to share a whole file, e.g. after `import-seen`).
     pub fn entries(&self) -> Vec<Seen> {
-        self.seen.iter().map(|e| Seen { kind: e.key().0, id: e.key().1.clone(), first: *e.value() }).collect()
+        let each =
+            |kind: Kind| self.map(kind).iter().map(move |e| Seen { kind, id: e.key().to_string(), first: *e.value() });
+        each(Kind::Account).chain(each(Kind::Org)).collect()
     }
 
     /// Newcomers seen here since the last call (to share through Redis).
@@ -236,10 +247,9 @@ impl FirstSeen {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(false);
         }
-        let mut out = Vec::with_capacity(self.seen.len() * 48);
-        for e in &self.seen {
-            let (kind, id) = e.key();
-            serde_json::to_writer(&mut out, &Seen { kind: *kind, id: id.clone(), first: *e.value() })?;
+        let mut out = Vec::with_capacity(self.len() * 48);
+        for s in self.entries() {
+            serde_json::to_writer(&mut out, &s)?;
             out.push(b'\n');
         }
         if let Err(e) = crate::persist::write_atomically(path, &out) {

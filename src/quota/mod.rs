@@ -378,7 +378,7 @@ fn resolve(
                 Some(o) => Cow::Owned(["o:", o].concat()),
                 None => continue,
             },
-            Scope::Ip => Cow::Owned(format!("i:{}", ip_prefix(policy, s.ip))),
+            Scope::Ip => Cow::Owned(ip_key(ip_prefix(policy, s.ip))),
             Scope::Country => Cow::Owned(["c:", &country].concat()),
             Scope::Global => Cow::Borrowed("g"),
         };
@@ -413,6 +413,37 @@ fn resolve(
         }
     }
     (out, tier)
+}
+
+/// `i:{prefix}`, the IP scope's subject. IPv4 is written by hand: through `Display` it was
+/// ~1.9 k instructions a request (callgrind), most of a request's key building; IPv6 keeps
+/// `Display`, whose zero compression is not worth a copy.
+fn ip_key(net: ipnet::IpNet) -> String {
+    fn push_u8(k: &mut String, n: u8) {
+        if n >= 100 {
+            k.push(char::from(b'0' + n / 100));
+        }
+        if n >= 10 {
+            k.push(char::from(b'0' + n / 10 % 10));
+        }
+        k.push(char::from(b'0' + n % 10));
+    }
+    match net {
+        ipnet::IpNet::V4(n) => {
+            let mut k = String::with_capacity(20);
+            k.push_str("i:");
+            for (i, &o) in n.addr().octets().iter().enumerate() {
+                if i > 0 {
+                    k.push('.');
+                }
+                push_u8(&mut k, o);
+            }
+            k.push('/');
+            push_u8(&mut k, n.prefix_len());
+            k
+        }
+        ipnet::IpNet::V6(_) => format!("i:{net}"),
+    }
 }
 
 /// The IP scope key: the address truncated to the configured prefix (IPv4-mapped IPv6 counts as

@@ -602,3 +602,14 @@ async fn million_keys_stay_under_the_bound() {
     assert_eq!((top.entries.len(), top.scanned, top.complete), (20, n as u64, true));
     assert!(per_key <= BYTES_PER_KEY_BOUND, "{per_key} B per key > {BYTES_PER_KEY_BOUND}");
 }
+
+proptest::proptest! {
+    /// The hand-written IPv4 key is the one `Display` writes (and IPv6 goes through `Display`).
+    #[test]
+    fn ip_keys_are_written_as_display_writes_them(a in proptest::prelude::any::<[u8; 4]>(), len in 0u8..=32, v6 in proptest::prelude::any::<[u8; 16]>(), len6 in 0u8..=128) {
+        let v4 = ipnet::IpNet::new(std::net::IpAddr::from(a), len).unwrap();
+        proptest::prop_assert_eq!(super::ip_key(v4), format!("i:{v4}"));
+        let v6 = ipnet::IpNet::new(std::net::IpAddr::from(v6), len6).unwrap();
+        proptest::prop_assert_eq!(super::ip_key(v6), format!("i:{v6}"));
+    }
+}

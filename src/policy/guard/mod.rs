@@ -150,6 +150,10 @@ struct Run {
     baseline: Option<Baseline>,
     sum: u64,
     threshold: Option<u64>,
+    /// The baseline's expectation for the window (first minute, last minute, hours learned
+    /// through): it changes once a minute or an hour, and working it out converts every hour of
+    /// the window to local time, so it is not redone every second.
+    expected: Option<((i64, i64, i64), Option<f64>)>,
 }
 
 /// What the request path reads: the rules now at mask or pause, and who is exempt.
@@ -192,6 +196,7 @@ impl Inner {
             if let (Some(b), Some(_)) = (s.baseline, &run.baseline) {
                 if b.is_well_formed() {
                     run.baseline = Some(b);
+                    run.expected = None;
                 }
             }
         }
@@ -278,12 +283,20 @@ impl PopulationGuard {
         let now_minute = minute_of(now);
         inner.learn(&self.sums, now_minute);
         let mut changes = Vec::new();
-        let Inner { policy, runs, .. } = &mut *inner;
+        let Inner { policy, runs, learned_through, .. } = &mut *inner;
         for (i, (rule, run)) in policy.rules.iter().zip(runs.iter_mut()).enumerate() {
             let sum = self.sums.sum(&rule.cohort, rule.window_minutes, now);
             let from = now_minute - i64::from(rule.window_minutes) + 1;
-            let usual = run.baseline.as_ref().zip(rule.baseline);
-            let expected = usual.and_then(|(b, spec)| b.expected(&policy.tz, from, now_minute, spec.weeks));
+            let key = (from, now_minute, *learned_through);
+            let expected = match run.expected {
+                Some((k, e)) if k == key => e,
+                _ => {
+                    let usual = run.baseline.as_ref().zip(rule.baseline);
+                    let e = usual.and_then(|(b, spec)| b.expected(&policy.tz, from, now_minute, spec.weeks));
+                    run.expected = Some((key, e));
+                    e
+                }
+            };
             run.threshold = baseline::threshold(rule, expected);
             run.sum = sum;
             let over = run.threshold.is_some_and(|t| sum > t);

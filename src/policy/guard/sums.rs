@@ -174,6 +174,9 @@ impl Ring {
 
     /// Local + remote over minutes `from..=to` (those the ring still holds).
     fn sum(&mut self, from: i64, to: i64) -> u64 {
+        // A window up to a minute nobody has added to yet: move the head there (those minutes
+        // are empty), so the window's length, and with it its running sum, stays the same.
+        self.advance(to);
         let from = from.max(self.head - SLOTS as i64 + 1);
         let to = to.min(self.head);
         if from > to {
