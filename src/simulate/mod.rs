@@ -64,6 +64,8 @@ struct Run {
     newest: Option<Timestamp>,
     replayed_until: Option<Timestamp>,
     arrivals: u64,
+    /// The instant of the last line replayed (the report's `to`).
+    last: Option<Timestamp>,
 }
 
 impl Run {
@@ -98,13 +100,16 @@ impl Run {
         self.replayed_until = Some(at);
         let rep = &mut self.report;
         rep.lines.replayed += 1;
-        *rep.recorded.entry(r.decision.clone()).or_default() += 1;
+        match rep.recorded.get_mut(&r.decision) {
+            Some(n) => *n += 1,
+            None => _ = rep.recorded.insert(r.decision.clone(), 1),
+        }
         rep.recorded_delivered += r.delivered;
         rep.recorded_masked += r.masked;
         if rep.from.is_none() {
             rep.from = Some(r.at.to_string());
         }
-        rep.to = Some(r.at.to_string());
+        self.last = Some(r.at); // written out once, at the end (not formatted per line)
         for (i, w) in self.worlds.iter_mut().enumerate() {
             // A late line is replayed at the latest instant replayed: the clock never goes back.
             let out = if r.at < at {
@@ -174,6 +179,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
                     newest: None,
                     replayed_until: None,
                     arrivals: 0,
+                    last: None,
                 });
             }
             let Some(run) = run.as_mut() else { continue };
@@ -191,6 +197,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut report = match run {
         Some(mut run) => {
             run.drain().await;
+            run.report.to = run.last.map(|t| t.to_string());
             for (i, w) in run.worlds.iter().enumerate() {
                 let now = w.shared().clock.now();
                 run.report.configs[i].blocks = w
