@@ -337,9 +337,12 @@ impl ClosurePolicy {
         let applicable = || self.windows.iter().filter(|w| w.applies(group, account, org));
         let first = applicable().find(|w| w.end_if_closed(now).is_some())?;
         let (mut opens, mut ender) = (now, first);
+        // The span's end is looked for at later instants, worked out without the remembered
+        // answer: remembering those would replace the answer for `now`, and every request in a
+        // closed span would then work its answer out again.
         for _ in 0..MAX_SPAN_STEPS {
             let later =
-                applicable().filter_map(|w| w.end_if_closed(opens).map(|end| (end, w))).max_by_key(|&(end, _)| end);
+                applicable().filter_map(|w| w.end_if_closed_at(opens).map(|end| (end, w))).max_by_key(|&(end, _)| end);
             match later {
                 Some((end, w)) => (opens, ender) = (end, w),
                 None => break,
@@ -754,6 +757,20 @@ mod tests {
                 (starts_on(today) && time >= start) || (starts_on(yesterday) && time < end)
             }
         })
+    }
+
+    #[test]
+    fn a_closed_decision_keeps_the_answer_for_now() {
+        let p = policy(vec![daily("night", "23:00", "07:00"), daily("early", "07:00", "08:00")], vec![]);
+        let now = ts("2026-03-03T01:00:00Z"); // 02:00 in Amsterdam: closed, opens at 08:00
+        let c = p.decide("cv", None, None, now).expect("closed");
+        assert_eq!(c.opens_at_rfc3339(), "2026-03-03T08:00:00+01:00");
+        let known = p.windows[0].known.0.load_full().expect("remembered");
+        assert!(known.from <= now && now < known.until, "the span search replaced the answer for now");
+        assert_eq!(
+            p.decide("cv", None, None, now + jiff::SignedDuration::from_secs(1)).map(|c| c.opens_at),
+            Some(c.opens_at)
+        );
     }
 
     proptest! {

@@ -222,9 +222,14 @@ impl FirstSeen {
 
     /// Every subject remembered (to share a whole file, e.g. after `import-seen`).
     pub fn entries(&self) -> Vec<Seen> {
-        let each =
-            |kind: Kind| self.map(kind).iter().map(move |e| Seen { kind, id: e.key().to_string(), first: *e.value() });
-        each(Kind::Account).chain(each(Kind::Org)).collect()
+        self.each().collect()
+    }
+
+    /// Every subject remembered, accounts then organisations, a map shard locked at a time.
+    fn each(&self) -> impl Iterator<Item = Seen> + '_ {
+        [Kind::Account, Kind::Org].into_iter().flat_map(move |kind| {
+            self.map(kind).iter().map(move |e| Seen { kind, id: e.key().to_string(), first: *e.value() })
+        })
     }
 
     /// Newcomers seen here since the last call (to share through Redis).
@@ -248,7 +253,7 @@ impl FirstSeen {
             return Ok(false);
         }
         let mut out = Vec::with_capacity(self.len() * 48);
-        for s in self.entries() {
+        for s in self.each() {
             serde_json::to_writer(&mut out, &s)?;
             out.push(b'\n');
         }
