@@ -180,22 +180,23 @@ pub fn check(tat: u64, p: &Params, now: u64, n: u64) -> Check {
     } else if n > p.capacity {
         None
     } else {
-        Some(p.wait_ns(now, new_used - tau))
+        Some(p.wait_ns(now, base, new_used - tau))
     };
-    Check { allowed, remaining, reset_ns: p.wait_ns(now, used), retry_after_ns }
+    Check { allowed, remaining, reset_ns: p.wait_ns(now, base, used), retry_after_ns }
 }
 
 impl Params {
     /// How long until `debt` ns of spending is forgiven: continuously, `debt` itself; in fixed
     /// windows, until the start of the first window that forgives it all (each window end
-    /// forgives `W`).
-    fn wait_ns(&self, now: u64, debt: u64) -> u64 {
+    /// forgives `W`). `base` is [`Params::base`] at `now` (a division for a fixed window: worked
+    /// out once per check, not once per use).
+    fn wait_ns(&self, now: u64, base: u64, debt: u64) -> u64 {
         match self.fixed {
             None => debt,
             Some(_) if debt == 0 => 0,
             Some(f) => {
                 let windows = debt.div_ceil(f.window_ns); // ≥ 1
-                (self.base(now) - now).saturating_add(sat_mul(windows - 1, f.window_ns))
+                (base - now).saturating_add(sat_mul(windows - 1, f.window_ns))
             }
         }
     }

@@ -196,10 +196,9 @@ impl MemoryStore {
         self.sweep() > 0
     }
 
-    /// The cell of a bucket's subject; with `create`, inserted (or redirected to the overflow
-    /// subject when the cap is reached).
-    fn slot(&self, b: &BucketSpec, create: bool) -> Option<Slot> {
-        let subject = subject_of(b);
+    /// The cell of `subject` (bucket `b`'s); with `create`, inserted (or redirected to the
+    /// overflow subject when the cap is reached).
+    fn slot(&self, subject: &str, b: &BucketSpec, create: bool) -> Option<Slot> {
         if let Some(s) = self.map.get(subject) {
             return Some(s.clone());
         }
@@ -242,43 +241,54 @@ impl MemoryStore {
     /// Look up, lock in a global order, and run `f` with "now" read under the locks.
     fn locked<R>(&self, buckets: &[BucketSpec], create: bool, mut f: impl FnMut(&mut Locked<'_>, u64) -> R) -> R {
         loop {
-            // Buckets of one subject are adjacent (the engine orders them by scope): one lookup.
-            let mut slots: PerBucket<Option<Slot>> = PerBucket::with_capacity(buckets.len());
+            // Buckets of one subject are adjacent (the engine orders them by scope): one lookup
+            // and one lock per subject. `cells` holds each subject's cell with its first bucket;
+            // `of[i]` is bucket `i`'s place in it.
+            let mut cells: SmallVec<[(Slot, usize); 8]> = SmallVec::new();
+            let mut of: PerBucket<Option<usize>> = PerBucket::with_capacity(buckets.len());
+            let mut prev = None;
             for (i, b) in buckets.iter().enumerate() {
-                let same = i > 0 && subject_of(&buckets[i - 1]) == subject_of(b);
-                let slot = if same { slots[i - 1].clone() } else { self.slot(b, create) };
-                slots.push(slot);
-            }
-            let mut order: PerBucket<usize> = (0..slots.len()).filter(|&i| slots[i].is_some()).collect();
-            let addr = |i: usize| slots[i].as_ref().map_or(std::ptr::null(), Arc::as_ptr);
-            order.sort_unstable_by_key(|&i| addr(i));
-            let mut l = Locked { guards: SmallVec::new(), at: smallvec::smallvec![None; slots.len()] };
-            let mut dead = None;
-            let mut prev: Option<(*const Mutex<Cell>, usize)> = None;
-            for &i in &order {
-                let Some(slot) = slots[i].as_ref() else { continue };
-                let ptr = Arc::as_ptr(slot);
-                if let Some((_, g)) = prev.filter(|(p, _)| *p == ptr) {
-                    l.at[i] = Some(g); // the same subject again
+                let subject = subject_of(b);
+                if prev == Some(subject) {
+                    of.push(of[i - 1]);
                     continue;
                 }
-                let guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
-                if guard.dead {
-                    dead = Some(i);
-                }
-                prev = Some((ptr, l.guards.len()));
-                l.at[i] = Some(l.guards.len());
-                l.guards.push(guard);
+                prev = Some(subject);
+                of.push(self.slot(subject, b, create).map(|slot| {
+                    cells.push((slot, i));
+                    cells.len() - 1
+                }));
             }
-            if let Some(i) = dead {
-                drop(l);
+            // Lock in address order; a cell met twice (a subject passed apart) is locked once.
+            let mut order: SmallVec<[usize; 8]> = (0..cells.len()).collect();
+            order.sort_unstable_by_key(|&c| Arc::as_ptr(&cells[c].0));
+            let mut guard_of: SmallVec<[usize; 8]> = smallvec::smallvec![0; cells.len()];
+            let mut guards: SmallVec<[MutexGuard<'_, Cell>; 8]> = SmallVec::new();
+            let mut dead = None;
+            let mut last: Option<*const Mutex<Cell>> = None;
+            for &c in &order {
+                let ptr = Arc::as_ptr(&cells[c].0);
+                if last == Some(ptr) {
+                    guard_of[c] = guards.len() - 1;
+                    continue;
+                }
+                let guard = cells[c].0.lock().unwrap_or_else(PoisonError::into_inner);
+                if guard.dead {
+                    dead = Some(c);
+                }
+                last = Some(ptr);
+                guard_of[c] = guards.len();
+                guards.push(guard);
+            }
+            if let Some(c) = dead {
+                drop(guards);
                 // Evicted between lookup and lock: look up again (a reset's dead cell may still
                 // be in the map; take it out first).
-                if let Some(slot) = &slots[i] {
-                    self.remove_dead(subject_of(&buckets[i]), slot);
-                }
+                let (slot, i) = &cells[c];
+                self.remove_dead(subject_of(&buckets[*i]), slot);
                 continue;
             }
+            let mut l = Locked { guards, at: of.iter().map(|o| o.map(|c| guard_of[c])).collect() };
             let now = self.clock.now_nanos();
             return f(&mut l, now);
         }

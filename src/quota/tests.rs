@@ -613,3 +613,26 @@ proptest::proptest! {
         proptest::prop_assert_eq!(super::ip_key(v6), format!("i:{v6}"));
     }
 }
+
+/// A subject whose buckets are passed apart (not side by side, as the engine orders them) is
+/// locked once and charged in each of its buckets; locking its cell twice would hang.
+#[test]
+fn a_subject_passed_apart_is_locked_once_and_charged_in_each_bucket() {
+    let (_clock, store, _engine) = setup(100);
+    let hour = 3_600_000_000_000;
+    let buckets = vec![
+        BucketSpec::new("a:x|hour", Scope::Account, "hour", 10, hour),
+        BucketSpec::new("o:y|hour", Scope::Org, "hour", 10, hour),
+        BucketSpec::new("a:x|day", Scope::Account, "day", 10, DAY_NS),
+    ];
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let granted = rt.block_on(store.reserve(&buckets, CostMode::Exact(4))).unwrap();
+        let states = rt.block_on(store.peek(&buckets)).unwrap();
+        tx.send((granted, states)).unwrap();
+    });
+    let (granted, states) = rx.recv_timeout(Duration::from_secs(10)).expect("the reservation finished");
+    assert!(matches!(granted, ReserveOutcome::Granted { granted: 4, .. }), "{granted:?}");
+    assert_eq!(states.iter().map(|s| s.remaining).collect::<Vec<_>>(), [6, 6, 6]);
+}

@@ -10,6 +10,7 @@
 pub mod input;
 pub mod replay;
 pub mod report;
+mod scan;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
